@@ -1,0 +1,108 @@
+//! The `Ready` condition of a Function and the reasons it carries. The activator reads
+//! it too: `False` means the Function cannot start, so held requests fail fast.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::function::FunctionStatus;
+
+/// Type of the condition that says whether a Function can serve.
+pub const READY: &str = "Ready";
+
+/// Why a Function is, or is not, ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Pods are ready and serving.
+    Serving,
+    /// No pods run; the next request wakes the Function.
+    ScaledToZero,
+    /// Pods are starting.
+    Deploying,
+    /// Pods cannot be placed on a node yet.
+    Unschedulable,
+    /// The spec cannot be turned into a workload; the message names the field.
+    InvalidSpec,
+    /// Pods cannot start (image pull error, crash loop, progress deadline exceeded).
+    DeploymentFailed,
+}
+
+impl Reason {
+    /// The reason as written in the condition (CamelCase, as Kubernetes reasons are).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Serving => "Serving",
+            Reason::ScaledToZero => "ScaledToZero",
+            Reason::Deploying => "Deploying",
+            Reason::Unschedulable => "Unschedulable",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::DeploymentFailed => "DeploymentFailed",
+        }
+    }
+
+    /// The condition status this reason goes with.
+    pub fn status(self) -> &'static str {
+        match self {
+            Reason::Serving | Reason::ScaledToZero => "True",
+            Reason::Deploying | Reason::Unschedulable => "Unknown",
+            Reason::InvalidSpec | Reason::DeploymentFailed => "False",
+        }
+    }
+}
+
+impl FunctionStatus {
+    /// The `Ready` condition, if set.
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == READY)
+    }
+
+    /// Sets `Ready` to what `reason` implies. The transition time moves only when the
+    /// status changes, as the API conventions require.
+    pub fn set_ready(
+        &mut self,
+        reason: Reason,
+        message: String,
+        generation: Option<i64>,
+        now: Time,
+    ) {
+        let status = reason.status();
+        let last_transition_time = match self.ready_condition() {
+            Some(previous) if previous.status == status => previous.last_transition_time.clone(),
+            _ => now,
+        };
+        let condition = Condition {
+            type_: READY.to_owned(),
+            status: status.to_owned(),
+            reason: reason.as_str().to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        };
+        self.conditions.retain(|c| c.type_ != READY);
+        self.conditions.push(condition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(seconds: i64) -> Time {
+        Time(jiff::Timestamp::from_second(seconds).expect("valid timestamp"))
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let mut status = FunctionStatus::default();
+        status.set_ready(Reason::Deploying, "starting".into(), Some(1), time(10));
+        status.set_ready(Reason::Unschedulable, "no node".into(), Some(1), time(20));
+        let ready = status.ready_condition().expect("ready condition");
+        assert_eq!(ready.reason, "Unschedulable");
+        assert_eq!(ready.last_transition_time, time(10));
+
+        status.set_ready(Reason::Serving, String::new(), Some(2), time(30));
+        let ready = status.ready_condition().expect("ready condition");
+        assert_eq!(ready.status, "True");
+        assert_eq!(ready.last_transition_time, time(30));
+        assert_eq!(ready.observed_generation, Some(2));
+        assert_eq!(status.conditions.len(), 1);
+    }
+}

@@ -1,0 +1,588 @@
+//! The `Function` custom resource (`zeroscale.dev/v1alpha1`): one HTTP function that
+//! zeroscale runs, routes to and scales, down to zero when idle.
+//!
+//! Doc comments on fields become the CRD's descriptions, so they are written for the
+//! person reading `kubectl explain function.spec`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements,
+    SecurityContext, Toleration, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
+use kube::CustomResourceExt;
+
+use crate::{duration, names};
+
+/// A function zeroscale runs: a container serving HTTP, scaled by request load and to
+/// zero when idle, reachable at `http://<name>.<namespace>`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "zeroscale.dev",
+    version = "v1alpha1",
+    kind = "Function",
+    plural = "functions",
+    shortname = "fn",
+    category = "zeroscale",
+    namespaced,
+    status = "FunctionStatus",
+    derive = "PartialEq",
+    doc = "A function zeroscale runs: a container serving HTTP, scaled by request load and to zero when idle.",
+    validation = Rule::new("!self.metadata.name.endsWith('-pods')").message("metadata.name must not end in -pods: zeroscale names each Function's pods Service <name>-pods"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSpec {
+    /// Container image that serves the function over HTTP.
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// Entrypoint of the container; the image's ENTRYPOINT when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+
+    /// Arguments to the entrypoint; the image's CMD when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+
+    /// Environment variables of the container. `PORT` is set to `port` unless given here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// Sources (ConfigMaps, Secrets) of environment variables of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+
+    /// CPU and memory requests and limits of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Port the container listens on for HTTP.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Protocol the container speaks on `port`: `http1`, or `h2c` (HTTP/2 without TLS).
+    #[serde(default)]
+    pub protocol: Protocol,
+
+    /// HTTP path that answers 2xx once the container can take requests. When unset,
+    /// readiness is a TCP connect to `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/"), length(max = 1024))]
+    pub readiness_path: Option<String>,
+
+    /// Security options of the container (runAsNonRoot, capabilities, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+
+    /// Security options of the pod (fsGroup, seccompProfile, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityContext>,
+
+    /// ServiceAccount the pods run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// Secrets used to pull the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Volumes of the pod, as in a Pod spec. Checked by the API server when the operator
+    /// creates the Deployment; a volume it rejects makes the Function `Ready=False`
+    /// with reason `InvalidSpec`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "free_form_objects")]
+    pub volumes: Vec<serde_json::Value>,
+
+    /// Where volumes are mounted in the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+
+    /// Node labels the pods must run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Seconds a pod has to finish in-flight requests after SIGTERM before it is killed.
+    #[serde(default = "default_termination_grace_period_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub termination_grace_period_seconds: i64,
+
+    /// How the Function scales with load, and to zero.
+    #[serde(default)]
+    pub scaling: ScalingSpec,
+
+    /// Limits on requests: timeouts, body size, and how many may wait while the
+    /// Function starts from zero.
+    #[serde(default)]
+    pub requests: RequestsSpec,
+
+    /// Extra hosts and path prefix the Function answers on, and who can reach it.
+    #[serde(default)]
+    pub routing: RoutingSpec,
+
+    /// What invokes the Function besides HTTP callers.
+    #[serde(default, skip_serializing_if = "TriggersSpec::is_empty")]
+    pub triggers: TriggersSpec,
+}
+
+/// The protocol a Function's container speaks.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext.
+    H2c,
+}
+
+/// How a Function scales.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas").message("scaling.minReplicas must not exceed scaling.maxReplicas"),
+    validation = Rule::new("!has(self.initialReplicas) || (self.initialReplicas >= self.minReplicas && self.initialReplicas <= self.maxReplicas)").message("scaling.initialReplicas must lie between minReplicas and maxReplicas")
+)]
+pub struct ScalingSpec {
+    /// Fewest pods; 0 lets the Function scale to zero when idle.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: i32,
+
+    /// Most pods.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+
+    /// Pods started when the Function is created (default 1, or minReplicas if larger).
+    /// 0 creates it at zero: the first request wakes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub initial_replicas: Option<i32>,
+
+    /// What load is measured: in-flight requests per pod (`concurrency`), requests per
+    /// second per pod (`rps`), or CPU utilisation through a HorizontalPodAutoscaler (`cpu`).
+    #[serde(default)]
+    pub metric: Metric,
+
+    /// Load per pod the autoscaler aims for: in-flight requests (concurrency, default
+    /// 100, or 70% of containerConcurrency when that is set), requests per second (rps,
+    /// default 200) or percent CPU utilisation (cpu, default 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub target: Option<i32>,
+
+    /// Hard limit of requests in flight per pod; more wait in the activator. 0 = no limit.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10000))]
+    pub container_concurrency: i32,
+
+    /// How long a Function must see no requests before it scales to zero.
+    #[serde(default = "default_scale_to_zero_grace_period")]
+    #[schemars(regex(pattern = duration::PATTERN))]
+    pub scale_to_zero_grace_period: String,
+
+    /// How long load must stay lower before the pod count goes down.
+    #[serde(default = "default_zero_duration")]
+    #[schemars(regex(pattern = duration::PATTERN))]
+    pub scale_down_delay: String,
+
+    /// Window over which load is averaged for normal scaling decisions (6s to 1h).
+    #[serde(default = "default_stable_window")]
+    #[schemars(regex(pattern = duration::PATTERN))]
+    pub stable_window: String,
+
+    /// Length of the short window that detects bursts, in percent of stableWindow.
+    #[serde(default = "default_panic_window_percentage")]
+    #[schemars(range(min = 1, max = 100))]
+    pub panic_window_percentage: i32,
+
+    /// Load over the short window, in percent of what the current pods can take at
+    /// target, above which the autoscaler scales up at once and holds (panic mode).
+    #[serde(default = "default_panic_threshold_percentage")]
+    #[schemars(range(min = 110, max = 1000))]
+    pub panic_threshold_percentage: i32,
+
+    /// Largest factor by which the pod count may grow in one decision.
+    #[serde(default = "default_max_scale_up_rate")]
+    #[schemars(range(min = 1.0, max = 10000.0))]
+    pub max_scale_up_rate: f64,
+
+    /// Largest factor by which the pod count may shrink in one decision.
+    #[serde(default = "default_max_scale_down_rate")]
+    #[schemars(range(min = 1.0, max = 10000.0))]
+    pub max_scale_down_rate: f64,
+}
+
+/// The load measure that drives scaling.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Requests in flight per pod.
+    #[default]
+    Concurrency,
+    /// Requests per second per pod.
+    Rps,
+    /// CPU utilisation, through a HorizontalPodAutoscaler.
+    Cpu,
+}
+
+/// Limits on requests to a Function.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestsSpec {
+    /// Longest a request may take, from arrival at the activator to the end of the
+    /// response.
+    #[serde(default = "default_request_timeout")]
+    #[schemars(regex(pattern = duration::PATTERN))]
+    pub timeout: String,
+
+    /// Most requests held while no pod can take them; more are refused with 503.
+    #[serde(default = "default_max_queued_requests")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub max_queued_requests: i32,
+
+    /// Longest a request waits for a pod (while the Function starts from zero or all
+    /// pods are at containerConcurrency) before it fails with 504.
+    #[serde(default = "default_max_queue_wait")]
+    #[schemars(regex(pattern = duration::PATTERN))]
+    pub max_queue_wait: String,
+
+    /// Largest request body in bytes; larger ones are refused with 413. No limit when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_body_bytes: Option<i64>,
+}
+
+/// Where a Function is reachable.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingSpec {
+    /// Extra hosts (besides `<name>.<namespace>` and its DNS forms) routed to the Function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+            length(max = 253)
+        )
+    )]
+    pub hosts: Vec<String>,
+
+    /// Only requests whose path starts with this prefix are routed to the Function
+    /// (longest prefix wins when several Functions share a host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/"), length(max = 1024))]
+    pub path_prefix: Option<String>,
+
+    /// `public`: reachable inside the cluster and through the public domain;
+    /// `cluster-local`: only inside the cluster.
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+/// Who can reach a Function.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Visibility {
+    /// Inside the cluster and through the public domain.
+    #[default]
+    Public,
+    /// Inside the cluster only.
+    ClusterLocal,
+}
+
+/// What invokes a Function besides HTTP callers.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggersSpec {
+    /// Cron schedules that send a request to the Function (waking it when at zero).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub schedules: Vec<Schedule>,
+}
+
+impl TriggersSpec {
+    fn is_empty(&self) -> bool {
+        self.schedules.is_empty()
+    }
+}
+
+/// A cron schedule that sends one request to the Function at each tick.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    /// Name of the schedule, unique within the Function.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub name: String,
+
+    /// Standard 5-field cron expression (`minute hour day-of-month month day-of-week`),
+    /// e.g. `*/5 * * * *`.
+    #[schemars(length(min = 1, max = 256))]
+    pub cron: String,
+
+    /// IANA time zone the expression is read in, e.g. `Europe/Paris`. UTC when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+
+    /// HTTP method of the request.
+    #[serde(default = "default_schedule_method")]
+    #[schemars(regex(pattern = r"^[A-Z]+$"), length(max = 16))]
+    pub method: String,
+
+    /// Path of the request.
+    #[serde(default = "default_schedule_path")]
+    #[schemars(regex(pattern = r"^/"), length(max = 1024))]
+    pub path: String,
+
+    /// Body of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub body: Option<String>,
+
+    /// Headers of the request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// What zeroscale observed of a Function.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` says whether the Function can serve: True (pods ready, or scaled to zero
+    /// and able to wake), Unknown (deploying or waking), False (cannot start; reason
+    /// and message say why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// Pods of the Function's Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Pods ready to take requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// Pods the autoscaler wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+
+    /// Where callers reach the Function: the public URL when a public domain is set and
+    /// the Function is public, otherwise its in-cluster URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// In-cluster DNS name of the Function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+
+    /// When the autoscaler last changed the pod count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+}
+
+/// The Function CRD as installed: the derived schema plus limits on `metadata.name`, which
+/// names the Function's Services and so must be a DNS-1035 label short enough for the
+/// `-pods` suffix. (Declaring them in the schema also bounds the cost of CEL rules that
+/// read the name.)
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = Function::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|validation| validation.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let properties = schema.properties.get_or_insert_with(Default::default);
+        let metadata = properties.entry("metadata".to_owned()).or_default();
+        metadata.type_ = Some("object".to_owned());
+        metadata
+            .properties
+            .get_or_insert_with(Default::default)
+            .insert(
+                "name".to_owned(),
+                JSONSchemaProps {
+                    type_: Some("string".to_owned()),
+                    max_length: Some(names::MAX_FUNCTION_NAME_LEN as i64),
+                    pattern: Some("^[a-z]([-a-z0-9]*[a-z0-9])?$".to_owned()),
+                    ..Default::default()
+                },
+            );
+    }
+    crd
+}
+
+/// Conditions as a list keyed by `type`, so server-side apply merges them by type.
+fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}
+
+/// A list of objects the schema does not describe (validated by the API server later).
+fn free_form_objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+fn default_port() -> i32 {
+    8080
+}
+fn default_termination_grace_period_seconds() -> i64 {
+    30
+}
+fn default_max_replicas() -> i32 {
+    10
+}
+fn default_scale_to_zero_grace_period() -> String {
+    "30s".into()
+}
+fn default_zero_duration() -> String {
+    "0s".into()
+}
+fn default_stable_window() -> String {
+    "60s".into()
+}
+fn default_panic_window_percentage() -> i32 {
+    10
+}
+fn default_panic_threshold_percentage() -> i32 {
+    200
+}
+fn default_max_scale_up_rate() -> f64 {
+    1000.0
+}
+fn default_max_scale_down_rate() -> f64 {
+    2.0
+}
+fn default_request_timeout() -> String {
+    "5m".into()
+}
+fn default_max_queued_requests() -> i32 {
+    1000
+}
+fn default_max_queue_wait() -> String {
+    "60s".into()
+}
+fn default_schedule_method() -> String {
+    "POST".into()
+}
+fn default_schedule_path() -> String {
+    "/".into()
+}
+
+impl Default for ScalingSpec {
+    fn default() -> Self {
+        Self {
+            min_replicas: 0,
+            max_replicas: default_max_replicas(),
+            initial_replicas: None,
+            metric: Metric::default(),
+            target: None,
+            container_concurrency: 0,
+            scale_to_zero_grace_period: default_scale_to_zero_grace_period(),
+            scale_down_delay: default_zero_duration(),
+            stable_window: default_stable_window(),
+            panic_window_percentage: default_panic_window_percentage(),
+            panic_threshold_percentage: default_panic_threshold_percentage(),
+            max_scale_up_rate: default_max_scale_up_rate(),
+            max_scale_down_rate: default_max_scale_down_rate(),
+        }
+    }
+}
+
+impl Default for RequestsSpec {
+    fn default() -> Self {
+        Self {
+            timeout: default_request_timeout(),
+            max_queued_requests: default_max_queued_requests(),
+            max_queue_wait: default_max_queue_wait(),
+            max_body_bytes: None,
+        }
+    }
+}
+
+impl ScalingSpec {
+    /// Pods a new Function starts with: `initialReplicas`, or 1 (never below minReplicas).
+    pub fn effective_initial_replicas(&self) -> i32 {
+        self.initial_replicas
+            .unwrap_or_else(|| self.min_replicas.max(1))
+    }
+
+    /// Load per pod to aim for, with the per-metric default when `target` is unset.
+    pub fn effective_target(&self) -> i32 {
+        if let Some(target) = self.target {
+            return target;
+        }
+        match self.metric {
+            Metric::Concurrency if self.container_concurrency > 0 => {
+                (self.container_concurrency * 7 / 10).max(1)
+            }
+            Metric::Concurrency => 100,
+            Metric::Rps => 200,
+            Metric::Cpu => 80,
+        }
+    }
+}
+
+impl FunctionSpec {
+    /// A spec with every default and the given image, as the API server would store it.
+    pub fn with_image(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            command: None,
+            args: None,
+            env: Vec::new(),
+            env_from: Vec::new(),
+            resources: None,
+            port: default_port(),
+            protocol: Protocol::default(),
+            readiness_path: None,
+            security_context: None,
+            pod_security_context: None,
+            service_account_name: None,
+            image_pull_secrets: Vec::new(),
+            volumes: Vec::new(),
+            volume_mounts: Vec::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            termination_grace_period_seconds: default_termination_grace_period_seconds(),
+            scaling: ScalingSpec::default(),
+            requests: RequestsSpec::default(),
+            routing: RoutingSpec::default(),
+            triggers: TriggersSpec::default(),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Types shared by the zeroscale operator, activator and CLI: the `Function` custom
+//! resource, the labels and annotations zeroscale puts on objects, the names of the
+//! objects it derives from a Function, and duration parsing for spec fields.
+//!
+//! This crate has no client and no runtime so that every component can read Functions
+//! without depending on the operator.
+
+pub mod conditions;
+pub mod duration;
+pub mod function;
+pub mod keys;
+pub mod names;
+pub mod validate;
+
+pub use function::{
+    Function, FunctionSpec, FunctionStatus, Metric, Protocol, RequestsSpec, RoutingSpec,
+    ScalingSpec, Schedule, TriggersSpec, Visibility, crd,
+};

@@ -1,0 +1,350 @@
+//! Checks of a Function spec beyond what the CRD schema expresses: durations, cron
+//! expressions and time zones, volumes, and the cross-field rules the schema's CEL rules
+//! also enforce (repeated here because local mode reads manifests without an API server).
+//! A failure names the field and says what to change.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use croner::parser::{CronParser, Seconds, Year};
+use k8s_openapi::api::core::v1::Volume;
+
+use crate::duration;
+use crate::function::{FunctionSpec, Metric};
+
+/// A spec field that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidSpec {
+    /// Path of the field, e.g. `spec.scaling.stableWindow`.
+    pub field: String,
+    /// What is wrong with it, written for the person who wrote the manifest.
+    pub reason: String,
+}
+
+/// Durations of a valid spec, parsed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durations {
+    pub scale_to_zero_grace_period: Duration,
+    pub scale_down_delay: Duration,
+    pub stable_window: Duration,
+    pub request_timeout: Duration,
+    pub max_queue_wait: Duration,
+}
+
+/// Shortest and longest stable window, as in Knative.
+const STABLE_WINDOW_RANGE: (Duration, Duration) =
+    (Duration::from_secs(6), Duration::from_secs(3600));
+
+/// Longest duration accepted for the other duration fields.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
+    InvalidSpec {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_duration(field: &str, text: &str) -> Result<Duration, InvalidSpec> {
+    let value = duration::parse(text).map_err(|e| invalid(field, e.to_string()))?;
+    if value > MAX_DURATION {
+        return Err(invalid(field, format!("{text:?} is longer than 24h")));
+    }
+    Ok(value)
+}
+
+impl FunctionSpec {
+    /// Checks the spec and returns its parsed durations, or the first field that is wrong.
+    pub fn validate(&self) -> Result<Durations, InvalidSpec> {
+        let scaling = &self.scaling;
+        if scaling.min_replicas > scaling.max_replicas {
+            return Err(invalid(
+                "spec.scaling.minReplicas",
+                format!(
+                    "{} exceeds maxReplicas {}",
+                    scaling.min_replicas, scaling.max_replicas
+                ),
+            ));
+        }
+        if let Some(initial) = scaling.initial_replicas
+            && !(scaling.min_replicas..=scaling.max_replicas).contains(&initial)
+        {
+            return Err(invalid(
+                "spec.scaling.initialReplicas",
+                format!(
+                    "{initial} must lie between minReplicas {} and maxReplicas {}",
+                    scaling.min_replicas, scaling.max_replicas
+                ),
+            ));
+        }
+        if scaling.metric == Metric::Cpu && !self.requests_cpu() {
+            return Err(invalid(
+                "spec.resources.requests.cpu",
+                "must be set when scaling.metric is cpu: CPU utilisation is measured against the request",
+            ));
+        }
+
+        let durations = Durations {
+            scale_to_zero_grace_period: parse_duration(
+                "spec.scaling.scaleToZeroGracePeriod",
+                &scaling.scale_to_zero_grace_period,
+            )?,
+            scale_down_delay: parse_duration(
+                "spec.scaling.scaleDownDelay",
+                &scaling.scale_down_delay,
+            )?,
+            stable_window: parse_duration("spec.scaling.stableWindow", &scaling.stable_window)?,
+            request_timeout: parse_duration("spec.requests.timeout", &self.requests.timeout)?,
+            max_queue_wait: parse_duration(
+                "spec.requests.maxQueueWait",
+                &self.requests.max_queue_wait,
+            )?,
+        };
+        let (shortest, longest) = STABLE_WINDOW_RANGE;
+        if !(shortest..=longest).contains(&durations.stable_window) {
+            return Err(invalid(
+                "spec.scaling.stableWindow",
+                format!("{:?} must lie between 6s and 1h", scaling.stable_window),
+            ));
+        }
+        if durations.request_timeout.is_zero() {
+            return Err(invalid("spec.requests.timeout", "must be longer than 0"));
+        }
+
+        self.validate_volumes()?;
+        self.validate_schedules()?;
+        Ok(durations)
+    }
+
+    fn requests_cpu(&self) -> bool {
+        self.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .is_some_and(|requests| requests.contains_key("cpu"))
+    }
+
+    /// The spec's volumes as Kubernetes Volumes (the schema keeps them free-form so the
+    /// CRD stays small).
+    pub fn typed_volumes(&self) -> Result<Vec<Volume>, InvalidSpec> {
+        self.volumes
+            .iter()
+            .enumerate()
+            .map(|(index, value)| {
+                let field = format!("spec.volumes[{index}]");
+                let volume: Volume = serde_json::from_value(value.clone())
+                    .map_err(|e| invalid(&field, e.to_string()))?;
+                if volume.name.is_empty() {
+                    return Err(invalid(
+                        format!("{field}.name"),
+                        "every volume needs a name",
+                    ));
+                }
+                // Deserializing drops fields it does not know; a misspelt volume source
+                // would vanish silently, so name it instead.
+                let known = serde_json::to_value(&volume).unwrap_or_default();
+                if let Some(unknown) = value
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|object| object.keys())
+                    .find(|key| known.get(key.as_str()).is_none())
+                {
+                    return Err(invalid(
+                        format!("{field}.{unknown}"),
+                        "is not a field of a Kubernetes Volume",
+                    ));
+                }
+                Ok(volume)
+            })
+            .collect()
+    }
+
+    fn validate_volumes(&self) -> Result<(), InvalidSpec> {
+        let volumes = self.typed_volumes()?;
+        let mut names = BTreeSet::new();
+        for (index, volume) in volumes.iter().enumerate() {
+            if !names.insert(volume.name.as_str()) {
+                return Err(invalid(
+                    format!("spec.volumes[{index}].name"),
+                    format!("{:?} is used by another volume", volume.name),
+                ));
+            }
+        }
+        for (index, mount) in self.volume_mounts.iter().enumerate() {
+            if !names.contains(mount.name.as_str()) {
+                return Err(invalid(
+                    format!("spec.volumeMounts[{index}].name"),
+                    format!("no volume is named {:?}", mount.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_schedules(&self) -> Result<(), InvalidSpec> {
+        let mut names = BTreeSet::new();
+        for (index, schedule) in self.triggers.schedules.iter().enumerate() {
+            let field = |name: &str| format!("spec.triggers.schedules[{index}].{name}");
+            if !names.insert(schedule.name.as_str()) {
+                return Err(invalid(
+                    field("name"),
+                    format!("{:?} is used by another schedule", schedule.name),
+                ));
+            }
+            parse_cron(&schedule.cron).map_err(|reason| invalid(field("cron"), reason))?;
+            if let Some(zone) = &schedule.time_zone {
+                jiff::tz::TimeZone::get(zone).map_err(|_| {
+                    invalid(
+                        field("timeZone"),
+                        format!("{zone:?} is not an IANA time zone such as Europe/Paris"),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a standard 5-field cron expression (or a nickname such as `@hourly`).
+pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expression)
+        .map_err(|e| format!("{expression:?} is not a 5-field cron expression: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::function::Schedule;
+    use std::collections::BTreeMap;
+
+    fn spec() -> FunctionSpec {
+        FunctionSpec::with_image("example.com/hello:1")
+    }
+
+    fn schedule(name: &str, cron: &str) -> Schedule {
+        Schedule {
+            name: name.into(),
+            cron: cron.into(),
+            time_zone: None,
+            method: "POST".into(),
+            path: "/".into(),
+            body: None,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    fn field_of(spec: &FunctionSpec) -> String {
+        spec.validate().expect_err("spec should be invalid").field
+    }
+
+    #[test]
+    fn default_spec_is_valid_with_default_durations() {
+        let durations = spec().validate().expect("valid");
+        assert_eq!(
+            durations.scale_to_zero_grace_period,
+            Duration::from_secs(30)
+        );
+        assert_eq!(durations.stable_window, Duration::from_secs(60));
+        assert_eq!(durations.request_timeout, Duration::from_secs(300));
+        assert_eq!(durations.max_queue_wait, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn min_above_max_names_min_replicas() {
+        let mut spec = spec();
+        spec.scaling.min_replicas = 5;
+        spec.scaling.max_replicas = 2;
+        assert_eq!(field_of(&spec), "spec.scaling.minReplicas");
+    }
+
+    #[test]
+    fn initial_outside_bounds_names_initial_replicas() {
+        let mut spec = spec();
+        spec.scaling.min_replicas = 2;
+        spec.scaling.initial_replicas = Some(1);
+        assert_eq!(field_of(&spec), "spec.scaling.initialReplicas");
+    }
+
+    #[test]
+    fn cpu_metric_requires_a_cpu_request() {
+        let mut spec = spec();
+        spec.scaling.metric = Metric::Cpu;
+        assert_eq!(field_of(&spec), "spec.resources.requests.cpu");
+    }
+
+    #[test]
+    fn malformed_or_out_of_range_durations_name_their_field() {
+        let mut spec = spec();
+        spec.scaling.stable_window = "2s".into();
+        assert_eq!(field_of(&spec), "spec.scaling.stableWindow");
+
+        let mut spec = self::spec();
+        spec.requests.max_queue_wait = "soon".into();
+        let error = spec.validate().expect_err("invalid");
+        assert_eq!(error.field, "spec.requests.maxQueueWait");
+        assert!(error.reason.contains("not a duration"), "{}", error.reason);
+
+        let mut spec = self::spec();
+        spec.requests.timeout = "0".into();
+        assert_eq!(field_of(&spec), "spec.requests.timeout");
+    }
+
+    #[test]
+    fn volume_mount_of_unknown_volume_is_rejected() {
+        let mut spec = spec();
+        spec.volumes = vec![serde_json::json!({"name": "data", "emptyDir": {}})];
+        spec.volume_mounts = vec![k8s_openapi::api::core::v1::VolumeMount {
+            name: "cache".into(),
+            mount_path: "/cache".into(),
+            ..Default::default()
+        }];
+        assert_eq!(field_of(&spec), "spec.volumeMounts[0].name");
+    }
+
+    #[test]
+    fn volume_that_is_not_a_volume_is_rejected() {
+        let mut spec = spec();
+        spec.volumes = vec![serde_json::json!({"emptyDir": {}})];
+        assert_eq!(field_of(&spec), "spec.volumes[0].name");
+        spec.volumes = vec![serde_json::json!({"name": "data", "emtpyDir": {}})];
+        assert_eq!(field_of(&spec), "spec.volumes[0].emtpyDir");
+        spec.volumes = vec![serde_json::json!({"name": "data", "emptyDir": "big"})];
+        assert_eq!(field_of(&spec), "spec.volumes[0]");
+    }
+
+    #[test]
+    fn bad_cron_and_time_zone_are_rejected() {
+        let mut spec = spec();
+        spec.triggers.schedules = vec![schedule("tick", "61 * * * *")];
+        assert_eq!(field_of(&spec), "spec.triggers.schedules[0].cron");
+
+        let mut zoned = schedule("tick", "*/5 * * * *");
+        zoned.time_zone = Some("Mars/Olympus".into());
+        spec.triggers.schedules = vec![zoned];
+        assert_eq!(field_of(&spec), "spec.triggers.schedules[0].timeZone");
+    }
+
+    #[test]
+    fn valid_schedules_pass_and_duplicates_do_not() {
+        let mut spec = spec();
+        let mut paris = schedule("nightly", "0 3 * * *");
+        paris.time_zone = Some("Europe/Paris".into());
+        spec.triggers.schedules = vec![paris, schedule("often", "@hourly")];
+        spec.validate().expect("valid schedules");
+
+        spec.triggers
+            .schedules
+            .push(schedule("often", "*/5 * * * *"));
+        assert_eq!(field_of(&spec), "spec.triggers.schedules[2].name");
+    }
+
+    #[test]
+    fn six_field_cron_with_seconds_is_rejected() {
+        assert!(parse_cron("*/5 * * * * *").is_err());
+        assert!(parse_cron("*/5 * * * *").is_ok());
+    }
+}
