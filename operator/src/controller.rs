@@ -1,0 +1,399 @@
+//! The Function controller: an I/O shell around the pure builders in [`resources`] and
+//! [`status`]. Each reconcile validates the spec, builds every desired object, applies
+//! them with server-side apply under one field manager, and writes the status.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use tracing::Instrument;
+use zeroscale_api::conditions::Reason;
+use zeroscale_api::{Function, FunctionStatus, keys};
+
+use crate::metrics::Metrics;
+use crate::resources::{self, Config};
+use crate::status;
+use crate::{Error, Result};
+
+/// Field manager of every object and status the reconciler applies.
+pub const FIELD_MANAGER: &str = "zeroscale-operator";
+
+/// Field manager that owns `spec.replicas` of Function Deployments: the autoscaler's.
+/// The reconciler uses it once, to create a Deployment at its initial scale, so that the
+/// reconciler's own applies (which leave replicas out) never reset the pod count.
+pub const AUTOSCALER_FIELD_MANAGER: &str = "zeroscale-autoscaler";
+
+/// How often a healthy Function is reconciled even when nothing changes.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Backoff of failed reconciles: doubles from the first delay up to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Consecutive failures per Function, for backoff.
+    failures: Mutex<HashMap<ObjectRef<Function>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Metrics, reporter: Reporter) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Function>, u32>> {
+        // A panic while holding this lock leaves only a counter behind: keep using it.
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Runs the controller over Functions in `namespace` (all namespaces when None) until
+/// `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let functions = scoped::<Function>(&client, namespace);
+    let managed = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        keys::MANAGED_BY
+    ));
+    let function_pods = watcher::Config::default().labels(keys::FUNCTION_LABEL);
+    Controller::new(functions, watcher::Config::default().any_semantic())
+        .owns(scoped::<Deployment>(&client, namespace), managed.clone())
+        .owns(scoped::<Service>(&client, namespace), managed.clone())
+        .owns(
+            scoped::<HorizontalPodAutoscaler>(&client, namespace),
+            managed,
+        )
+        .watches(
+            scoped::<Pod>(&client, namespace),
+            function_pods,
+            |pod: Pod| {
+                let function = pod.labels().get(keys::FUNCTION_LABEL)?.clone();
+                Some(ObjectRef::new(&function).within(&pod.namespace()?))
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((function, _)) => tracing::debug!(%function, "reconciled"),
+                Err(error) => tracing::warn!(error = %error, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Reconciles one Function and records the outcome in the metrics.
+pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let span = tracing::info_span!("reconcile", function = %ObjectRef::from_obj(&*function));
+    let outcome = reconcile_function(&function, &ctx).instrument(span).await;
+    let result = match &outcome {
+        Ok(Outcome::Applied) => "ok",
+        Ok(Outcome::InvalidSpec) => "invalid_spec",
+        Err(error) => {
+            ctx.metrics
+                .reconcile_errors
+                .with_label_values(&[error.metric_label()])
+                .inc();
+            "error"
+        }
+    };
+    ctx.metrics.reconciles.with_label_values(&[result]).inc();
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[result])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = outcome?;
+    ctx.failures().remove(&ObjectRef::from_obj(&*function));
+    Ok(match outcome {
+        Outcome::Applied => Action::requeue(RESYNC),
+        // Nothing will change until the spec does.
+        Outcome::InvalidSpec => Action::await_change(),
+    })
+}
+
+/// Transient failures (the API server busy, a conflict, the network) are retried with a
+/// doubling delay; permanent ones (forbidden, a missing namespace) wait the longest delay,
+/// since retrying sooner cannot help.
+pub fn error_policy(function: Arc<Function>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(&*function);
+    let delay = if error.is_transient() {
+        let mut failures = ctx.failures();
+        let count = failures.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        backoff(*count)
+    } else {
+        BACKOFF.1
+    };
+    tracing::warn!(function = %ObjectRef::from_obj(&*function), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Delay before retry number `failures` (1-based).
+fn backoff(failures: u32) -> Duration {
+    let (first, longest) = BACKOFF;
+    first
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(longest)
+}
+
+enum Outcome {
+    Applied,
+    InvalidSpec,
+}
+
+async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcome> {
+    let namespace = function.namespace().ok_or(Error::MissingNamespace)?;
+    let name = function.name_any();
+    let client = &ctx.client;
+    let now = || Time(jiff::Timestamp::now());
+
+    // Build every desired object before touching any, so an invalid spec changes nothing.
+    let desired = function
+        .spec
+        .validate()
+        .and_then(|_| resources::deployment(function));
+    let deployment = match desired {
+        Ok(deployment) => deployment,
+        Err(invalid) => {
+            report_invalid(function, ctx, invalid.to_string()).await?;
+            return Ok(Outcome::InvalidSpec);
+        }
+    };
+    let service = resources::service(function, &ctx.config);
+    let pods_service = resources::pods_service(function);
+    let hpa = resources::hpa(function);
+
+    // The Deployment goes first: it is the one object the API server may still reject
+    // for the user's input (a volume, a resource quantity), and then nothing else is built.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let existing = deployments
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::GetDeployment {
+            name: name.clone(),
+            source,
+        })?;
+    if existing.is_none() {
+        let mut initial = deployment.clone();
+        if let Some(spec) = initial.spec.as_mut() {
+            spec.replicas = Some(resources::initial_replicas(function));
+        }
+        match apply(&deployments, &initial, AUTOSCALER_FIELD_MANAGER).await {
+            Err(error) if error.is_invalid() => {
+                report_invalid(function, ctx, error.api_message()).await?;
+                return Ok(Outcome::InvalidSpec);
+            }
+            other => other?,
+        };
+    }
+    let deployment = match apply(&deployments, &deployment, FIELD_MANAGER).await {
+        Err(error) if error.is_invalid() => {
+            report_invalid(function, ctx, error.api_message()).await?;
+            return Ok(Outcome::InvalidSpec);
+        }
+        other => other?,
+    };
+
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    apply(&services, &service, FIELD_MANAGER).await?;
+    apply(&services, &pods_service, FIELD_MANAGER).await?;
+
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
+    match &hpa {
+        Some(hpa) => {
+            apply(&hpas, hpa, FIELD_MANAGER).await?;
+        }
+        None => delete_if_present(&hpas, &zeroscale_api::names::hpa(&name)).await?,
+    }
+
+    // Pods are read only while some are not ready: that is when they can say why.
+    let desired_replicas = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let ready = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let pods = if ready < desired_replicas {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let selector = format!("{}={}", keys::FUNCTION_LABEL, name);
+        pods.list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| Error::ListPods {
+                name: name.clone(),
+                source,
+            })?
+            .items
+    } else {
+        Vec::new()
+    };
+
+    let status = status::observe(function, &deployment, &pods, &ctx.config, now());
+    write_status(function, ctx, status).await?;
+    Ok(Outcome::Applied)
+}
+
+/// Server-side applies `object` under `manager`, taking ownership of conflicting fields.
+async fn apply<K>(api: &Api<K>, object: &K, manager: &str) -> Result<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object.name_any();
+    api.patch(
+        &name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: K::kind(&()).into_owned(),
+        name,
+        source,
+    })
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(source) => Err(Error::Delete {
+            kind: K::kind(&()).into_owned(),
+            name: name.to_owned(),
+            source,
+        }),
+    }
+}
+
+async fn report_invalid(function: &Function, ctx: &Context, message: String) -> Result<()> {
+    let status = status::invalid(function, message, Time(jiff::Timestamp::now()));
+    write_status(function, ctx, status).await
+}
+
+/// Applies the status and publishes an Event when the Ready reason changed.
+async fn write_status(function: &Function, ctx: &Context, status: FunctionStatus) -> Result<()> {
+    let name = function.name_any();
+    let previous_reason = function
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_condition())
+        .map(|c| c.reason.clone());
+    let functions: Api<Function> = Api::namespaced(
+        ctx.client.clone(),
+        &function.namespace().unwrap_or_default(),
+    );
+    let body = serde_json::json!({
+        "apiVersion": Function::api_version(&()),
+        "kind": Function::kind(&()),
+        "status": status,
+    });
+    functions
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(|source| Error::PatchStatus {
+            name: name.clone(),
+            source,
+        })?;
+
+    if let Some(ready) = status.ready_condition()
+        && previous_reason.as_deref() != Some(ready.reason.as_str())
+    {
+        publish_transition(function, ctx, &ready.reason, &ready.message).await;
+    }
+    Ok(())
+}
+
+/// Publishes the Ready transition as an Event; a failure to publish is logged, not fatal.
+async fn publish_transition(function: &Function, ctx: &Context, reason: &str, message: &str) {
+    let warning = [
+        Reason::InvalidSpec,
+        Reason::DeploymentFailed,
+        Reason::Unschedulable,
+    ]
+    .iter()
+    .any(|r| r.as_str() == reason);
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &function.object_ref(&()))
+        .await
+    {
+        tracing::warn!(error = %error, "publishing event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_longest_delay() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(20), Duration::from_secs(300));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+    }
+}

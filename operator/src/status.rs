@@ -1,0 +1,301 @@
+//! What a Function's status says, computed from its Deployment and pods: a pure
+//! function so every reason (serving, scaled to zero, deploying, unschedulable, failed
+//! to start) is tested with plain values.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use zeroscale_api::conditions::Reason;
+use zeroscale_api::{Function, FunctionStatus};
+
+use crate::resources::{self, Config};
+
+/// Container waiting reasons that mean the pod will not start without a change by a
+/// person (image, command, config), as opposed to a pod that is merely slow.
+const START_FAILURES: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// The Ready reason and message for a Function whose Deployment and pods look like this.
+pub fn readiness(deployment: &Deployment, pods: &[Pod]) -> (Reason, String) {
+    let desired = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let status = deployment.status.clone().unwrap_or_default();
+    let ready = status.ready_replicas.unwrap_or(0);
+    let conditions = status.conditions.unwrap_or_default();
+
+    if let Some(failed) = conditions.iter().find(|c| {
+        (c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+            || (c.type_ == "ReplicaFailure" && c.status == "True")
+    }) {
+        return (
+            Reason::DeploymentFailed,
+            format!(
+                "Deployment {}: {}",
+                failed.reason.as_deref().unwrap_or(&failed.type_),
+                failed.message.as_deref().unwrap_or("no message")
+            ),
+        );
+    }
+    if desired == 0 && ready == 0 {
+        return (
+            Reason::ScaledToZero,
+            "scaled to zero; the next request wakes it".to_owned(),
+        );
+    }
+    if ready > 0 {
+        return (Reason::Serving, format!("{ready} of {desired} pods ready"));
+    }
+    if let Some(message) = pods.iter().find_map(start_failure) {
+        return (Reason::DeploymentFailed, message);
+    }
+    if let Some(message) = pods.iter().find_map(unschedulable) {
+        return (Reason::Unschedulable, message);
+    }
+    (Reason::Deploying, format!("0 of {desired} pods ready"))
+}
+
+/// Why a pod's function container cannot start, if it cannot.
+fn start_failure(pod: &Pod) -> Option<String> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.iter().find_map(|container| {
+        let waiting = container.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        START_FAILURES.contains(&reason).then(|| {
+            format!(
+                "pod {}: container {}: {reason}: {}",
+                pod.name_any(),
+                container.name,
+                waiting.message.as_deref().unwrap_or("no message")
+            )
+        })
+    })
+}
+
+/// Why a pod cannot be placed on a node, if it cannot.
+fn unschedulable(pod: &Pod) -> Option<String> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    conditions
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        })
+        .map(|c| {
+            format!(
+                "pod {}: {}",
+                pod.name_any(),
+                c.message.as_deref().unwrap_or("cannot be scheduled")
+            )
+        })
+}
+
+/// The status of a Function whose objects were applied: counts from the Deployment,
+/// addresses from the configuration, and `Ready` from [`readiness`]. `previous` keeps
+/// what other writers own (the autoscaler's desiredReplicas and lastScaleTime) and the
+/// condition's transition time.
+pub fn observe(
+    function: &Function,
+    deployment: &Deployment,
+    pods: &[Pod],
+    config: &Config,
+    now: Time,
+) -> FunctionStatus {
+    let mut status = function.status.clone().unwrap_or_default();
+    let deployment_status = deployment.status.clone().unwrap_or_default();
+    status.observed_generation = function.metadata.generation;
+    status.replicas = Some(deployment_status.replicas.unwrap_or(0));
+    status.ready_replicas = Some(deployment_status.ready_replicas.unwrap_or(0));
+    status.desired_replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
+    status.url = Some(resources::url(function, config));
+    status.address = Some(resources::address(function, config));
+    let (reason, message) = readiness(deployment, pods);
+    status.set_ready(reason, message, function.metadata.generation, now);
+    status
+}
+
+/// The status of a Function whose spec cannot be used: `Ready=False, InvalidSpec`, with
+/// everything else as it was (no objects were touched).
+pub fn invalid(function: &Function, message: String, now: Time) -> FunctionStatus {
+    let mut status = function.status.clone().unwrap_or_default();
+    status.observed_generation = function.metadata.generation;
+    status.set_ready(
+        Reason::InvalidSpec,
+        message,
+        function.metadata.generation,
+        now,
+    );
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::FunctionExt;
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    };
+    use kube::api::ObjectMeta;
+
+    fn deployment(desired: i32, ready: i32) -> Deployment {
+        Deployment {
+            spec: Some(DeploymentSpec {
+                replicas: Some(desired),
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                replicas: Some(desired),
+                ready_replicas: Some(ready),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn pod_waiting(reason: &str, message: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("hello-abc".into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "function".into(),
+                    state: Some(ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some(reason.into()),
+                            message: Some(message.into()),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn now() -> Time {
+        Time(jiff::Timestamp::from_second(1_800_000_000).expect("valid"))
+    }
+
+    #[test]
+    fn ready_pods_mean_serving() {
+        let (reason, message) = readiness(&deployment(2, 1), &[]);
+        assert_eq!(reason, Reason::Serving);
+        assert_eq!(message, "1 of 2 pods ready");
+    }
+
+    #[test]
+    fn zero_desired_means_scaled_to_zero_and_ready() {
+        let (reason, _) = readiness(&deployment(0, 0), &[]);
+        assert_eq!(reason, Reason::ScaledToZero);
+        assert_eq!(reason.status(), "True");
+    }
+
+    #[test]
+    fn starting_pods_mean_deploying() {
+        let (reason, _) = readiness(&deployment(1, 0), &[pod_waiting("ContainerCreating", "")]);
+        assert_eq!(reason, Reason::Deploying);
+        assert_eq!(reason.status(), "Unknown");
+    }
+
+    #[test]
+    fn image_pull_failure_is_reported_with_the_pod_message() {
+        let pods = [pod_waiting(
+            "ImagePullBackOff",
+            "Back-off pulling image \"nope:1\"",
+        )];
+        let (reason, message) = readiness(&deployment(1, 0), &pods);
+        assert_eq!(reason, Reason::DeploymentFailed);
+        assert_eq!(
+            message,
+            "pod hello-abc: container function: ImagePullBackOff: Back-off pulling image \"nope:1\""
+        );
+    }
+
+    #[test]
+    fn crash_loop_is_a_start_failure() {
+        let (reason, _) = readiness(
+            &deployment(1, 0),
+            &[pod_waiting("CrashLoopBackOff", "back-off")],
+        );
+        assert_eq!(reason, Reason::DeploymentFailed);
+    }
+
+    #[test]
+    fn unschedulable_pod_holds_rather_than_fails() {
+        let mut pod = pod_waiting("ContainerCreating", "");
+        pod.status.get_or_insert_default().conditions = Some(vec![PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some("0/3 nodes are available: insufficient cpu".into()),
+            ..Default::default()
+        }]);
+        let (reason, message) = readiness(&deployment(1, 0), &[pod]);
+        assert_eq!(reason, Reason::Unschedulable);
+        assert!(message.contains("insufficient cpu"), "{message}");
+    }
+
+    #[test]
+    fn progress_deadline_exceeded_fails_even_without_pods() {
+        let mut deployment = deployment(1, 0);
+        deployment.status.get_or_insert_default().conditions = Some(vec![DeploymentCondition {
+            type_: "Progressing".into(),
+            status: "False".into(),
+            reason: Some("ProgressDeadlineExceeded".into()),
+            message: Some("ReplicaSet \"hello-1\" has timed out progressing.".into()),
+            ..Default::default()
+        }]);
+        let (reason, message) = readiness(&deployment, &[]);
+        assert_eq!(reason, Reason::DeploymentFailed);
+        assert!(message.contains("timed out progressing"), "{message}");
+    }
+
+    #[test]
+    fn observed_status_carries_counts_addresses_and_generation() {
+        let mut function = Function::test("hello");
+        function.metadata.generation = Some(4);
+        let status = observe(&function, &deployment(3, 2), &[], &Config::test(), now());
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(status.replicas, Some(3));
+        assert_eq!(status.ready_replicas, Some(2));
+        assert_eq!(status.desired_replicas, Some(3));
+        assert_eq!(
+            status.address.as_deref(),
+            Some("hello.default.svc.cluster.local")
+        );
+        let ready = status.ready_condition().expect("ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Serving")
+        );
+        assert_eq!(ready.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn invalid_spec_status_is_false_with_the_message() {
+        let status = invalid(&Function::test("hello"), "spec.port: bad".into(), now());
+        let ready = status.ready_condition().expect("ready");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, "InvalidSpec");
+        assert_eq!(ready.message, "spec.port: bad");
+    }
+}
