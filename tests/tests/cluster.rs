@@ -1,0 +1,319 @@
+//! The operator against a real API server: install the CRD, reconcile Functions in a
+//! temporary namespace, and check every child object and the status. Skipped with a
+//! message unless ZEROSCALE_TEST_KUBECONFIG names a cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::Reporter;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use zeroscale_api::{Function, FunctionSpec, Metric, Schedule};
+use zeroscale_operator::controller::{self, Context};
+use zeroscale_operator::metrics::Metrics;
+use zeroscale_operator::resources::Config;
+use zeroscale_tests::{cluster_client, in_temporary_namespace};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = zeroscale_api::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply("zeroscale-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    tokio::time::timeout(
+        WAIT,
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await??;
+    Ok(())
+}
+
+/// Runs the controller for `namespace` in this process until the returned sender drops.
+fn start_controller(
+    client: &Client,
+    namespace: &str,
+) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+    let registry = prometheus::Registry::new();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Config::test(),
+        Metrics::register(&registry)?,
+        Reporter {
+            controller: "zeroscale-tests".into(),
+            instance: None,
+        },
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let namespace = namespace.to_owned();
+    tokio::spawn(async move {
+        controller::run(ctx, Some(&namespace), async move {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    Ok(stop)
+}
+
+/// Waits until the Function's status describes its current generation with a Ready condition.
+async fn await_status(functions: &Api<Function>, name: &str) -> anyhow::Result<Function> {
+    let observed = |function: Option<&Function>| {
+        function.is_some_and(|f| {
+            f.status.as_ref().is_some_and(|s| {
+                s.observed_generation == f.metadata.generation && s.ready_condition().is_some()
+            })
+        })
+    };
+    let function = tokio::time::timeout(WAIT, await_condition(functions.clone(), name, observed))
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("Function {name} disappeared"))?;
+    Ok(function)
+}
+
+fn function(name: &str, spec: FunctionSpec) -> Function {
+    Function::new(name, spec)
+}
+
+#[tokio::test]
+async fn operator_builds_every_child_with_owner_references_and_status() -> anyhow::Result<()> {
+    let Some(client) =
+        cluster_client("operator_builds_every_child_with_owner_references_and_status").await?
+    else {
+        return Ok(());
+    };
+    install_crd(&client).await?;
+    in_temporary_namespace(
+        &client,
+        "zeroscale-children",
+        |client, namespace| async move {
+            let _controller = start_controller(&client, &namespace)?;
+            let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
+            let mut spec = FunctionSpec::with_image("registry.k8s.io/e2e-test-images/agnhost:2.53");
+            spec.args = Some(vec!["netexec".into(), "--http-port=8080".into()]);
+            spec.readiness_path = Some("/hostname".into());
+            let created = functions
+                .create(&PostParams::default(), &function("hello", spec))
+                .await?;
+            let uid = created.uid().ok_or_else(|| anyhow::anyhow!("no uid"))?;
+
+            let function = await_status(&functions, "hello").await?;
+            let status = function.status.clone().unwrap_or_default();
+            assert_eq!(
+                status.address.as_deref(),
+                Some(format!("hello.{namespace}.svc.cluster.local").as_str())
+            );
+            assert!(status.url.is_some());
+            let ready = status.ready_condition().expect("ready condition");
+            assert!(
+                ["Deploying", "Serving", "DeploymentFailed", "Unschedulable"]
+                    .contains(&ready.reason.as_str()),
+                "unexpected Ready reason {ready:?}"
+            );
+
+            let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
+                .get("hello")
+                .await?;
+            let service = Api::<Service>::namespaced(client.clone(), &namespace)
+                .get("hello")
+                .await?;
+            let pods_service = Api::<Service>::namespaced(client.clone(), &namespace)
+                .get("hello-pods")
+                .await?;
+            for owners in [
+                deployment.owner_references(),
+                service.owner_references(),
+                pods_service.owner_references(),
+            ] {
+                assert_eq!(owners.len(), 1);
+                assert_eq!(owners[0].uid, uid);
+                assert_eq!(owners[0].controller, Some(true));
+            }
+            assert_eq!(deployment.spec.as_ref().and_then(|s| s.replicas), Some(1));
+            let managers: Vec<_> = deployment
+                .managed_fields()
+                .iter()
+                .filter_map(|m| m.manager.clone())
+                .collect();
+            assert!(
+                managers.contains(&"zeroscale-operator".to_owned()),
+                "{managers:?}"
+            );
+            assert!(
+                managers.contains(&"zeroscale-autoscaler".to_owned()),
+                "{managers:?}"
+            );
+            let service_spec = service.spec.expect("service spec");
+            assert_eq!(service_spec.type_.as_deref(), Some("ExternalName"));
+            assert_eq!(
+                pods_service.spec.and_then(|s| s.cluster_ip).as_deref(),
+                Some("None")
+            );
+            Ok(())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn replicas_set_by_the_autoscaler_survive_a_respec() -> anyhow::Result<()> {
+    let Some(client) = cluster_client("replicas_set_by_the_autoscaler_survive_a_respec").await?
+    else {
+        return Ok(());
+    };
+    install_crd(&client).await?;
+    in_temporary_namespace(
+        &client,
+        "zeroscale-replicas",
+        |client, namespace| async move {
+            let _controller = start_controller(&client, &namespace)?;
+            let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+            functions
+                .create(
+                    &PostParams::default(),
+                    &function(
+                        "hello",
+                        FunctionSpec::with_image("registry.k8s.io/pause:3.10"),
+                    ),
+                )
+                .await?;
+            await_status(&functions, "hello").await?;
+
+            // The autoscaler takes the Function to zero under its own field manager.
+            deployments
+                .patch(
+                    "hello",
+                    &PatchParams::apply("zeroscale-autoscaler").force(),
+                    &Patch::Apply(serde_json::json!({
+                        "apiVersion": "apps/v1", "kind": "Deployment",
+                        "spec": {"replicas": 0}
+                    })),
+                )
+                .await?;
+            // A spec change makes the operator apply the Deployment again.
+            functions
+                .patch(
+                    "hello",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"spec": {"port": 9090}})),
+                )
+                .await?;
+            let function = await_status(&functions, "hello").await?;
+            let deployment = deployments.get("hello").await?;
+            let pod = deployment
+                .spec
+                .clone()
+                .and_then(|s| s.template.spec)
+                .expect("pod spec");
+            assert_eq!(
+                pod.containers[0].ports.clone().unwrap_or_default()[0].container_port,
+                9090
+            );
+            assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(0));
+            let status = function.status.unwrap_or_default();
+            assert_eq!(status.desired_replicas, Some(0));
+            Ok(())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Result<()> {
+    let Some(client) =
+        cluster_client("invalid_specs_are_refused_or_reported_and_build_nothing").await?
+    else {
+        return Ok(());
+    };
+    install_crd(&client).await?;
+    in_temporary_namespace(
+        &client,
+        "zeroscale-invalid",
+        |client, namespace| async move {
+            let _controller = start_controller(&client, &namespace)?;
+            let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
+
+            // What the schema can check, the API server refuses.
+            let mut bounds = FunctionSpec::with_image("registry.k8s.io/pause:3.10");
+            bounds.scaling.min_replicas = 5;
+            bounds.scaling.max_replicas = 2;
+            let refused = functions
+                .create(&PostParams::default(), &function("bounds", bounds))
+                .await;
+            match refused {
+                Err(kube::Error::Api(status)) => {
+                    assert_eq!(status.code, 422);
+                    assert!(status.message.contains("minReplicas"), "{}", status.message);
+                }
+                other => panic!("expected a 422, got {other:?}"),
+            }
+            let refused = functions
+                .create(
+                    &PostParams::default(),
+                    &function(
+                        "x-pods",
+                        FunctionSpec::with_image("registry.k8s.io/pause:3.10"),
+                    ),
+                )
+                .await;
+            assert!(matches!(refused, Err(kube::Error::Api(status)) if status.code == 422));
+
+            // What only the operator can check ends as Ready=False, InvalidSpec.
+            let mut cron = FunctionSpec::with_image("registry.k8s.io/pause:3.10");
+            cron.triggers.schedules = vec![Schedule {
+                name: "tick".into(),
+                cron: "61 * * * *".into(),
+                time_zone: None,
+                method: "POST".into(),
+                path: "/".into(),
+                body: None,
+                headers: Default::default(),
+            }];
+            cron.scaling.metric = Metric::Concurrency;
+            functions
+                .create(&PostParams::default(), &function("cron", cron))
+                .await?;
+            let function = await_status(&functions, "cron").await?;
+            let ready = function
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_condition())
+                .cloned()
+                .expect("ready condition");
+            assert_eq!(ready.status, "False");
+            assert_eq!(ready.reason, "InvalidSpec");
+            assert!(
+                ready.message.contains("spec.triggers.schedules[0].cron"),
+                "{}",
+                ready.message
+            );
+            let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
+                .get_opt("cron")
+                .await?;
+            assert!(
+                deployment.is_none(),
+                "an invalid Function must build nothing"
+            );
+            let service = Api::<Service>::namespaced(client.clone(), &namespace)
+                .get_opt("cron")
+                .await?;
+            assert!(service.is_none());
+            let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &namespace)
+                .get_opt("cron")
+                .await?;
+            assert!(hpa.is_none());
+            Ok(())
+        },
+    )
+    .await
+}
