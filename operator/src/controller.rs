@@ -31,8 +31,9 @@ use crate::{Error, Result};
 pub const FIELD_MANAGER: &str = "zeroscale-operator";
 
 /// Field manager that owns `spec.replicas` of Function Deployments: the autoscaler's.
-/// The reconciler uses it once, to create a Deployment at its initial scale, so that the
-/// reconciler's own applies (which leave replicas out) never reset the pod count.
+/// The reconciler uses it once per Deployment, to hand replicas over, so that its own
+/// applies (which leave replicas out) never reset the pod count: server-side apply
+/// removes a field when its only owner stops sending it.
 pub const AUTOSCALER_FIELD_MANAGER: &str = "zeroscale-autoscaler";
 
 /// How often a healthy Function is reconciled even when nothing changes.
@@ -212,26 +213,24 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
             name: name.clone(),
             source,
         })?;
-    if existing.is_none() {
-        let mut initial = deployment.clone();
-        if let Some(spec) = initial.spec.as_mut() {
-            spec.replicas = Some(resources::initial_replicas(function));
-        }
-        match apply(&deployments, &initial, AUTOSCALER_FIELD_MANAGER).await {
-            Err(error) if error.is_invalid() => {
-                report_invalid(function, ctx, error.api_message()).await?;
-                return Ok(Outcome::InvalidSpec);
-            }
-            other => other?,
-        };
+    // Replicas are handed to the autoscaler once: the operator creates the Deployment
+    // with its initial scale, then the autoscaler's field manager applies replicas alone,
+    // so it owns that one field and nothing else. Later applies leave replicas out.
+    let handover = replicas_to_hand_over(existing.as_ref(), function);
+    let mut desired_deployment = deployment;
+    if let (Some(replicas), Some(spec)) = (handover, desired_deployment.spec.as_mut()) {
+        spec.replicas = Some(replicas);
     }
-    let deployment = match apply(&deployments, &deployment, FIELD_MANAGER).await {
+    let mut deployment = match apply(&deployments, &desired_deployment, FIELD_MANAGER).await {
         Err(error) if error.is_invalid() => {
             report_invalid(function, ctx, error.api_message()).await?;
             return Ok(Outcome::InvalidSpec);
         }
         other => other?,
     };
+    if let Some(replicas) = handover {
+        deployment = hand_over_replicas(&deployments, &name, replicas).await?;
+    }
 
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     apply(&services, &service, FIELD_MANAGER).await?;
@@ -273,6 +272,58 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     let status = status::observe(function, &deployment, &pods, &ctx.config, now());
     write_status(function, ctx, status).await?;
     Ok(Outcome::Applied)
+}
+
+/// The replica count to give the autoscaler, when its field manager does not own
+/// `spec.replicas` yet: the initial scale for a new Deployment, the current one for a
+/// Deployment whose handover was interrupted.
+fn replicas_to_hand_over(existing: Option<&Deployment>, function: &Function) -> Option<i32> {
+    let Some(existing) = existing else {
+        return Some(resources::initial_replicas(function));
+    };
+    let owned = existing.managed_fields().iter().any(|entry| {
+        entry.manager.as_deref() == Some(AUTOSCALER_FIELD_MANAGER)
+            && entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|fields| fields.0.pointer("/f:spec/f:replicas").is_some())
+    });
+    if owned {
+        return None;
+    }
+    Some(
+        existing
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.replicas)
+            .unwrap_or_else(|| resources::initial_replicas(function)),
+    )
+}
+
+/// Applies `spec.replicas` alone under the autoscaler's field manager.
+async fn hand_over_replicas(
+    deployments: &Api<Deployment>,
+    name: &str,
+    replicas: i32,
+) -> Result<Deployment> {
+    let body = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    deployments
+        .patch(
+            name,
+            &PatchParams::apply(AUTOSCALER_FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Deployment".into(),
+            name: name.to_owned(),
+            source,
+        })
 }
 
 /// Server-side applies `object` under `manager`, taking ownership of conflicting fields.
@@ -387,6 +438,80 @@ async fn publish_transition(function: &Function, ctx: &Context, reason: &str, me
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use k8s_openapi::api::apps::v1::DeploymentSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    use kube::api::ObjectMeta;
+
+    fn deployment(replicas: i32, managers: &[(&str, serde_json::Value)]) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                managed_fields: Some(
+                    managers
+                        .iter()
+                        .map(|(manager, fields)| ManagedFieldsEntry {
+                            manager: Some((*manager).to_owned()),
+                            operation: Some("Apply".into()),
+                            fields_type: Some("FieldsV1".into()),
+                            fields_v1: Some(FieldsV1(fields.clone())),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn function(initial: Option<i32>) -> Function {
+        let mut function = Function::new(
+            "hello",
+            zeroscale_api::FunctionSpec::with_image("example.com/hello:1"),
+        );
+        function.spec.scaling.initial_replicas = initial;
+        function
+    }
+
+    #[test]
+    fn new_deployment_hands_over_its_initial_replicas() {
+        assert_eq!(replicas_to_hand_over(None, &function(None)), Some(1));
+        assert_eq!(replicas_to_hand_over(None, &function(Some(0))), Some(0));
+    }
+
+    #[test]
+    fn replicas_owned_by_the_autoscaler_are_left_alone() {
+        let existing = deployment(
+            4,
+            &[(
+                AUTOSCALER_FIELD_MANAGER,
+                serde_json::json!({"f:spec": {"f:replicas": {}}}),
+            )],
+        );
+        assert_eq!(
+            replicas_to_hand_over(Some(&existing), &function(None)),
+            None
+        );
+    }
+
+    #[test]
+    fn interrupted_handover_keeps_the_current_replicas() {
+        let existing = deployment(
+            3,
+            &[(
+                FIELD_MANAGER,
+                serde_json::json!({"f:spec": {"f:replicas": {}, "f:template": {}}}),
+            )],
+        );
+        assert_eq!(
+            replicas_to_hand_over(Some(&existing), &function(None)),
+            Some(3)
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_longest_delay() {
