@@ -157,6 +157,7 @@ pub enum Protocol {
 /// How a Function scales.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(test, x_kube(cel))]
 #[x_kube(
     validation = Rule::new("self.minReplicas <= self.maxReplicas").message("scaling.minReplicas must not exceed scaling.maxReplicas"),
     validation = Rule::new("!has(self.initialReplicas) || (self.initialReplicas >= self.minReplicas && self.initialReplicas <= self.maxReplicas)").message("scaling.initialReplicas must lie between minReplicas and maxReplicas")
@@ -584,5 +585,50 @@ impl FunctionSpec {
             routing: RoutingSpec::default(),
             triggers: TriggersSpec::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scaling(value: serde_json::Value) -> serde_json::Value {
+        let mut defaults = serde_json::to_value(ScalingSpec::default()).expect("serializes");
+        if let (Some(defaults), Some(value)) = (defaults.as_object_mut(), value.as_object()) {
+            defaults.extend(value.clone());
+        }
+        defaults
+    }
+
+    #[test]
+    fn cel_rules_refuse_min_above_max_and_initial_out_of_bounds() {
+        assert!(ScalingSpec::validate_cel(&scaling(serde_json::json!({})), None).is_ok());
+        assert!(
+            ScalingSpec::validate_cel(
+                &scaling(
+                    serde_json::json!({"minReplicas": 1, "maxReplicas": 3, "initialReplicas": 2})
+                ),
+                None
+            )
+            .is_ok()
+        );
+        assert!(
+            ScalingSpec::validate_cel(
+                &scaling(serde_json::json!({"minReplicas": 4, "maxReplicas": 3})),
+                None
+            )
+            .is_err()
+        );
+        assert!(
+            ScalingSpec::validate_cel(
+                &scaling(serde_json::json!({"minReplicas": 2, "initialReplicas": 1})),
+                None
+            )
+            .is_err()
+        );
+        assert!(
+            ScalingSpec::validate_cel(&scaling(serde_json::json!({"initialReplicas": 11})), None)
+                .is_err()
+        );
     }
 }

@@ -112,9 +112,33 @@ impl FunctionSpec {
             return Err(invalid("spec.requests.timeout", "must be longer than 0"));
         }
 
+        self.validate_quantities()?;
         self.validate_volumes()?;
         self.validate_schedules()?;
         Ok(durations)
+    }
+
+    fn validate_quantities(&self) -> Result<(), InvalidSpec> {
+        let Some(resources) = &self.resources else {
+            return Ok(());
+        };
+        for (kind, quantities) in [
+            ("requests", &resources.requests),
+            ("limits", &resources.limits),
+        ] {
+            for (name, quantity) in quantities.iter().flatten() {
+                if !is_quantity(&quantity.0) {
+                    return Err(invalid(
+                        format!("spec.resources.{kind}.{name}"),
+                        format!(
+                            "{:?} is not a quantity such as 250m, 0.5, 64Mi or 1G",
+                            quantity.0
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn requests_cpu(&self) -> bool {
@@ -203,6 +227,31 @@ impl FunctionSpec {
         }
         Ok(())
     }
+}
+
+/// Whether `text` is a Kubernetes resource quantity: a signed decimal number followed by
+/// a binary suffix (Ki..Ei), a decimal suffix (n, u, m, k, M..E) or a decimal exponent.
+fn is_quantity(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let number_len = unsigned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(number_len);
+    let digits = number.replace('.', "");
+    if digits.is_empty() || number.matches('.').count() > 1 {
+        return false;
+    }
+    const SUFFIXES: [&str; 16] = [
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E",
+    ];
+    if SUFFIXES.contains(&suffix) {
+        return true;
+    }
+    let Some(exponent) = suffix.strip_prefix(['e', 'E']) else {
+        return false;
+    };
+    let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+    !exponent.is_empty() && exponent.chars().all(|c| c.is_ascii_digit())
 }
 
 /// Parses a standard 5-field cron expression (or a nickname such as `@hourly`).
@@ -340,6 +389,31 @@ mod tests {
             .schedules
             .push(schedule("often", "*/5 * * * *"));
         assert_eq!(field_of(&spec), "spec.triggers.schedules[2].name");
+    }
+
+    #[test]
+    fn quantities_follow_the_kubernetes_grammar() {
+        for good in [
+            "250m", "0.5", "1", "64Mi", "1G", "1e3", "1E-2", "+2", ".5", "10Ki",
+        ] {
+            assert!(is_quantity(good), "{good} should be a quantity");
+        }
+        for bad in ["", "m", "1.2.3", "10MB", "1e", "one", "1 Gi", "1gi"] {
+            assert!(!is_quantity(bad), "{bad} should not be a quantity");
+        }
+    }
+
+    #[test]
+    fn malformed_resource_quantity_names_its_field() {
+        let mut spec = spec();
+        spec.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("64MB".into()),
+            )])),
+            ..Default::default()
+        });
+        assert_eq!(field_of(&spec), "spec.resources.limits.memory");
     }
 
     #[test]

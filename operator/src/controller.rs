@@ -406,6 +406,18 @@ async fn write_status(function: &Function, ctx: &Context, status: FunctionStatus
     Ok(())
 }
 
+/// Largest Event note events.k8s.io/v1 accepts, in bytes.
+const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// The longest prefix of `text` within `limit` bytes that ends on a character boundary.
+fn truncate_bytes(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Publishes the Ready transition as an Event; a failure to publish is logged, not fatal.
 async fn publish_transition(function: &Function, ctx: &Context, reason: &str, message: &str) {
     let warning = [
@@ -422,7 +434,7 @@ async fn publish_transition(function: &Function, ctx: &Context, reason: &str, me
             EventType::Normal
         },
         reason: reason.to_owned(),
-        note: Some(message.chars().take(1000).collect()),
+        note: Some(truncate_bytes(message, EVENT_NOTE_LIMIT).to_owned()),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -511,6 +523,15 @@ mod tests {
             replicas_to_hand_over(Some(&existing), &function(None)),
             Some(3)
         );
+    }
+
+    #[test]
+    fn event_notes_are_cut_on_a_character_boundary_within_the_byte_limit() {
+        let message = "é".repeat(600);
+        let cut = truncate_bytes(&message, EVENT_NOTE_LIMIT);
+        assert_eq!(cut.len(), 1024);
+        assert_eq!(truncate_bytes("short", EVENT_NOTE_LIMIT), "short");
+        assert_eq!(truncate_bytes("aé", 2), "a");
     }
 
     #[test]

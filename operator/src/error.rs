@@ -74,10 +74,12 @@ impl Error {
         }
     }
 
-    /// Whether the API server rejected an object as invalid (422): the user's input, since
-    /// the operator's own objects are valid by construction.
+    /// Whether the API server rejected an object as invalid (422) or undecodable (400,
+    /// e.g. a malformed quantity): the user's input, since the operator's own objects are
+    /// valid by construction.
     pub fn is_invalid(&self) -> bool {
-        self.api_status().is_some_and(|status| status.code == 422)
+        self.api_status()
+            .is_some_and(|status| matches!(status.code, 400 | 422))
     }
 
     /// The API server's message, or this error's own when there is none.

@@ -104,10 +104,11 @@ fn unschedulable(pod: &Pod) -> Option<String> {
         })
 }
 
-/// The status of a Function whose objects were applied: counts from the Deployment,
-/// addresses from the configuration, and `Ready` from [`readiness`]. `previous` keeps
-/// what other writers own (the autoscaler's desiredReplicas and lastScaleTime) and the
-/// condition's transition time.
+/// The status of a Function whose objects were applied: counts from the Deployment
+/// (`desiredReplicas` mirrors its `spec.replicas`), addresses from the configuration, and
+/// `Ready` from [`readiness`]. The previous status supplies only the Ready transition
+/// time; `lastScaleTime` is left out because the autoscaler owns it, and writing back a
+/// cached copy could undo a newer one.
 pub fn observe(
     function: &Function,
     deployment: &Deployment,
@@ -116,6 +117,7 @@ pub fn observe(
     now: Time,
 ) -> FunctionStatus {
     let mut status = function.status.clone().unwrap_or_default();
+    status.last_scale_time = None;
     let deployment_status = deployment.status.clone().unwrap_or_default();
     status.observed_generation = function.metadata.generation;
     status.replicas = Some(deployment_status.replicas.unwrap_or(0));
@@ -132,6 +134,7 @@ pub fn observe(
 /// everything else as it was (no objects were touched).
 pub fn invalid(function: &Function, message: String, now: Time) -> FunctionStatus {
     let mut status = function.status.clone().unwrap_or_default();
+    status.last_scale_time = None;
     status.observed_generation = function.metadata.generation;
     status.set_ready(
         Reason::InvalidSpec,
@@ -288,6 +291,18 @@ mod tests {
             ("True", "Serving")
         );
         assert_eq!(ready.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn observed_status_leaves_last_scale_time_to_the_autoscaler() {
+        let mut function = Function::test("hello");
+        function.status = Some(FunctionStatus {
+            last_scale_time: Some(now()),
+            ..Default::default()
+        });
+        let status = observe(&function, &deployment(1, 1), &[], &Config::test(), now());
+        assert_eq!(status.last_scale_time, None);
+        assert_eq!(invalid(&function, "x".into(), now()).last_scale_time, None);
     }
 
     #[test]
