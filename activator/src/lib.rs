@@ -1,0 +1,5 @@
+//! The zeroscale activator: every request to a Function passes through it. The pipeline,
+//! one module per step: route (Host and path to a Function) -> count (stats for the
+//! autoscaler) -> wait for capacity (bounded queue with a deadline while the Function is
+//! at zero or its pods are full) -> pick a pod (least loaded, per-pod concurrency) ->
+//! forward (pooled client, streaming bodies).
