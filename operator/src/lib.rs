@@ -3,6 +3,7 @@
 //! leader Lease so that only one replica acts at a time.
 
 pub mod admin;
+pub mod autoscaler;
 pub mod crd;
 mod error;
 pub mod lease;

@@ -1,0 +1,402 @@
+//! The decision: desired replicas from a policy, a load window, the state kept between
+//! ticks and the current replicas, at a given instant. The rules and their order are
+//! listed in the [module docs](super).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use zeroscale_api::Metric;
+
+use super::policy::ScalingPolicy;
+use super::window::{Load, Window};
+
+/// The replicas a Function's Deployment has now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// `spec.replicas`: what was last asked for.
+    pub desired: i32,
+    /// Pods ready to take requests.
+    pub ready: i32,
+}
+
+/// What the autoscaler wants for one Function after one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Replicas to set; equal to the current ones when nothing should change.
+    pub desired: i32,
+    /// The rule that decided `desired`.
+    pub reason: Reason,
+    /// Whether the Function is in panic mode after this tick.
+    pub panicking: bool,
+}
+
+/// The rule that decided a [`Decision`]; the last rule that changed the value wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Load averaged over the stable window.
+    Stable,
+    /// Panic mode: load over the panic window, and no scale-down.
+    Panic,
+    /// Requests arrived or wait while no pod is ready (or the Function is at zero), or a
+    /// request is held: at least one pod, at least the wake scale when waking.
+    Wake,
+    /// No load, but a request was seen within the scale-to-zero grace period: one pod
+    /// kept.
+    HoldingForGracePeriod,
+    /// No request for the whole grace period and none held: zero pods.
+    ScaleToZero,
+    /// A lower count waits until it has been wanted for scaleDownDelay.
+    ScaleDownDelayed,
+    /// Raised to minReplicas.
+    AtMin,
+    /// Capped at maxReplicas.
+    AtMax,
+    /// No recent stats: the current scale is kept.
+    NoData,
+}
+
+impl Reason {
+    /// Every reason, for registering metric label values up front.
+    pub const ALL: [Reason; 9] = [
+        Reason::Stable,
+        Reason::Panic,
+        Reason::Wake,
+        Reason::HoldingForGracePeriod,
+        Reason::ScaleToZero,
+        Reason::ScaleDownDelayed,
+        Reason::AtMin,
+        Reason::AtMax,
+        Reason::NoData,
+    ];
+
+    /// The reason in CamelCase, as Kubernetes Events and conditions spell reasons.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::Stable => "Stable",
+            Reason::Panic => "Panic",
+            Reason::Wake => "Wake",
+            Reason::HoldingForGracePeriod => "HoldingForGracePeriod",
+            Reason::ScaleToZero => "ScaleToZero",
+            Reason::ScaleDownDelayed => "ScaleDownDelayed",
+            Reason::AtMin => "AtMin",
+            Reason::AtMax => "AtMax",
+            Reason::NoData => "NoData",
+        }
+    }
+
+    /// The fixed metric label value of the reason.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Reason::Stable => "stable",
+            Reason::Panic => "panic",
+            Reason::Wake => "wake",
+            Reason::HoldingForGracePeriod => "holding_for_grace_period",
+            Reason::ScaleToZero => "scale_to_zero",
+            Reason::ScaleDownDelayed => "scale_down_delayed",
+            Reason::AtMin => "at_min",
+            Reason::AtMax => "at_max",
+            Reason::NoData => "no_data",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Panic mode: since when the threshold was last crossed, and the most pods asked for
+/// meanwhile (what the Function is held at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Panic {
+    last_crossed: Instant,
+    max_desired: i32,
+}
+
+/// What one Function's decisions remember from one tick to the next. One per Function,
+/// kept by the loop for as long as it scales that Function.
+#[derive(Debug, Clone)]
+pub struct DecisionState {
+    panic: Option<Panic>,
+    /// Latest request, held request or start of observation; `None` when the Function
+    /// has been idle for as long as this state knows (it was found at zero).
+    last_active: Option<Instant>,
+    delay: DelayWindow,
+}
+
+impl DecisionState {
+    /// The state of a Function first seen at `now` with `current` replicas.
+    ///
+    /// It counts `now` as activity when the Function runs pods, so nothing scales to
+    /// zero before a whole grace period has been watched, and a Function found at zero
+    /// stays there until a request comes. Above one pod it starts in panic mode at the
+    /// current scale: the window is empty, and a few samples must not scale it down
+    /// before a whole stable window has been seen.
+    pub fn new(now: Instant, current: Replicas) -> Self {
+        let desired = current.desired.max(0);
+        let mut delay = DelayWindow::default();
+        delay.record(now, desired);
+        Self {
+            panic: (desired > 1).then_some(Panic {
+                last_crossed: now,
+                max_desired: desired,
+            }),
+            last_active: (desired > 0).then_some(now),
+            delay,
+        }
+    }
+
+    /// Whether the Function is in panic mode.
+    pub fn panicking(&self) -> bool {
+        self.panic.is_some()
+    }
+
+    /// When the Function was last seen active (a request, a held request, or the start
+    /// of observation while it ran pods).
+    pub fn last_active(&self) -> Option<Instant> {
+        self.last_active
+    }
+
+    fn note_activity(&mut self, window: &Window, now: Instant) {
+        let latest = if window.held() {
+            Some(now)
+        } else {
+            window.last_request()
+        };
+        if let Some(latest) = latest
+            && self.last_active.is_none_or(|last| last < latest)
+        {
+            self.last_active = Some(latest);
+        }
+    }
+
+    /// How long the Function has been idle at `now`; `None` means for as long as known.
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        self.last_active
+            .map(|last| now.saturating_duration_since(last))
+    }
+}
+
+/// The largest pod count wanted during the last scale-down delay: a monotonic queue of
+/// `(at, desired)` with strictly decreasing `desired` from front to back, so the front
+/// is the maximum and memory stays small however long the delay.
+#[derive(Debug, Clone, Default)]
+struct DelayWindow {
+    entries: VecDeque<(Instant, i32)>,
+}
+
+impl DelayWindow {
+    fn record(&mut self, at: Instant, desired: i32) {
+        // An entry no larger than a newer one can never be the maximum again.
+        while self.entries.back().is_some_and(|&(_, d)| d <= desired) {
+            self.entries.pop_back();
+        }
+        self.entries.push_back((at, desired));
+    }
+
+    /// The largest desired recorded within `[now - delay, now]`.
+    fn max(&mut self, now: Instant, delay: Duration) -> Option<i32> {
+        if let Some(start) = now.checked_sub(delay) {
+            while self.entries.front().is_some_and(|&(at, _)| at < start) {
+                self.entries.pop_front();
+            }
+        }
+        self.entries.front().map(|&(_, desired)| desired)
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// A desired count and the rule that set it, as the rules pass it along.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    desired: i32,
+    reason: Reason,
+}
+
+/// Decides how many pods one Function should run at `now`.
+///
+/// `window` holds the load up to `now` (the loop records this tick's sample first);
+/// `state` is this Function's [`DecisionState`], updated in place; `current` is what the
+/// Deployment has. The rules and their order are in the [module docs](super).
+pub fn decide(
+    policy: &ScalingPolicy,
+    window: &Window,
+    state: &mut DecisionState,
+    now: Instant,
+    current: Replicas,
+) -> Decision {
+    let current = Replicas {
+        desired: current.desired.max(0),
+        ready: current.ready.max(0),
+    };
+    state.note_activity(window, now);
+
+    let load = window.load(now);
+    let mut step = match (load, policy.metric) {
+        (None, _) => Step {
+            desired: current.desired,
+            reason: Reason::NoData,
+        },
+        (Some(_), Metric::Cpu) => {
+            // The HPA owns 1..N; panic mode has no meaning here.
+            state.panic = None;
+            Step {
+                desired: current.desired,
+                reason: Reason::Stable,
+            }
+        }
+        (Some(load), Metric::Concurrency | Metric::Rps) => {
+            scale_on_load(policy, state, now, current, load)
+        }
+    };
+
+    // Demand: a request is held, or one arrived within the panic window.
+    let demand = window.held()
+        || window
+            .last_request()
+            .is_some_and(|at| now.saturating_duration_since(at) < policy.panic_window);
+    let waking = demand && (current.ready == 0 || current.desired == 0);
+    if waking {
+        // Pods already starting are not cancelled while nothing is ready.
+        step = Step {
+            desired: step.desired.max(policy.wake_scale()).max(current.desired),
+            reason: Reason::Wake,
+        };
+    } else if window.held() && step.desired < 1 {
+        step = Step {
+            desired: 1,
+            reason: Reason::Wake,
+        };
+    } else if step.reason != Reason::NoData {
+        // Missing stats say nothing about idleness, so only a decision on data may
+        // reach zero.
+        if may_scale_to_zero(policy, window, state, now) {
+            step = Step {
+                desired: 0,
+                reason: Reason::ScaleToZero,
+            };
+        } else if step.desired < 1 && policy.min_replicas == 0 {
+            // With minReplicas above zero the bounds lift it, reported as AtMin.
+            step = Step {
+                desired: 1,
+                reason: Reason::HoldingForGracePeriod,
+            };
+        }
+    }
+
+    if policy.scale_down_delay.is_zero() {
+        state.delay.clear();
+    } else {
+        state.delay.record(now, step.desired);
+        if let Some(delayed) = state.delay.max(now, policy.scale_down_delay)
+            && delayed > step.desired
+        {
+            step = Step {
+                desired: delayed,
+                reason: Reason::ScaleDownDelayed,
+            };
+        }
+    }
+
+    // Bounds last; minReplicas wins should a spec ever have min above max.
+    if step.desired > policy.max_replicas {
+        step = Step {
+            desired: policy.max_replicas,
+            reason: Reason::AtMax,
+        };
+    }
+    if step.desired < policy.min_replicas {
+        step = Step {
+            desired: policy.min_replicas,
+            reason: Reason::AtMin,
+        };
+    }
+
+    if step.desired == 0 {
+        // A wake must not be held at the scale of a burst from before the idle time.
+        state.panic = None;
+    }
+    Decision {
+        desired: step.desired,
+        reason: step.reason,
+        panicking: state.panicking(),
+    }
+}
+
+/// Stable and panic mode, each clamped to the scale rates. May return 0 (no load);
+/// the caller decides whether zero is allowed.
+fn scale_on_load(
+    policy: &ScalingPolicy,
+    state: &mut DecisionState,
+    now: Instant,
+    current: Replicas,
+    load: Load,
+) -> Step {
+    // Rates count at least one ready pod, so a Function with none can still grow.
+    let ready = f64::from(current.ready.max(1));
+    let most = (ready * policy.max_scale_up_rate).ceil();
+    let fewest = (ready / policy.max_scale_down_rate).floor();
+    let within_rates = |pods: f64| replicas(pods.max(fewest).min(most));
+    let stable = within_rates((load.stable / policy.target).ceil());
+    let burst = within_rates((load.panic / policy.target).ceil());
+
+    // Precondition: ready pods. With none, any load would cross a threshold of zero;
+    // starting from zero is the wake rule's job.
+    let over_threshold = current.ready > 0
+        && load.panic / policy.target >= f64::from(current.ready) * policy.panic_threshold;
+    if over_threshold {
+        let max_desired = state
+            .panic
+            .map_or(current.desired, |panic| panic.max_desired);
+        state.panic = Some(Panic {
+            last_crossed: now,
+            max_desired,
+        });
+    } else if state.panic.is_some_and(|panic| {
+        now.saturating_duration_since(panic.last_crossed) >= policy.stable_window
+    }) {
+        // The burst has had a whole stable window to show in the stable average.
+        state.panic = None;
+    }
+
+    match &mut state.panic {
+        Some(panic) => {
+            panic.max_desired = panic.max_desired.max(stable).max(burst);
+            Step {
+                desired: panic.max_desired,
+                reason: Reason::Panic,
+            }
+        }
+        None => Step {
+            desired: stable,
+            reason: Reason::Stable,
+        },
+    }
+}
+
+/// Whether the Function may go to zero: minReplicas is 0, nothing is held, and no
+/// request was seen for the whole grace period (and not at `now`, so a zero grace period
+/// still waits for one quiet tick).
+fn may_scale_to_zero(
+    policy: &ScalingPolicy,
+    window: &Window,
+    state: &DecisionState,
+    now: Instant,
+) -> bool {
+    policy.min_replicas == 0
+        && !window.held()
+        && state
+            .idle_for(now)
+            .is_none_or(|idle| idle >= policy.scale_to_zero_grace_period && !idle.is_zero())
+}
+
+/// A pod count as replicas; the float is already whole, and `as` saturates.
+fn replicas(pods: f64) -> i32 {
+    pods as i32
+}
