@@ -3,3 +3,4 @@
 //! autoscaler) -> wait for capacity (bounded queue with a deadline while the Function is
 //! at zero or its pods are full) -> pick a pod (least loaded, per-pod concurrency) ->
 //! forward (pooled client, streaming bodies).
+pub mod capacity;
