@@ -4,3 +4,4 @@
 //! at zero or its pods are full) -> pick a pod (least loaded, per-pod concurrency) ->
 //! forward (pooled client, streaming bodies).
 pub mod capacity;
+pub mod endpoints;
