@@ -10,6 +10,7 @@ pub mod duration;
 pub mod function;
 pub mod keys;
 pub mod names;
+pub mod stats;
 pub mod validate;
 
 pub use function::{
