@@ -5,3 +5,4 @@
 //! forward (pooled client, streaming bodies).
 pub mod capacity;
 pub mod endpoints;
+pub mod routing;
