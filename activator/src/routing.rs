@@ -248,11 +248,41 @@ enum Claim {
     Reserved,
 }
 
+/// Which callers a table serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exposure {
+    /// Callers inside the cluster (the listener behind the Functions' Services): every
+    /// Function, by every name.
+    Cluster,
+    /// Callers from outside (the listener behind an Ingress or load balancer): public
+    /// Functions by their public-domain host and own hosts; nothing else, so a client
+    /// cannot reach a cluster-local Function by sending its in-cluster name.
+    Public,
+}
+
 impl<T: Clone> RoutingTable<T> {
-    /// Builds the table from every Function and the target each resolves to. The result
-    /// does not depend on the order of `routes`; when one key is given twice, the last
-    /// one counts.
+    /// Builds the table for in-cluster callers from every Function and the target each
+    /// resolves to. The result does not depend on the order of `routes`; when one key is
+    /// given twice, the last one counts.
     pub fn build(routes: impl IntoIterator<Item = (RouteSpec, T)>, domains: &Domains) -> Self {
+        Self::build_for(routes, domains, Exposure::Cluster)
+    }
+
+    /// Builds the table for callers outside the cluster: only public Functions, only by
+    /// their public-domain host and their own hosts (in-cluster names stay reserved, so
+    /// no own host can take them either).
+    pub fn build_public(
+        routes: impl IntoIterator<Item = (RouteSpec, T)>,
+        domains: &Domains,
+    ) -> Self {
+        Self::build_for(routes, domains, Exposure::Public)
+    }
+
+    fn build_for(
+        routes: impl IntoIterator<Item = (RouteSpec, T)>,
+        domains: &Domains,
+        exposure: Exposure,
+    ) -> Self {
         let by_key: BTreeMap<FunctionKey, (RouteSpec, T)> = routes
             .into_iter()
             .map(|(spec, target)| (spec.key.clone(), (spec, target)))
@@ -268,7 +298,7 @@ impl<T: Clone> RoutingTable<T> {
         let mut names: BTreeMap<String, Vec<&FunctionKey>> = BTreeMap::new();
         for (key, (spec, _)) in &by_key {
             let prefix = normalize_prefix(spec.path_prefix.as_deref());
-            for (host, claim) in derived_hosts(spec, cluster_domain, public_domain) {
+            for (host, claim) in derived_hosts(spec, cluster_domain, public_domain, exposure) {
                 match derived.get(&host) {
                     None => {
                         derived.insert(host, (key.clone(), claim));
@@ -296,7 +326,7 @@ impl<T: Clone> RoutingTable<T> {
         for (index, (key, (spec, target))) in by_key.iter().enumerate() {
             targets.push(target.clone());
             let prefix = normalize_prefix(spec.path_prefix.as_deref());
-            for (host, claim) in derived_hosts(spec, cluster_domain, public_domain) {
+            for (host, claim) in derived_hosts(spec, cluster_domain, public_domain, exposure) {
                 let owned = derived.get(&host).is_some_and(|(owner, _)| owner == key);
                 if owned && claim == Claim::Routed {
                     claims
@@ -305,7 +335,11 @@ impl<T: Clone> RoutingTable<T> {
                         .insert(index);
                 }
             }
-            for host in &spec.hosts {
+            let own_hosts = match (exposure, spec.visibility) {
+                (Exposure::Public, Visibility::ClusterLocal) => &[][..],
+                _ => &spec.hosts[..],
+            };
+            for host in own_hosts {
                 let Some(host) = normalize_own_host(host) else {
                     // Empty or longer than any DNS name: no request can name it, and the
                     // CRD schema already refuses it.
@@ -376,7 +410,7 @@ impl<T: Clone> RoutingTable<T> {
         // A bare name routes as `<fn>.<ns>` does when one Function has it.
         let mut short_names = HashMap::new();
         for (name, named) in names {
-            if name.contains('.') {
+            if exposure == Exposure::Public || name.contains('.') {
                 continue;
             }
             let name: Arc<str> = name.into();
@@ -464,15 +498,20 @@ fn derived_hosts(
     spec: &RouteSpec,
     cluster_domain: Option<&str>,
     public_domain: Option<&str>,
+    exposure: Exposure,
 ) -> Vec<(String, Claim)> {
     let FunctionKey { namespace, name } = &spec.key;
     let base = format!("{name}.{namespace}").to_ascii_lowercase();
+    let in_cluster = match exposure {
+        Exposure::Cluster => Claim::Routed,
+        Exposure::Public => Claim::Reserved,
+    };
     let mut hosts = vec![
-        (format!("{base}.svc"), Claim::Routed),
-        (base.clone(), Claim::Routed),
+        (format!("{base}.svc"), in_cluster),
+        (base.clone(), in_cluster),
     ];
     if let Some(domain) = cluster_domain {
-        hosts.push((format!("{base}.svc.{domain}"), Claim::Routed));
+        hosts.push((format!("{base}.svc.{domain}"), in_cluster));
     }
     if let Some(domain) = public_domain {
         let claim = match spec.visibility {
@@ -1015,5 +1054,51 @@ mod tests {
             })
         );
         assert_eq!(FunctionKey::new("team", "hello").to_string(), "team/hello");
+    }
+
+    #[test]
+    fn public_table_routes_only_public_functions_by_public_and_own_hosts() {
+        let domains = Domains {
+            cluster_domain: "cluster.local".into(),
+            public_domain: Some("fn.example.com".into()),
+        };
+        let public = RouteSpec {
+            key: FunctionKey::new("team", "shop"),
+            hosts: vec!["shop.example.org".into()],
+            path_prefix: None,
+            visibility: Visibility::Public,
+        };
+        let private = RouteSpec {
+            key: FunctionKey::new("team", "ledger"),
+            hosts: vec!["ledger.example.org".into()],
+            path_prefix: None,
+            visibility: Visibility::ClusterLocal,
+        };
+        let squatter = RouteSpec {
+            key: FunctionKey::new("other", "squat"),
+            hosts: vec!["ledger.team".into()],
+            path_prefix: None,
+            visibility: Visibility::Public,
+        };
+        let table = RoutingTable::build_public(
+            [(public, "shop"), (private, "ledger"), (squatter, "squat")],
+            &domains,
+        );
+        assert_eq!(table.lookup("shop.team.fn.example.com", "/"), Ok(&"shop"));
+        assert_eq!(table.lookup("shop.example.org", "/"), Ok(&"shop"));
+        for in_cluster in [
+            "shop.team",
+            "shop.team.svc.cluster.local",
+            "shop",
+            "ledger.team",
+            "ledger.team.fn.example.com",
+            "ledger.example.org",
+        ] {
+            assert_eq!(
+                table.lookup(in_cluster, "/"),
+                Err(RouteError::UnknownHost),
+                "{in_cluster} must not be reachable from outside"
+            );
+        }
     }
 }
