@@ -6,3 +6,6 @@
 pub mod capacity;
 pub mod endpoints;
 pub mod routing;
+pub mod functions;
+pub mod wake;
+pub mod probe;

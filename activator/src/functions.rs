@@ -1,0 +1,499 @@
+//! Every Function the activator knows, as the request path needs it: the two routing
+//! tables (in-cluster and public callers), and per Function its settings, capacity and
+//! load counters. The control path (watches of Functions and EndpointSlices) calls
+//! [`Functions::apply`], [`Functions::remove`] and [`Functions::set_endpoints`]; the
+//! request path calls [`Functions::route`], which takes no lock.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use zeroscale_api::conditions::READY;
+use zeroscale_api::stats::FunctionStats;
+use zeroscale_api::{Function, Protocol, RequestsSpec};
+
+use crate::capacity::{Capacity, Limits};
+use crate::endpoints::{EndpointSet, PodProtocol};
+use crate::routing::{Domains, FunctionKey, RouteError, RouteSpec, RoutingTable};
+
+/// Which listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// Callers inside the cluster, through the Functions' Services.
+    Cluster,
+    /// Callers outside the cluster, through an Ingress or load balancer.
+    Public,
+}
+
+/// How the activator treats requests to one Function, from its spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub request_timeout: Duration,
+    pub max_queue_wait: Duration,
+    pub max_body_bytes: Option<u64>,
+    /// Path to probe starting pods on; TCP connect when None.
+    pub readiness_path: Option<String>,
+    pub protocol: PodProtocol,
+}
+
+impl Settings {
+    fn from_function(function: &Function) -> (Self, Limits) {
+        let spec = &function.spec;
+        // An invalid spec is reported by the operator (and fails requests fast through
+        // the Ready condition); until then the defaults keep requests bounded.
+        let defaults = RequestsSpec::default();
+        let parse = |text: &str, default: &str| {
+            zeroscale_api::duration::parse(text)
+                .or_else(|_| zeroscale_api::duration::parse(default))
+                .unwrap_or(Duration::from_secs(60))
+        };
+        let settings = Settings {
+            request_timeout: parse(&spec.requests.timeout, &defaults.timeout),
+            max_queue_wait: parse(&spec.requests.max_queue_wait, &defaults.max_queue_wait),
+            max_body_bytes: spec
+                .requests
+                .max_body_bytes
+                .and_then(|bytes| u64::try_from(bytes).ok()),
+            readiness_path: spec.readiness_path.clone(),
+            protocol: match spec.protocol {
+                Protocol::Http1 => PodProtocol::Http1,
+                Protocol::H2c => PodProtocol::H2c,
+            },
+        };
+        let limits = Limits {
+            container_concurrency: usize::try_from(spec.scaling.container_concurrency).unwrap_or(0),
+            max_queued: usize::try_from(spec.requests.max_queued_requests).unwrap_or(0),
+        };
+        (settings, limits)
+    }
+}
+
+/// One Function as the request path sees it.
+#[derive(Debug)]
+pub struct FunctionState {
+    pub key: FunctionKey,
+    settings: ArcSwap<Settings>,
+    pub capacity: Capacity,
+    requests_total: AtomicU64,
+    /// Integral of in-flight plus queued requests, in request-microseconds.
+    concurrency_micros: AtomicU64,
+    pods: Mutex<Pods>,
+    /// Whether a prober runs for this Function (see [`crate::probe`]).
+    probing: AtomicBool,
+}
+
+/// The Function's pods as the EndpointSlices say, plus starting pods that answered an
+/// active probe before the kubelet marked them ready.
+#[derive(Debug, Default)]
+struct Pods {
+    endpoints: EndpointSet,
+    probed_ready: HashSet<SocketAddr>,
+}
+
+impl FunctionState {
+    fn new(key: FunctionKey, settings: Settings, limits: Limits) -> Self {
+        Self {
+            key,
+            settings: ArcSwap::from_pointee(settings),
+            capacity: Capacity::new(limits),
+            requests_total: AtomicU64::new(0),
+            concurrency_micros: AtomicU64::new(0),
+            pods: Mutex::new(Pods::default()),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    /// The Function's current settings.
+    pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.settings.load()
+    }
+
+    /// Counts one arriving request.
+    pub fn count_request(&self) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `elapsed` times the current concurrency to the load integral.
+    pub fn sample(&self, elapsed: Duration) {
+        let concurrency = (self.capacity.in_flight() + self.capacity.queued()) as u64;
+        if concurrency > 0 {
+            let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            self.concurrency_micros
+                .fetch_add(concurrency.saturating_mul(micros), Ordering::Relaxed);
+        }
+    }
+
+    /// This Function's entry in the stats report.
+    pub fn stats(&self) -> FunctionStats {
+        FunctionStats {
+            namespace: self.key.namespace.clone(),
+            name: self.key.name.clone(),
+            requests_total: self.requests_total.load(Ordering::Relaxed),
+            concurrency_seconds_total: self.concurrency_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            in_flight: self.capacity.in_flight() as u64,
+            queued: self.capacity.queued() as u64,
+        }
+    }
+
+    /// Starting pods not yet known to answer, to probe, with the protocol each speaks.
+    pub fn starting_pods(&self) -> Vec<(SocketAddr, PodProtocol)> {
+        let pods = self.pods();
+        pods.endpoints
+            .starting()
+            .filter(|pod| !pods.probed_ready.contains(&pod.addr))
+            .map(|pod| (pod.addr, pod.protocol))
+            .collect()
+    }
+
+    /// Records that a starting pod answered its probe: it takes requests from now on,
+    /// unless it has left the EndpointSlices meanwhile.
+    pub fn mark_probed_ready(&self, addr: SocketAddr) {
+        let mut pods = self.pods();
+        if pods.endpoints.starting().any(|pod| pod.addr == addr) {
+            pods.probed_ready.insert(addr);
+            self.publish_ready(&pods);
+        }
+    }
+
+    /// Claims the right to run this Function's prober; false when one already runs.
+    pub fn begin_probing(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Releases the prober's claim.
+    pub fn end_probing(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// The protocol the pod at `addr` speaks, as its EndpointSlice says.
+    pub fn protocol_of(&self, addr: SocketAddr) -> PodProtocol {
+        self.pods()
+            .endpoints
+            .iter()
+            .find(|pod| pod.addr == addr)
+            .map_or(self.settings().protocol, |pod| pod.protocol)
+    }
+
+    fn set_endpoints(&self, endpoints: EndpointSet) {
+        let mut pods = self.pods();
+        // Probe results count only while the pod is still starting.
+        let starting: HashSet<SocketAddr> = endpoints.starting().map(|pod| pod.addr).collect();
+        pods.probed_ready.retain(|addr| starting.contains(addr));
+        pods.endpoints = endpoints;
+        self.publish_ready(&pods);
+    }
+
+    fn publish_ready(&self, pods: &Pods) {
+        let ready = pods.endpoints.ready().iter().map(|pod| pod.addr);
+        self.capacity
+            .set_ready_pods(ready.chain(pods.probed_ready.iter().copied()));
+    }
+
+    fn pods(&self) -> MutexGuard<'_, Pods> {
+        self.pods.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The Ready=False message of a Function that cannot start, if it cannot.
+fn cannot_start(function: &Function) -> Option<String> {
+    let condition = function
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)?;
+    (condition.status == "False").then(|| format!("{}: {}", condition.reason, condition.message))
+}
+
+type Table = RoutingTable<Arc<FunctionState>>;
+
+/// All Functions, routable from both listeners.
+#[derive(Debug)]
+pub struct Functions {
+    domains: Domains,
+    cluster: ArcSwap<Table>,
+    public: ArcSwap<Table>,
+    control: Mutex<Control>,
+}
+
+/// What the control path keeps to rebuild the tables.
+#[derive(Debug, Default)]
+struct Control {
+    states: BTreeMap<FunctionKey, Arc<FunctionState>>,
+    routes: BTreeMap<FunctionKey, RouteSpec>,
+    /// Endpoints that arrived before their Function.
+    early_endpoints: BTreeMap<FunctionKey, EndpointSet>,
+}
+
+impl Functions {
+    pub fn new(domains: Domains) -> Self {
+        Self {
+            domains,
+            cluster: ArcSwap::from_pointee(RoutingTable::empty()),
+            public: ArcSwap::from_pointee(RoutingTable::empty()),
+            control: Mutex::new(Control::default()),
+        }
+    }
+
+    /// The Function a request is for. Lock-free: one snapshot load and a table lookup.
+    pub fn route(
+        &self,
+        listener: Listener,
+        host: &str,
+        path: &str,
+    ) -> Result<Arc<FunctionState>, RouteError> {
+        let table = match listener {
+            Listener::Cluster => self.cluster.load(),
+            Listener::Public => self.public.load(),
+        };
+        table.lookup(host, path).cloned()
+    }
+
+    /// Adds or updates a Function from its resource.
+    pub fn apply(&self, function: &Function) {
+        let Some(route) = RouteSpec::from_function(function) else {
+            return;
+        };
+        let (settings, limits) = Settings::from_function(function);
+        let mut control = self.control();
+        let key = route.key.clone();
+        let state = match control.states.get(&key) {
+            Some(state) => {
+                state.settings.store(Arc::new(settings));
+                state.capacity.set_limits(limits);
+                Arc::clone(state)
+            }
+            None => {
+                let state = Arc::new(FunctionState::new(key.clone(), settings, limits));
+                if let Some(endpoints) = control.early_endpoints.remove(&key) {
+                    state.set_endpoints(endpoints);
+                }
+                control.states.insert(key.clone(), Arc::clone(&state));
+                state
+            }
+        };
+        state.capacity.set_cannot_start(cannot_start(function));
+        let routes_changed = control.routes.get(&key) != Some(&route);
+        if routes_changed {
+            control.routes.insert(key, route);
+            self.rebuild(&control);
+        }
+    }
+
+    /// Forgets a deleted Function; requests still waiting for it time out or finish.
+    pub fn remove(&self, key: &FunctionKey) {
+        let mut control = self.control();
+        control.states.remove(key);
+        control.early_endpoints.remove(key);
+        if control.routes.remove(key).is_some() {
+            self.rebuild(&control);
+        }
+    }
+
+    /// Replaces a Function's pods, as its EndpointSlices now say.
+    pub fn set_endpoints(&self, key: &FunctionKey, endpoints: EndpointSet) {
+        let mut control = self.control();
+        match control.states.get(key) {
+            Some(state) => state.set_endpoints(endpoints),
+            None => {
+                control.early_endpoints.insert(key.clone(), endpoints);
+            }
+        }
+    }
+
+    /// Every known Function's state, for sampling and stats.
+    pub fn all(&self) -> Vec<Arc<FunctionState>> {
+        self.control().states.values().cloned().collect()
+    }
+
+    fn rebuild(&self, control: &Control) {
+        let routes = || {
+            control.routes.iter().filter_map(|(key, route)| {
+                control
+                    .states
+                    .get(key)
+                    .map(|state| (route.clone(), Arc::clone(state)))
+            })
+        };
+        let cluster = RoutingTable::build(routes(), &self.domains);
+        for conflict in cluster.conflicts() {
+            tracing::warn!(%conflict, "routing conflict");
+        }
+        self.cluster.store(Arc::new(cluster));
+        self.public.store(Arc::new(RoutingTable::build_public(
+            routes(),
+            &self.domains,
+        )));
+    }
+
+    fn control(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::{EndpointState, PodEndpoint};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+    use zeroscale_api::{FunctionSpec, FunctionStatus};
+
+    fn object_meta(namespace: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        }
+    }
+
+    fn function(name: &str) -> Function {
+        let mut function = Function::new(name, FunctionSpec::with_image("example.com/f:1"));
+        function.metadata = object_meta("team", name);
+        function
+    }
+
+    fn functions() -> Functions {
+        Functions::new(Domains {
+            cluster_domain: "cluster.local".into(),
+            public_domain: Some("fn.example.com".into()),
+        })
+    }
+
+    fn pod(port: u16, state: EndpointState) -> PodEndpoint {
+        PodEndpoint {
+            addr: SocketAddr::from(([10, 0, 0, 1], port)),
+            pod: None,
+            state,
+            protocol: PodProtocol::Http1,
+        }
+    }
+
+    #[test]
+    fn applied_function_is_routed_from_both_listeners_and_removed_ones_are_not() {
+        let functions = functions();
+        functions.apply(&function("hello"));
+        let state = functions
+            .route(Listener::Cluster, "hello.team", "/")
+            .expect("routed in cluster");
+        assert_eq!(state.key, FunctionKey::new("team", "hello"));
+        assert!(
+            functions
+                .route(Listener::Public, "hello.team.fn.example.com", "/")
+                .is_ok()
+        );
+        assert!(
+            functions
+                .route(Listener::Public, "hello.team", "/")
+                .is_err()
+        );
+
+        functions.remove(&FunctionKey::new("team", "hello"));
+        assert_eq!(
+            functions.route(Listener::Cluster, "hello.team", "/").err(),
+            Some(RouteError::UnknownHost)
+        );
+    }
+
+    #[test]
+    fn reapplying_keeps_the_same_state_and_updates_settings() {
+        let functions = functions();
+        functions.apply(&function("hello"));
+        let before = functions
+            .route(Listener::Cluster, "hello.team", "/")
+            .expect("routed");
+        let mut changed = function("hello");
+        changed.spec.requests.max_queue_wait = "5s".into();
+        functions.apply(&changed);
+        let after = functions
+            .route(Listener::Cluster, "hello.team", "/")
+            .expect("routed");
+        assert!(Arc::ptr_eq(&before, &after));
+        assert_eq!(after.settings().max_queue_wait, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn endpoints_that_arrive_first_are_kept_for_their_function() {
+        let functions = functions();
+        let key = FunctionKey::new("team", "hello");
+        functions.set_endpoints(&key, EndpointSet::new(vec![pod(1, EndpointState::Ready)]));
+        functions.apply(&function("hello"));
+        let state = functions
+            .route(Listener::Cluster, "hello.team", "/")
+            .expect("routed");
+        assert_eq!(state.capacity.ready_pods().len(), 1);
+    }
+
+    #[test]
+    fn probed_starting_pod_takes_requests_until_it_leaves_the_slices() {
+        let functions = functions();
+        functions.apply(&function("hello"));
+        let key = FunctionKey::new("team", "hello");
+        functions.set_endpoints(
+            &key,
+            EndpointSet::new(vec![pod(1, EndpointState::NotReady)]),
+        );
+        let state = functions
+            .route(Listener::Cluster, "hello.team", "/")
+            .expect("routed");
+        assert_eq!(state.starting_pods().len(), 1);
+        assert!(state.capacity.ready_pods().is_empty());
+
+        state.mark_probed_ready(pod(1, EndpointState::NotReady).addr);
+        assert_eq!(state.capacity.ready_pods().len(), 1);
+        assert!(
+            state.starting_pods().is_empty(),
+            "no need to probe it again"
+        );
+
+        functions.set_endpoints(
+            &key,
+            EndpointSet::new(vec![pod(1, EndpointState::Terminating)]),
+        );
+        assert!(state.capacity.ready_pods().is_empty());
+    }
+
+    #[tokio::test]
+    async fn function_that_cannot_start_fails_requests_with_its_reason() {
+        let functions = functions();
+        let mut failing = function("hello");
+        failing.status = Some(FunctionStatus {
+            conditions: vec![Condition {
+                type_: READY.into(),
+                status: "False".into(),
+                reason: "DeploymentFailed".into(),
+                message: "pod hello-1: ImagePullBackOff".into(),
+                observed_generation: None,
+                last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            }],
+            ..Default::default()
+        });
+        functions.apply(&failing);
+        let state = functions
+            .route(Listener::Cluster, "hello.team", "/")
+            .expect("routed");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let result = state.capacity.acquire(deadline, |_| {}).await;
+        assert_eq!(
+            result.err(),
+            Some(crate::capacity::CapacityError::CannotStart(
+                "DeploymentFailed: pod hello-1: ImagePullBackOff".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn sampling_integrates_concurrency_over_time() {
+        let functions = functions();
+        functions.apply(&function("hello"));
+        let state = functions
+            .route(Listener::Cluster, "hello.team", "/")
+            .expect("routed");
+        state.count_request();
+        state.sample(Duration::from_secs(1));
+        assert_eq!(state.stats().concurrency_seconds_total, 0.0);
+        assert_eq!(state.stats().requests_total, 1);
+    }
+}
