@@ -9,3 +9,4 @@ pub mod routing;
 pub mod functions;
 pub mod wake;
 pub mod probe;
+pub mod cluster;

@@ -1,0 +1,360 @@
+//! The Kubernetes side of the activator: watches of Functions and of their pods'
+//! EndpointSlices feed [`Functions`], and [`KubeWake`] records wake requests on the
+//! Function for the operator. The proxy itself knows none of this.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use tokio::time::Instant;
+use zeroscale_api::{Function, keys};
+
+use crate::endpoints::{EndpointSet, function_of_slice, pod_endpoints};
+use crate::functions::Functions;
+use crate::routing::FunctionKey;
+use crate::wake::Wake;
+
+/// Least time between two wake requests for one Function: the operator acts on the first,
+/// later ones would only add API writes.
+const WAKE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps `functions` in step with the Functions in the cluster (or in `namespace`).
+/// Calls `synced` once the first full list has been applied. Runs until the stream ends.
+pub async fn watch_functions(
+    client: Client,
+    namespace: Option<&str>,
+    functions: Arc<Functions>,
+    synced: impl FnOnce(),
+) {
+    let api: Api<Function> = scoped(client, namespace);
+    let events = watcher(api, watcher::Config::default());
+    apply_function_events(events, &functions, synced).await;
+}
+
+/// Applies watch events of Functions; after a relist, Functions that are gone are removed.
+pub async fn apply_function_events(
+    events: impl Stream<Item = Result<Event<Function>, watcher::Error>>,
+    functions: &Functions,
+    synced: impl FnOnce(),
+) {
+    let mut synced = Some(synced);
+    let mut listed: Vec<FunctionKey> = Vec::new();
+    let mut known: std::collections::BTreeSet<FunctionKey> = Default::default();
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(function)) => {
+                if let Some(key) = key_of(&function) {
+                    functions.apply(&function);
+                    known.insert(key);
+                }
+            }
+            Ok(Event::Delete(function)) => {
+                if let Some(key) = key_of(&function) {
+                    functions.remove(&key);
+                    known.remove(&key);
+                }
+            }
+            Ok(Event::Init) => listed.clear(),
+            Ok(Event::InitApply(function)) => {
+                if let Some(key) = key_of(&function) {
+                    functions.apply(&function);
+                    listed.push(key);
+                }
+            }
+            Ok(Event::InitDone) => {
+                let current: std::collections::BTreeSet<FunctionKey> = listed.drain(..).collect();
+                for gone in known.difference(&current) {
+                    functions.remove(gone);
+                }
+                known = current;
+                if let Some(synced) = synced.take() {
+                    synced();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "watching Functions failed; retrying"),
+        }
+    }
+}
+
+/// Keeps every Function's pods in step with the EndpointSlices of its `<fn>-pods` Service.
+/// Calls `synced` once the first full list has been applied.
+pub async fn watch_endpoint_slices(
+    client: Client,
+    namespace: Option<&str>,
+    functions: Arc<Functions>,
+    synced: impl FnOnce(),
+) {
+    // The EndpointSlice controller copies the Service's labels onto its slices, so this
+    // selects the slices of Functions' Services only.
+    let api: Api<EndpointSlice> = scoped(client, namespace);
+    let events = watcher(api, watcher::Config::default().labels(keys::FUNCTION_LABEL));
+    apply_slice_events(events, &functions, synced).await;
+}
+
+/// Applies watch events of EndpointSlices, recomputing the pods of each Function touched.
+pub async fn apply_slice_events(
+    events: impl Stream<Item = Result<Event<EndpointSlice>, watcher::Error>>,
+    functions: &Functions,
+    synced: impl FnOnce(),
+) {
+    let mut synced = Some(synced);
+    // Slices by Function, then by slice name.
+    let mut slices: BTreeMap<FunctionKey, BTreeMap<String, EndpointSlice>> = BTreeMap::new();
+    let mut relisted: Option<BTreeMap<FunctionKey, BTreeMap<String, EndpointSlice>>> = None;
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(slice)) => {
+                if let Some(key) = slice_key(&slice) {
+                    slices
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(slice.name_any(), slice);
+                    publish(functions, &key, slices.get(&key));
+                }
+            }
+            Ok(Event::Delete(slice)) => {
+                if let Some(key) = slice_key(&slice) {
+                    if let Some(of_function) = slices.get_mut(&key) {
+                        of_function.remove(&slice.name_any());
+                    }
+                    publish(functions, &key, slices.get(&key));
+                }
+            }
+            Ok(Event::Init) => relisted = Some(BTreeMap::new()),
+            Ok(Event::InitApply(slice)) => {
+                if let (Some(key), Some(relisted)) = (slice_key(&slice), relisted.as_mut()) {
+                    relisted
+                        .entry(key)
+                        .or_default()
+                        .insert(slice.name_any(), slice);
+                }
+            }
+            Ok(Event::InitDone) => {
+                let fresh = relisted.take().unwrap_or_default();
+                let touched: Vec<FunctionKey> =
+                    slices.keys().chain(fresh.keys()).cloned().collect();
+                slices = fresh;
+                for key in touched {
+                    publish(functions, &key, slices.get(&key));
+                }
+                if let Some(synced) = synced.take() {
+                    synced();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "watching EndpointSlices failed; retrying"),
+        }
+    }
+}
+
+fn publish(
+    functions: &Functions,
+    key: &FunctionKey,
+    slices: Option<&BTreeMap<String, EndpointSlice>>,
+) {
+    let endpoints = pod_endpoints(slices.into_iter().flat_map(|slices| slices.values()));
+    functions.set_endpoints(key, EndpointSet::new(endpoints));
+}
+
+fn key_of(function: &Function) -> Option<FunctionKey> {
+    Some(FunctionKey::new(function.namespace()?, function.name_any()))
+}
+
+fn slice_key(slice: &EndpointSlice) -> Option<FunctionKey> {
+    Some(FunctionKey::new(
+        slice.namespace()?,
+        function_of_slice(slice)?,
+    ))
+}
+
+fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client, namespace),
+        None => Api::all(client),
+    }
+}
+
+fn watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    kube::runtime::watcher(api, config).default_backoff()
+}
+
+/// Records wake requests as the annotation `zeroscale.dev/wake-requested-at` on the
+/// Function, which the leading operator replica watches. At most one write per Function
+/// per second; writes happen in the background, never on the request path.
+#[derive(Clone)]
+pub struct KubeWake {
+    client: Client,
+    last: Arc<Mutex<HashMap<FunctionKey, Instant>>>,
+}
+
+impl KubeWake {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            last: Arc::default(),
+        }
+    }
+}
+
+impl Wake for KubeWake {
+    fn wake(&self, function: &FunctionKey) {
+        let now = Instant::now();
+        {
+            let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last
+                .get(function)
+                .is_some_and(|at| now.duration_since(*at) < WAKE_INTERVAL)
+            {
+                return;
+            }
+            last.insert(function.clone(), now);
+        }
+        let api: Api<Function> = Api::namespaced(self.client.clone(), &function.namespace);
+        let name = function.name.clone();
+        let key = function.clone();
+        tokio::spawn(async move {
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {
+                    keys::WAKE_REQUESTED_AT: jiff::Timestamp::now().to_string(),
+                }}
+            });
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => tracing::info!(function = %key, "asked the operator to wake the function"),
+                Err(error) => {
+                    tracing::warn!(function = %key, %error, "recording a wake request failed")
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::functions::Listener;
+    use crate::routing::Domains;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use kube::api::ObjectMeta;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use zeroscale_api::FunctionSpec;
+
+    fn function(name: &str) -> Function {
+        let mut function = Function::new(name, FunctionSpec::with_image("example.com/f:1"));
+        function.metadata.namespace = Some("team".into());
+        function
+    }
+
+    fn slice(name: &str, service: &str, ip: &str) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("team".into()),
+                labels: Some(BTreeMap::from([(
+                    "kubernetes.io/service-name".to_owned(),
+                    service.to_owned(),
+                )])),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![Endpoint {
+                addresses: vec![ip.into()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ports: Some(vec![EndpointPort {
+                name: Some("http".into()),
+                port: Some(8080),
+                ..Default::default()
+            }]),
+        }
+    }
+
+    fn functions() -> Functions {
+        Functions::new(Domains::default())
+    }
+
+    fn ready_pods(functions: &Functions, host: &str) -> usize {
+        functions
+            .route(Listener::Cluster, host, "/")
+            .map(|f| f.capacity.ready_pods().len())
+            .unwrap_or(usize::MAX)
+    }
+
+    #[tokio::test]
+    async fn function_events_add_update_and_remove_routes_and_relists_drop_the_missing() {
+        let functions = functions();
+        let synced = AtomicBool::new(false);
+        let events = futures::stream::iter(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(function("a"))),
+            Ok(Event::InitApply(function("b"))),
+            Ok(Event::InitDone),
+            Ok(Event::Delete(function("a"))),
+            Ok(Event::Apply(function("c"))),
+            // A relist that no longer has b.
+            Ok(Event::Init),
+            Ok(Event::InitApply(function("c"))),
+            Ok(Event::InitDone),
+        ]);
+        apply_function_events(events, &functions, || synced.store(true, Ordering::SeqCst)).await;
+        assert!(synced.load(Ordering::SeqCst));
+        assert!(functions.route(Listener::Cluster, "a.team", "/").is_err());
+        assert!(functions.route(Listener::Cluster, "b.team", "/").is_err());
+        assert!(functions.route(Listener::Cluster, "c.team", "/").is_ok());
+    }
+
+    #[tokio::test]
+    async fn slices_of_a_function_merge_and_deleted_slices_remove_their_pods() {
+        let functions = functions();
+        functions.apply(&function("hello"));
+        let events = futures::stream::iter(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(slice("s1", "hello-pods", "10.0.0.1"))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(slice("s2", "hello-pods", "10.0.0.2"))),
+            Ok(Event::Apply(slice("other", "unrelated", "10.0.0.9"))),
+        ]);
+        apply_slice_events(events, &functions, || {}).await;
+        assert_eq!(ready_pods(&functions, "hello.team"), 2);
+    }
+
+    #[tokio::test]
+    async fn deleting_one_slice_keeps_the_pods_of_the_others() {
+        let functions = functions();
+        functions.apply(&function("hello"));
+        let events = futures::stream::iter(vec![
+            Ok(Event::Apply(slice("s1", "hello-pods", "10.0.0.1"))),
+            Ok(Event::Apply(slice("s2", "hello-pods", "10.0.0.2"))),
+            Ok(Event::Delete(slice("s1", "hello-pods", "10.0.0.1"))),
+        ]);
+        apply_slice_events(events, &functions, || {}).await;
+        let state = functions
+            .route(Listener::Cluster, "hello.team", "/")
+            .expect("routed");
+        let pods: Vec<_> = state.capacity.ready_pods().iter().map(|p| p.addr).collect();
+        assert_eq!(pods, vec![SocketAddr::from(([10, 0, 0, 2], 8080))]);
+    }
+}
