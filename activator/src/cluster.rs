@@ -293,7 +293,10 @@ mod tests {
     }
 
     fn functions() -> Functions {
-        Functions::new(Domains::default())
+        Functions::new(
+            Domains::default(),
+            crate::metrics::Metrics::new().expect("metrics"),
+        )
     }
 
     fn ready_pods(functions: &Functions, host: &str) -> usize {

@@ -17,6 +17,7 @@ use zeroscale_api::{Function, Protocol, RequestsSpec};
 
 use crate::capacity::{Capacity, Limits};
 use crate::endpoints::{EndpointSet, PodProtocol};
+use crate::metrics::{FunctionMetrics, Metrics};
 use crate::routing::{Domains, FunctionKey, RouteError, RouteSpec, RoutingTable};
 
 /// Which listener a request came in on.
@@ -75,6 +76,7 @@ impl Settings {
 #[derive(Debug)]
 pub struct FunctionState {
     pub key: FunctionKey,
+    pub metrics: FunctionMetrics,
     settings: ArcSwap<Settings>,
     pub capacity: Capacity,
     requests_total: AtomicU64,
@@ -94,9 +96,10 @@ struct Pods {
 }
 
 impl FunctionState {
-    fn new(key: FunctionKey, settings: Settings, limits: Limits) -> Self {
+    fn new(key: FunctionKey, settings: Settings, limits: Limits, metrics: FunctionMetrics) -> Self {
         Self {
             key,
+            metrics,
             settings: ArcSwap::from_pointee(settings),
             capacity: Capacity::new(limits),
             requests_total: AtomicU64::new(0),
@@ -214,6 +217,7 @@ type Table = RoutingTable<Arc<FunctionState>>;
 #[derive(Debug)]
 pub struct Functions {
     domains: Domains,
+    metrics: Metrics,
     cluster: ArcSwap<Table>,
     public: ArcSwap<Table>,
     control: Mutex<Control>,
@@ -229,9 +233,10 @@ struct Control {
 }
 
 impl Functions {
-    pub fn new(domains: Domains) -> Self {
+    pub fn new(domains: Domains, metrics: Metrics) -> Self {
         Self {
             domains,
+            metrics,
             cluster: ArcSwap::from_pointee(RoutingTable::empty()),
             public: ArcSwap::from_pointee(RoutingTable::empty()),
             control: Mutex::new(Control::default()),
@@ -267,7 +272,8 @@ impl Functions {
                 Arc::clone(state)
             }
             None => {
-                let state = Arc::new(FunctionState::new(key.clone(), settings, limits));
+                let metrics = self.metrics.for_function(&key);
+                let state = Arc::new(FunctionState::new(key.clone(), settings, limits, metrics));
                 if let Some(endpoints) = control.early_endpoints.remove(&key) {
                     state.set_endpoints(endpoints);
                 }
@@ -288,6 +294,7 @@ impl Functions {
         let mut control = self.control();
         control.states.remove(key);
         control.early_endpoints.remove(key);
+        self.metrics.forget(key);
         if control.routes.remove(key).is_some() {
             self.rebuild(&control);
         }
@@ -356,10 +363,13 @@ mod tests {
     }
 
     fn functions() -> Functions {
-        Functions::new(Domains {
-            cluster_domain: "cluster.local".into(),
-            public_domain: Some("fn.example.com".into()),
-        })
+        Functions::new(
+            Domains {
+                cluster_domain: "cluster.local".into(),
+                public_domain: Some("fn.example.com".into()),
+            },
+            Metrics::new().expect("metrics"),
+        )
     }
 
     fn pod(port: u16, state: EndpointState) -> PodEndpoint {

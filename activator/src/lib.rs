@@ -4,9 +4,10 @@
 //! at zero or its pods are full) -> pick a pod (least loaded, per-pod concurrency) ->
 //! forward (pooled client, streaming bodies).
 pub mod capacity;
-pub mod endpoints;
-pub mod routing;
-pub mod functions;
-pub mod wake;
-pub mod probe;
 pub mod cluster;
+pub mod endpoints;
+pub mod functions;
+pub mod metrics;
+pub mod probe;
+pub mod routing;
+pub mod wake;

@@ -1,0 +1,196 @@
+//! Prometheus metrics of the activator. Per-Function series are resolved once, when the
+//! Function is added ([`FunctionMetrics`]), so the request path only touches atomics.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use crate::routing::FunctionKey;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Status classes a response is counted under.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// All activator metrics.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    queue_wait: HistogramVec,
+    cold_start: HistogramVec,
+    wakes: IntCounterVec,
+    pub in_flight: IntGaugeVec,
+    pub queued: IntGaugeVec,
+    /// Activator-generated errors by cause (the `x-zeroscale-error` value).
+    pub errors: IntCounterVec,
+    /// Active probes of starting pods by result (`ready`, `not_ready`).
+    pub probes: IntCounterVec,
+}
+
+/// One Function's series.
+#[derive(Clone, Debug)]
+pub struct FunctionMetrics {
+    requests_by_class: [IntCounter; 5],
+    pub request_duration: Histogram,
+    pub queue_wait: Histogram,
+    pub cold_start: Histogram,
+    pub wakes: IntCounter,
+}
+
+impl FunctionMetrics {
+    /// Counts a response with `status`.
+    pub fn count_response(&self, status: http::StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.requests_by_class[class].inc();
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics, not yet registered.
+    pub fn new() -> prometheus::Result<Self> {
+        let function = &["namespace", "function"];
+        let histogram = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                function,
+            )
+        };
+        Ok(Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "zeroscale_activator_requests_total",
+                    "Requests answered, by Function and status class",
+                ),
+                &["namespace", "function", "code_class"],
+            )?,
+            request_duration: histogram(
+                "zeroscale_activator_request_duration_seconds",
+                "Time from a request's arrival to its response headers",
+            )?,
+            queue_wait: histogram(
+                "zeroscale_activator_queue_wait_seconds",
+                "Time requests waited for a pod",
+            )?,
+            cold_start: histogram(
+                "zeroscale_activator_cold_start_seconds",
+                "Time from the first request at zero to a pod taking it",
+            )?,
+            wakes: IntCounterVec::new(
+                Opts::new(
+                    "zeroscale_activator_wakes_total",
+                    "Wake requests sent to the control plane",
+                ),
+                function,
+            )?,
+            in_flight: IntGaugeVec::new(
+                Opts::new(
+                    "zeroscale_activator_in_flight_requests",
+                    "Requests in flight to pods",
+                ),
+                function,
+            )?,
+            queued: IntGaugeVec::new(
+                Opts::new(
+                    "zeroscale_activator_queued_requests",
+                    "Requests waiting for a pod",
+                ),
+                function,
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "zeroscale_activator_errors_total",
+                    "Responses the activator generated itself, by cause",
+                ),
+                &["cause"],
+            )?,
+            probes: IntCounterVec::new(
+                Opts::new(
+                    "zeroscale_activator_probes_total",
+                    "Active probes of starting pods, by result",
+                ),
+                &["result"],
+            )?,
+        })
+    }
+
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.requests.clone()))?;
+        registry.register(Box::new(self.request_duration.clone()))?;
+        registry.register(Box::new(self.queue_wait.clone()))?;
+        registry.register(Box::new(self.cold_start.clone()))?;
+        registry.register(Box::new(self.wakes.clone()))?;
+        registry.register(Box::new(self.in_flight.clone()))?;
+        registry.register(Box::new(self.queued.clone()))?;
+        registry.register(Box::new(self.errors.clone()))?;
+        registry.register(Box::new(self.probes.clone()))?;
+        Ok(())
+    }
+
+    /// The series of one Function.
+    pub fn for_function(&self, key: &FunctionKey) -> FunctionMetrics {
+        let labels = [key.namespace.as_str(), key.name.as_str()];
+        let class = |class: &str| {
+            self.requests
+                .with_label_values(&[key.namespace.as_str(), key.name.as_str(), class])
+        };
+        FunctionMetrics {
+            requests_by_class: STATUS_CLASSES.map(class),
+            request_duration: self.request_duration.with_label_values(&labels),
+            queue_wait: self.queue_wait.with_label_values(&labels),
+            cold_start: self.cold_start.with_label_values(&labels),
+            wakes: self.wakes.with_label_values(&labels),
+        }
+    }
+
+    /// Drops the series of a deleted Function.
+    pub fn forget(&self, key: &FunctionKey) {
+        let labels = [key.namespace.as_str(), key.name.as_str()];
+        for class in STATUS_CLASSES {
+            let _ = self.requests.remove_label_values(&[
+                key.namespace.as_str(),
+                key.name.as_str(),
+                class,
+            ]);
+        }
+        for vec in [&self.request_duration, &self.queue_wait, &self.cold_start] {
+            let _ = vec.remove_label_values(&labels);
+        }
+        let _ = self.wakes.remove_label_values(&labels);
+        let _ = self.in_flight.remove_label_values(&labels);
+        let _ = self.queued.remove_label_values(&labels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_series_are_labelled_and_forgotten_with_the_function() {
+        let registry = Registry::new();
+        let metrics = Metrics::new().expect("metrics");
+        metrics.register(&registry).expect("registers");
+        let key = FunctionKey::new("team", "hello");
+        let function = metrics.for_function(&key);
+        function.count_response(http::StatusCode::OK);
+        function.count_response(http::StatusCode::SERVICE_UNAVAILABLE);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("encodes");
+        assert!(text.contains(
+            r#"zeroscale_activator_requests_total{code_class="2xx",function="hello",namespace="team"} 1"#
+        ), "{text}");
+        assert!(text.contains(r#"code_class="5xx",function="hello",namespace="team"} 1"#));
+
+        metrics.forget(&key);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("encodes");
+        assert!(!text.contains(r#"function="hello""#), "{text}");
+    }
+}
