@@ -36,16 +36,12 @@ pub enum Error {
     #[error("Function has no namespace")]
     MissingNamespace,
 
-    // Leader election and the admin server (lease.rs, admin.rs) add their variants below.
     #[error("{action} Lease {name}")]
     Lease {
         action: &'static str,
         name: String,
         source: kube::Error,
     },
-
-    #[error("starting the admin server: reading its listening address")]
-    ServeAdmin { source: std::io::Error },
 }
 
 impl Error {
@@ -56,11 +52,12 @@ impl Error {
             | Error::Apply { source, .. }
             | Error::Delete { source, .. }
             | Error::ListPods { source, .. }
-            | Error::PatchStatus { source, .. } => match source {
+            | Error::PatchStatus { source, .. }
+            | Error::Lease { source, .. } => match source {
                 kube::Error::Api(status) => Some(status),
                 _ => None,
             },
-            _ => None,
+            Error::SerializeCrd { .. } | Error::MissingNamespace => None,
         }
     }
 
@@ -100,7 +97,7 @@ impl Error {
             Error::ListPods { .. } => "list_pods",
             Error::PatchStatus { .. } => "patch_status",
             Error::MissingNamespace => "missing_namespace",
-            _ => "other",
+            Error::Lease { .. } => "lease",
         }
     }
 }

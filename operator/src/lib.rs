@@ -1,8 +1,8 @@
 //! The zeroscale operator: reconciles each `Function` into the objects that run it
 //! (Deployment, Services, HorizontalPodAutoscaler), reports its status, and holds the
-//! leader Lease so that only one replica acts at a time.
+//! leader Lease so that only one replica acts at a time. Its admin server is
+//! `zeroscale-admin`.
 
-pub mod admin;
 pub mod autoscaler;
 pub mod crd;
 mod error;

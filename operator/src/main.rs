@@ -10,7 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
-use zeroscale_operator::admin::{self, AdminState, Readiness};
+use zeroscale_admin::{self as admin, AdminState, Readiness};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;

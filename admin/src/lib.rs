@@ -1,10 +1,12 @@
-//! The operator's admin HTTP server: Prometheus metrics, liveness and readiness.
+//! The admin HTTP server every zeroscale binary runs: Prometheus metrics, liveness,
+//! readiness, and JSON status routes a binary adds (the activator's `/stats`).
 //!
 //! | Route          | Answer                                                        |
 //! |----------------|---------------------------------------------------------------|
 //! | `GET /metrics` | the registry's metrics in the Prometheus text format          |
 //! | `GET /healthz` | 200 `ok` while the process serves requests                    |
 //! | `GET /readyz`  | 200 `ok` when [`Readiness`] says ready, else 503 and why not  |
+//! | `GET <path>`   | JSON from a route added with [`AdminState::with_json_route`]  |
 //!
 //! Any other path is 404 and any other method on these paths 405. HTTP/1.1 only.
 
@@ -21,7 +23,18 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::{Error, Result};
+/// Why the admin server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("starting the admin server: reading its listening address")]
+    ServeAdmin { source: std::io::Error },
+}
+
+/// Results of the admin server.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Produces the JSON body of a status route, fresh for each request.
+pub type JsonProducer = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// How long shutdown waits for requests in flight before dropping their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,10 +84,21 @@ impl Readiness {
 }
 
 /// What the admin routes read.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AdminState {
     registry: prometheus::Registry,
     readiness: Readiness,
+    json_routes: Vec<(&'static str, JsonProducer)>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes: Vec<&str> = self.json_routes.iter().map(|(path, _)| *path).collect();
+        f.debug_struct("AdminState")
+            .field("readiness", &self.readiness)
+            .field("json_routes", &routes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AdminState {
@@ -83,7 +107,14 @@ impl AdminState {
         Self {
             registry,
             readiness,
+            json_routes: Vec::new(),
         }
+    }
+
+    /// Adds `GET path`, answered with the JSON `producer` returns.
+    pub fn with_json_route(mut self, path: &'static str, producer: JsonProducer) -> Self {
+        self.json_routes.push((path, producer));
+        self
     }
 }
 
@@ -158,7 +189,12 @@ fn is_connection_error(error: &std::io::Error) -> bool {
 
 /// The answer to `method path`.
 fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    let json = state
+        .json_routes
+        .iter()
+        .find(|(route, _)| *route == path)
+        .map(|(_, producer)| producer);
+    if json.is_none() && !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return plain(StatusCode::NOT_FOUND, "not found\n".into());
     }
     if method != Method::GET {
@@ -170,6 +206,9 @@ fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byt
             .headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
         return response;
+    }
+    if let Some(producer) = json {
+        return with_content_type(StatusCode::OK, "application/json", producer());
     }
     match path {
         "/metrics" => metrics(&state.registry),
@@ -284,6 +323,31 @@ mod tests {
                 assert_eq!(response.headers()[header::ALLOW], "GET");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn json_routes_answer_with_fresh_json_and_other_paths_stay_unknown() {
+        let (state, counter, _) = state();
+        let counted = counter.clone();
+        let state = state.with_json_route(
+            "/stats",
+            Arc::new(move || format!("{{\"events\":{}}}", counted.get())),
+        );
+        counter.inc_by(2);
+        let response = respond(&state, &Method::GET, "/stats");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            answer(&state, Method::GET, "/stats").await,
+            (StatusCode::OK, "{\"events\":2}".to_owned())
+        );
+        assert_eq!(
+            answer(&state, Method::POST, "/stats").await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            answer(&state, Method::GET, "/statz").await.0,
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[tokio::test]
