@@ -11,3 +11,5 @@ pub mod metrics;
 pub mod probe;
 pub mod routing;
 pub mod wake;
+pub mod errors;
+pub mod forward;
