@@ -66,9 +66,6 @@ pub enum ActivatorError {
     /// The exchange with the pod failed after the request was sent (502).
     #[error("the Function's pod failed while answering")]
     Upstream(#[source] BoxError),
-    /// This activator replica is shutting down (503).
-    #[error("this activator is shutting down; retry the request")]
-    Draining,
 }
 
 impl ActivatorError {
@@ -85,7 +82,6 @@ impl ActivatorError {
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamConnect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -102,14 +98,13 @@ impl ActivatorError {
             Self::UpstreamConnect(_) => "upstream_connect",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::Upstream(_) => "upstream",
-            Self::Draining => "draining",
         }
     }
 
     /// The `Retry-After` of the answer, in seconds, when the client should try again.
     pub fn retry_after(&self) -> Option<HeaderValue> {
         match self {
-            Self::Capacity(CapacityError::QueueFull) | Self::Draining => Some(RETRY_SOON),
+            Self::Capacity(CapacityError::QueueFull) => Some(RETRY_SOON),
             Self::Capacity(CapacityError::CannotStart(_)) => Some(RETRY_LATER),
             _ => None,
         }
@@ -177,7 +172,6 @@ mod tests {
             ActivatorError::UpstreamConnect("connection refused".into()),
             ActivatorError::UpstreamTimeout(Duration::from_millis(200)),
             ActivatorError::Upstream("connection reset".into()),
-            ActivatorError::Draining,
         ]
     }
 
@@ -196,7 +190,6 @@ mod tests {
             (502, "upstream_connect", None),
             (504, "upstream_timeout", None),
             (502, "upstream", None),
-            (503, "draining", Some("1")),
         ];
         let errors = every_error();
         assert_eq!(errors.len(), expected.len());

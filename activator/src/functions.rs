@@ -93,7 +93,13 @@ pub struct FunctionState {
 struct Pods {
     endpoints: EndpointSet,
     probed_ready: HashSet<SocketAddr>,
+    /// Pods that refused a connection; kept from traffic for [`QUARANTINE`].
+    unreachable: HashSet<SocketAddr>,
 }
+
+/// How long a pod that refused a connection gets no requests: long enough for the
+/// EndpointSlice to catch up with a dead pod, short enough not to lose a live one.
+const QUARANTINE: Duration = Duration::from_secs(5);
 
 impl FunctionState {
     fn new(key: FunctionKey, settings: Settings, limits: Limits, metrics: FunctionMetrics) -> Self {
@@ -189,10 +195,30 @@ impl FunctionState {
         self.publish_ready(&pods);
     }
 
+    /// Keeps a pod that refused a connection from new requests for a while.
+    pub fn mark_unreachable(self: &Arc<Self>, addr: SocketAddr) {
+        {
+            let mut pods = self.pods();
+            if !pods.unreachable.insert(addr) {
+                return;
+            }
+            self.publish_ready(&pods);
+        }
+        let function = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(QUARANTINE).await;
+            let mut pods = function.pods();
+            pods.unreachable.remove(&addr);
+            function.publish_ready(&pods);
+        });
+    }
+
     fn publish_ready(&self, pods: &Pods) {
         let ready = pods.endpoints.ready().iter().map(|pod| pod.addr);
-        self.capacity
-            .set_ready_pods(ready.chain(pods.probed_ready.iter().copied()));
+        let ready = ready
+            .chain(pods.probed_ready.iter().copied())
+            .filter(|addr| !pods.unreachable.contains(addr));
+        self.capacity.set_ready_pods(ready);
     }
 
     fn pods(&self) -> MutexGuard<'_, Pods> {

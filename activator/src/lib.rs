@@ -13,3 +13,4 @@ pub mod routing;
 pub mod wake;
 pub mod errors;
 pub mod forward;
+pub mod server;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounterVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -33,18 +34,19 @@ impl Default for ProbeConfig {
 
 /// Probes `function`'s starting pods until no request waits for it. Call it when a
 /// request starts waiting; it returns at once when probing is off or already running.
-pub fn start(function: &Arc<FunctionState>, config: ProbeConfig) {
+pub fn start(function: &Arc<FunctionState>, config: ProbeConfig, results: &IntCounterVec) {
     if config.period.is_zero() || !function.begin_probing() {
         return;
     }
     let function = Arc::clone(function);
+    let results = results.clone();
     tokio::spawn(async move {
         let mut rounds = tokio::time::interval(config.period);
         rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while function.capacity.queued() > 0 {
                 rounds.tick().await;
-                probe_round(&function, config).await;
+                probe_round(&function, config, &results).await;
             }
             function.end_probing();
             // A request that queued after the last check but before the claim was
@@ -57,7 +59,7 @@ pub fn start(function: &Arc<FunctionState>, config: ProbeConfig) {
 }
 
 /// Probes every starting pod once, concurrently, and admits those that answer.
-async fn probe_round(function: &Arc<FunctionState>, config: ProbeConfig) {
+async fn probe_round(function: &Arc<FunctionState>, config: ProbeConfig, results: &IntCounterVec) {
     let path = function.settings().readiness_path.clone();
     let probes = function
         .starting_pods()
@@ -70,6 +72,8 @@ async fn probe_round(function: &Arc<FunctionState>, config: ProbeConfig) {
             }
         });
     for (addr, answered) in futures::future::join_all(probes).await {
+        let result = if answered { "ready" } else { "not_ready" };
+        results.with_label_values(&[result]).inc();
         if answered {
             tracing::debug!(function = %function.key, %addr, "starting pod answered its probe");
             function.mark_probed_ready(addr);
