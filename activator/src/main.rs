@@ -1,17 +1,259 @@
-//! `zeroscale-activator`: the data plane that routes, holds and forwards requests to
-//! Functions. This binary is a placeholder until the activator lands (issue #4).
+//! `zeroscale-activator`: the data plane. Watches Functions and their pods'
+//! EndpointSlices, serves callers inside the cluster and (optionally) outside it, holds
+//! requests for Functions at zero and asks the operator to wake them.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use zeroscale_activator::cluster::{KubeWake, watch_endpoint_slices, watch_functions};
+use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
+use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::metrics::Metrics;
+use zeroscale_activator::probe::ProbeConfig;
+use zeroscale_activator::routing::Domains;
+use zeroscale_activator::server::{self, Activator, ServerLimits};
+use zeroscale_admin::{AdminState, Readiness};
 
 #[derive(Parser)]
-#[command(
-    name = "zeroscale-activator",
-    version,
-    about = "The zeroscale data plane (not yet implemented)"
-)]
-struct Cli {}
+#[command(name = "zeroscale-activator", version, about = "The zeroscale data plane")]
+struct Cli {
+    /// Address for callers inside the cluster (the Functions' Services point here).
+    #[arg(long, env = "ZEROSCALE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Address for callers outside the cluster (behind an Ingress or load balancer):
+    /// only public Functions, by public-domain host and own hosts. Off when unset.
+    #[arg(long, env = "ZEROSCALE_PUBLIC_LISTEN")]
+    public_listen: Option<SocketAddr>,
+    /// Address of the admin server (/metrics, /healthz, /readyz, /stats).
+    #[arg(long, env = "ZEROSCALE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    admin_addr: SocketAddr,
+    /// Domain under which public Functions are reachable as `<fn>.<ns>.<domain>`.
+    #[arg(long, env = "ZEROSCALE_PUBLIC_DOMAIN")]
+    public_domain: Option<String>,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "ZEROSCALE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Namespaces to watch, comma-separated; all namespaces when empty.
+    #[arg(long, env = "ZEROSCALE_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Time between rounds of active probes of starting pods; 0 turns probing off.
+    #[arg(long, env = "ZEROSCALE_PROBE_PERIOD", default_value = "25ms", value_parser = duration)]
+    probe_period: Duration,
+    /// Longest one active probe may take.
+    #[arg(long, env = "ZEROSCALE_PROBE_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    probe_timeout: Duration,
+    /// Longest connecting to a pod may take.
+    #[arg(long, env = "ZEROSCALE_CONNECT_TIMEOUT", default_value = "2s", value_parser = duration)]
+    connect_timeout: Duration,
+    /// Longest a client may take to send a request's headers.
+    #[arg(long, env = "ZEROSCALE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// Largest request head in bytes (431 beyond it).
+    #[arg(long, env = "ZEROSCALE_MAX_HEADER_BYTES", default_value_t = 65536)]
+    max_header_bytes: usize,
+    /// After SIGTERM: how long to keep accepting while the activator leaves the
+    /// Service's endpoints (readiness fails at once).
+    #[arg(long, env = "ZEROSCALE_DRAIN_DELAY", default_value = "5s", value_parser = duration)]
+    drain_delay: Duration,
+    /// After that: longest to wait for requests in flight and held to finish.
+    #[arg(long, env = "ZEROSCALE_DRAIN_PERIOD", default_value = "30s", value_parser = duration)]
+    drain_period: Duration,
+    /// How often each Function's concurrency is sampled for the autoscaler.
+    #[arg(long, env = "ZEROSCALE_SAMPLE_PERIOD", default_value = "100ms", value_parser = duration)]
+    sample_period: Duration,
+    /// Log format.
+    #[arg(long, env = "ZEROSCALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
 
-fn main() -> anyhow::Result<()> {
-    Cli::parse();
-    anyhow::bail!("the activator is not implemented yet")
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves when the process gets SIGTERM or SIGINT.
+async fn termination_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let started = tokio::time::Instant::now();
+    let instance = format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "activator".into()),
+        std::process::id(),
+        jiff::Timestamp::now().as_millisecond()
+    );
+
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .context("registering process metrics")?;
+    let metrics = Metrics::new().context("creating metrics")?;
+    metrics.register(&registry).context("registering metrics")?;
+    let readiness = Readiness::not_ready("syncing Functions and EndpointSlices");
+
+    // Two stages: `draining` fails readiness at once; `stop` ends accepting later.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let functions = Arc::new(Functions::new(
+        Domains {
+            cluster_domain: cli.cluster_domain.clone(),
+            public_domain: cli.public_domain.clone(),
+        },
+        metrics.clone(),
+    ));
+
+    let namespaces: Vec<Option<String>> = if cli.namespaces.is_empty() {
+        vec![None]
+    } else {
+        cli.namespaces.iter().cloned().map(Some).collect()
+    };
+    // Ready once every watch has listed everything once.
+    let pending = Arc::new(AtomicUsize::new(namespaces.len() * 2));
+    let synced = {
+        let readiness = readiness.clone();
+        move || {
+            let pending = Arc::clone(&pending);
+            let readiness = readiness.clone();
+            move || {
+                if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    tracing::info!("Functions and EndpointSlices synced; ready");
+                    readiness.set_ready();
+                }
+            }
+        }
+    };
+    for namespace in namespaces {
+        let (client_a, functions_a, synced_a) = (client.clone(), Arc::clone(&functions), synced());
+        let namespace_a = namespace.clone();
+        tokio::spawn(async move {
+            watch_functions(client_a, namespace_a.as_deref(), functions_a, synced_a).await;
+        });
+        let (client_b, functions_b, synced_b) = (client.clone(), Arc::clone(&functions), synced());
+        tokio::spawn(async move {
+            watch_endpoint_slices(client_b, namespace.as_deref(), functions_b, synced_b).await;
+        });
+    }
+
+    let activator = Arc::new(Activator::new(
+        Arc::clone(&functions),
+        Forwarder::new(&ForwarderConfig {
+            connect_timeout: cli.connect_timeout,
+            ..ForwarderConfig::default()
+        }),
+        Arc::new(KubeWake::new(client)),
+        ProbeConfig {
+            period: cli.probe_period,
+            timeout: cli.probe_timeout,
+        },
+        metrics.clone(),
+    ));
+    tokio::spawn(server::sample_load(
+        Arc::clone(&functions),
+        metrics,
+        cli.sample_period,
+        stopped(),
+    ));
+
+    let stats = {
+        let activator = Arc::clone(&activator);
+        Arc::new(move || {
+            let report = activator.stats(&instance, started.elapsed());
+            serde_json::to_string(&report).unwrap_or_else(|_| "{}".into())
+        })
+    };
+    let admin_listener = TcpListener::bind(cli.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin server to {}", cli.admin_addr))?;
+    let admin = tokio::spawn(zeroscale_admin::serve(
+        admin_listener,
+        AdminState::new(registry, readiness.clone()).with_json_route("/stats", stats),
+        stopped(),
+    ));
+
+    let limits = ServerLimits {
+        header_read_timeout: cli.header_read_timeout,
+        max_header_bytes: cli.max_header_bytes,
+        drain_period: cli.drain_period,
+    };
+    let mut servers = Vec::new();
+    let listeners = [(Some(cli.listen), Listener::Cluster), (cli.public_listen, Listener::Public)];
+    for (address, exposure) in listeners {
+        let Some(address) = address else { continue };
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        tracing::info!(%address, ?exposure, "serving");
+        servers.push(tokio::spawn(server::serve(
+            listener,
+            exposure,
+            Arc::clone(&activator),
+            limits,
+            stopped(),
+        )));
+    }
+
+    termination_signal().await;
+    tracing::info!(delay = ?cli.drain_delay, "terminating: failing readiness, then draining");
+    readiness.set_not_ready("shutting down");
+    tokio::time::sleep(cli.drain_delay).await;
+    let _ = stop_tx.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
+    if let Ok(Err(error)) = admin.await {
+        tracing::warn!(%error, "admin server failed");
+    }
+    tracing::info!("drained; exiting");
+    Ok(())
 }
