@@ -38,10 +38,15 @@
 //! differs from what it read, and never fight the HPA.
 
 mod decide;
+mod fleet;
+mod meter;
 mod policy;
+pub mod run;
 mod window;
 
 pub use decide::{Decision, DecisionState, Reason, Replicas, decide};
+pub use fleet::{Fleet, Target};
+pub use meter::{FunctionId, LoadMeter, Observed};
 pub use policy::{MIN_PANIC_WINDOW, ScalingPolicy};
 pub use window::{Load, Window};
 

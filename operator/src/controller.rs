@@ -22,6 +22,7 @@ use tracing::Instrument;
 use zeroscale_api::conditions::Reason;
 use zeroscale_api::{Function, FunctionStatus, keys};
 
+use crate::autoscaler::run::record_scale;
 use crate::metrics::Metrics;
 use crate::resources::{self, Config};
 use crate::status;
@@ -231,6 +232,12 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     if let Some(replicas) = handover {
         deployment = hand_over_replicas(&deployments, &name, replicas).await?;
     }
+    // An activator holds requests for this Function: wake it now, not at the next tick.
+    if let Some(replicas) = wake_replicas(function, &deployment) {
+        deployment = hand_over_replicas(&deployments, &name, replicas).await?;
+        tracing::info!(function = %name, replicas, "woken by an activator");
+        record_scale(ctx, function, 0, replicas, "Wake").await?;
+    }
 
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     apply(&services, &service, FIELD_MANAGER).await?;
@@ -300,8 +307,17 @@ fn replicas_to_hand_over(existing: Option<&Deployment>, function: &Function) -> 
     )
 }
 
+/// The replicas to wake a Function to: when its Deployment is at zero and an activator
+/// has asked for capacity (the annotation is removed whenever the autoscaler scales to
+/// zero, so its presence at zero is always a fresh request).
+fn wake_replicas(function: &Function, deployment: &Deployment) -> Option<i32> {
+    let at_zero = deployment.spec.as_ref()?.replicas == Some(0);
+    let requested = function.annotations().contains_key(keys::WAKE_REQUESTED_AT);
+    (at_zero && requested).then(|| function.spec.scaling.effective_initial_replicas().max(1))
+}
+
 /// Applies `spec.replicas` alone under the autoscaler's field manager.
-async fn hand_over_replicas(
+pub(crate) async fn hand_over_replicas(
     deployments: &Api<Deployment>,
     name: &str,
     replicas: i32,
@@ -522,6 +538,33 @@ mod tests {
         assert_eq!(
             replicas_to_hand_over(Some(&existing), &function(None)),
             Some(3)
+        );
+    }
+
+    #[test]
+    fn wake_annotation_on_a_function_at_zero_wakes_it_to_its_initial_scale() {
+        let mut function = function(Some(3));
+        function.metadata.annotations = Some(std::collections::BTreeMap::from([(
+            keys::WAKE_REQUESTED_AT.to_owned(),
+            "2026-11-24T09:00:00Z".to_owned(),
+        )]));
+        assert_eq!(wake_replicas(&function, &deployment(0, &[])), Some(3));
+        assert_eq!(
+            wake_replicas(&function, &deployment(1, &[])),
+            None,
+            "already up"
+        );
+        function.spec.scaling.initial_replicas = Some(0);
+        assert_eq!(
+            wake_replicas(&function, &deployment(0, &[])),
+            Some(1),
+            "at least one pod"
+        );
+        function.metadata.annotations = None;
+        assert_eq!(
+            wake_replicas(&function, &deployment(0, &[])),
+            None,
+            "nobody asked"
         );
     }
 

@@ -33,6 +33,9 @@ pub enum Error {
     #[error("patching status of Function {name}")]
     PatchStatus { name: String, source: kube::Error },
 
+    #[error("removing the wake request of Function {name}")]
+    ClearWake { name: String, source: kube::Error },
+
     #[error("Function has no namespace")]
     MissingNamespace,
 
@@ -53,6 +56,7 @@ impl Error {
             | Error::Delete { source, .. }
             | Error::ListPods { source, .. }
             | Error::PatchStatus { source, .. }
+            | Error::ClearWake { source, .. }
             | Error::Lease { source, .. } => match source {
                 kube::Error::Api(status) => Some(status),
                 _ => None,
@@ -98,6 +102,7 @@ impl Error {
             Error::PatchStatus { .. } => "patch_status",
             Error::MissingNamespace => "missing_namespace",
             Error::Lease { .. } => "lease",
+            Error::ClearWake { .. } => "clear_wake",
         }
     }
 }

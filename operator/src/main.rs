@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -11,6 +12,7 @@ use kube::Api;
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
 use zeroscale_admin::{self as admin, AdminState, Readiness};
+use zeroscale_operator::autoscaler::run::{self as autoscaler, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
@@ -81,6 +83,20 @@ struct RunArgs {
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Time between autoscaler decisions.
+    #[arg(long, env = "ZEROSCALE_AUTOSCALER_TICK", default_value = "1s", value_parser = duration)]
+    autoscaler_tick: Duration,
+    /// Port of the activators' admin server, where they serve /stats.
+    #[arg(long, env = "ZEROSCALE_ACTIVATOR_ADMIN_PORT", default_value_t = 9090)]
+    activator_admin_port: u16,
+    /// Longest one activator may take to report its stats; a missing report holds
+    /// every Function's scale.
+    #[arg(long, env = "ZEROSCALE_STATS_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    stats_timeout: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -191,6 +207,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
 
+    let autoscaler_config = AutoscalerConfig {
+        tick: args.autoscaler_tick,
+        activator_service: args.activator_service.clone(),
+        activator_admin_port: args.activator_admin_port,
+        scrape_timeout: args.stats_timeout,
+    };
+    let stats = ActivatorStats::watch(client.clone(), &autoscaler_config);
     let config = Config {
         activator_service: args.activator_service,
         public_domain: args.public_domain,
@@ -211,6 +234,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|namespace| controller::run(ctx.clone(), namespace.as_deref(), stopped())),
     );
+    let autoscaling = autoscaler::run(ctx.clone(), autoscaler_config, stats, stopped());
 
     let lost = async {
         match &leadership {
@@ -219,7 +243,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let outcome = tokio::select! {
-        _ = controllers => Ok(()),
+        _ = futures::future::join(controllers, autoscaling) => Ok(()),
         _ = lost => Err(anyhow::anyhow!("lost the leader Lease; exiting so that a fresh process competes again")),
     };
     if let Some(leadership) = leadership

@@ -1057,3 +1057,51 @@ async fn cpu_function_gets_an_hpa_that_never_scales_below_one_pod() {
     verified(verifier).await;
     assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
 }
+
+#[tokio::test]
+async fn wake_request_on_a_function_at_zero_scales_it_up_in_the_same_reconcile() {
+    let (ctx, _metrics, mut server) = context();
+    let mut function = Function::test("hello").serving();
+    function.metadata.annotations = Some(BTreeMap::from([(
+        zeroscale_api::keys::WAKE_REQUESTED_AT.to_owned(),
+        "2026-11-24T09:00:00Z".to_owned(),
+    )]));
+    let stored = deployment_in_cluster(&function, 0, 0);
+    let expected = function.clone();
+    let verifier = tokio::spawn(async move {
+        server.get_deployment(Some(stored.clone())).await;
+        server.apply_deployment(FIELD_MANAGER, 0, 0).await;
+        // No tick needed: the same reconcile hands the wake scale to the autoscaler.
+        server.hand_over_replicas(1, &stored).await;
+        let call = server.next(Method::PATCH, STATUS).await;
+        call.assert_applied_by(AUTOSCALER_FIELD_MANAGER);
+        assert!(
+            call.body["status"]["lastScaleTime"].is_string(),
+            "the wake is recorded as a scale: {}",
+            call.body
+        );
+        let mut stored_function = serde_json::to_value(&expected).expect("serializes");
+        stored_function["status"]["lastScaleTime"] = call.body["status"]["lastScaleTime"].clone();
+        call.respond(StatusCode::OK, &stored_function);
+        let call = server.next(Method::POST, EVENTS).await;
+        assert_eq!(call.body["reason"], "ScaledFromZero");
+        assert_eq!(call.body["note"], "hello: 0 -> 1 (Wake)");
+        let event = call.body.clone();
+        call.respond(StatusCode::CREATED, &event);
+        server.apply_services().await;
+        server.delete_absent_hpa().await;
+        server.list_pods(Vec::new()).await;
+        let status = server.apply_status(&expected).await;
+        assert_eq!(ready(&status)["reason"], "Deploying");
+        assert!(
+            status.get("lastScaleTime").is_none(),
+            "the operator's own status apply leaves lastScaleTime to the autoscaler"
+        );
+        server.event().await;
+        server.done().await;
+    });
+
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}
