@@ -42,6 +42,7 @@ use crate::{duration, names};
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas", priority = 1),
+    printcolumn(name = "Last Scale", type_ = "string", json_path = ".status.lastScaleReason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -404,6 +405,11 @@ pub struct FunctionStatus {
     /// When the autoscaler last changed the pod count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+
+    /// Why the autoscaler last changed the pod count: the rule and the change, e.g.
+    /// `ScaleToZero: 1 -> 0` or `Panic: 2 -> 6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
 }
 
 /// The Function CRD as installed: the derived schema plus limits on `metadata.name`, which

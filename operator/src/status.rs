@@ -107,7 +107,7 @@ fn unschedulable(pod: &Pod) -> Option<String> {
 /// The status of a Function whose objects were applied: counts from the Deployment
 /// (`desiredReplicas` mirrors its `spec.replicas`), addresses from the configuration, and
 /// `Ready` from [`readiness`]. The previous status supplies only the Ready transition
-/// time; `lastScaleTime` is left out because the autoscaler owns it, and writing back a
+/// time; `lastScaleTime` and `lastScaleReason` are left out because the autoscaler owns them, and writing back a
 /// cached copy could undo a newer one.
 pub fn observe(
     function: &Function,
@@ -118,6 +118,7 @@ pub fn observe(
 ) -> FunctionStatus {
     let mut status = function.status.clone().unwrap_or_default();
     status.last_scale_time = None;
+    status.last_scale_reason = None;
     let deployment_status = deployment.status.clone().unwrap_or_default();
     status.observed_generation = function.metadata.generation;
     status.replicas = Some(deployment_status.replicas.unwrap_or(0));
@@ -135,6 +136,7 @@ pub fn observe(
 pub fn invalid(function: &Function, message: String, now: Time) -> FunctionStatus {
     let mut status = function.status.clone().unwrap_or_default();
     status.last_scale_time = None;
+    status.last_scale_reason = None;
     status.observed_generation = function.metadata.generation;
     status.set_ready(
         Reason::InvalidSpec,

@@ -1080,6 +1080,7 @@ async fn wake_request_on_a_function_at_zero_scales_it_up_in_the_same_reconcile()
             "the wake is recorded as a scale: {}",
             call.body
         );
+        assert_eq!(call.body["status"]["lastScaleReason"], "Wake: 0 -> 1");
         let mut stored_function = serde_json::to_value(&expected).expect("serializes");
         stored_function["status"]["lastScaleTime"] = call.body["status"]["lastScaleTime"].clone();
         call.respond(StatusCode::OK, &stored_function);

@@ -295,8 +295,8 @@ async fn clear_wake_request(ctx: &Context, namespace: &str, name: &str) -> crate
         })
 }
 
-/// Records a scale on the Function: `lastScaleTime` (owned by the autoscaler's field
-/// manager) and an Event. A failure to publish the Event is logged, not returned.
+/// Records a scale on the Function: `lastScaleTime` and `lastScaleReason` (owned by the
+/// autoscaler's field manager) and an Event. A failure to publish the Event is logged, not returned.
 pub(crate) async fn record_scale(
     ctx: &Context,
     function: &Function,
@@ -311,7 +311,10 @@ pub(crate) async fn record_scale(
     let body = serde_json::json!({
         "apiVersion": Function::api_version(&()),
         "kind": Function::kind(&()),
-        "status": {"lastScaleTime": Time(jiff::Timestamp::now())},
+        "status": {
+            "lastScaleTime": Time(jiff::Timestamp::now()),
+            "lastScaleReason": format!("{reason}: {from} -> {to}"),
+        },
     });
     functions
         .patch_status(
