@@ -6,11 +6,11 @@
 pub mod capacity;
 pub mod cluster;
 pub mod endpoints;
+pub mod errors;
+pub mod forward;
 pub mod functions;
 pub mod metrics;
 pub mod probe;
 pub mod routing;
-pub mod wake;
-pub mod errors;
-pub mod forward;
 pub mod server;
+pub mod wake;

@@ -21,7 +21,11 @@ use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_admin::{AdminState, Readiness};
 
 #[derive(Parser)]
-#[command(name = "zeroscale-activator", version, about = "The zeroscale data plane")]
+#[command(
+    name = "zeroscale-activator",
+    version,
+    about = "The zeroscale data plane"
+)]
 struct Cli {
     /// Address for callers inside the cluster (the Functions' Services point here).
     #[arg(long, env = "ZEROSCALE_LISTEN", default_value = "0.0.0.0:8080")]
@@ -37,7 +41,11 @@ struct Cli {
     #[arg(long, env = "ZEROSCALE_PUBLIC_DOMAIN")]
     public_domain: Option<String>,
     /// The cluster's DNS domain.
-    #[arg(long, env = "ZEROSCALE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    #[arg(
+        long,
+        env = "ZEROSCALE_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
     cluster_domain: String,
     /// Namespaces to watch, comma-separated; all namespaces when empty.
     #[arg(long, env = "ZEROSCALE_NAMESPACES", value_delimiter = ',')]
@@ -227,12 +235,13 @@ async fn main() -> anyhow::Result<()> {
         drain_period: cli.drain_period,
     };
     let mut servers = Vec::new();
-    let listeners = [(Some(cli.listen), Listener::Cluster), (cli.public_listen, Listener::Public)];
+    let listeners = [
+        (Some(cli.listen), Listener::Cluster),
+        (cli.public_listen, Listener::Public),
+    ];
     for (address, exposure) in listeners {
         let Some(address) = address else { continue };
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("binding {address}"))?;
+        let listener = server::bind(address).with_context(|| format!("binding {address}"))?;
         tracing::info!(%address, ?exposure, "serving");
         servers.push(tokio::spawn(server::serve(
             listener,

@@ -14,14 +14,13 @@
 //! - the bare `<fn>` (a caller in the same namespace using the short Service name), when
 //!   exactly one Function in the table has that name; when several do, the lookup fails
 //!   with [`RouteError::AmbiguousShortName`];
-//! - its own `spec.routing.hosts`, whatever its visibility: visibility only decides
-//!   whether zeroscale derives a public-domain host; a cluster-local Function's own
-//!   hosts are its operator's choice, and reach it wherever they are routed to the
-//!   activator.
+//! - its own `spec.routing.hosts`.
 //!
-//! Visibility is enforced here only by which hosts exist. The table cannot tell an
-//! in-cluster caller from an outside one: whatever exposes the activator outside the
-//! cluster must forward only public-domain (and chosen own) hosts.
+//! That is the table for callers inside the cluster ([`RoutingTable::build`]). Callers
+//! from outside come in on a listener of their own, whose table
+//! ([`RoutingTable::build_public`]) holds only public Functions, by their public-domain
+//! host and own hosts: a table cannot tell an in-cluster caller from an outside one, so
+//! visibility is enforced by which listener a request arrives on.
 //!
 //! # Who wins when claims collide
 //!

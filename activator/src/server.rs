@@ -103,18 +103,21 @@ impl Activator {
         arrived: Instant,
     ) -> Result<ActivatorResponse, ActivatorError> {
         let settings = function.settings();
-        let mut outbound = Outbound::new(request, client, scheme)?
-            .retry_unsent()
-            .with_response_start_timeout(settings.request_timeout);
+        // One deadline from arrival bounds waiting for a pod and waiting for the pod's
+        // response headers, across every attempt; a streaming body then runs on.
+        let ends = arrived + settings.request_timeout;
+        let mut outbound = Outbound::new(request, client, scheme)?.retry_unsent();
         if let Some(limit) = settings.max_body_bytes {
             outbound = outbound.with_body_limit(limit)?;
         }
-        let deadline = arrived + settings.max_queue_wait;
+        let deadline = (arrived + settings.max_queue_wait).min(ends);
         let mut permit = self.acquire(function, deadline).await?;
         let mut attempt = 1;
         loop {
             let pod = permit.addr();
             let protocol = function.protocol_of(pod);
+            let remaining = ends.saturating_duration_since(Instant::now());
+            outbound = outbound.with_response_start_timeout(remaining);
             match self.forwarder.send(outbound, pod, protocol, permit).await {
                 Ok(response) => return Ok(response),
                 Err(SendError {
@@ -122,8 +125,9 @@ impl Activator {
                     unsent: Some(Unsent { request, guard }),
                 }) if attempt < MAX_CONNECT_ATTEMPTS => {
                     tracing::info!(function = %function.key, %pod, %error, "pod refused the connection; trying another");
-                    drop(guard);
+                    // Set the pod aside before its slot frees, so no waiter is handed it.
                     function.mark_unreachable(pod);
+                    drop(guard);
                     outbound = request;
                     permit = self.acquire(function, deadline).await?;
                     attempt += 1;
@@ -257,6 +261,19 @@ pub async fn serve(
     {
         tracing::warn!("drain period ended with requests still open");
     }
+}
+
+/// Binds a listener with a backlog deep enough for a burst of new connections at a cold
+/// start (the default of 128 drops the rest, and their clients retry only after 1 s).
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
 }
 
 /// Adds each Function's load to its counters every `period` until `shutdown` resolves.

@@ -251,8 +251,9 @@ pub enum Metric {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestsSpec {
-    /// Longest a request may take, from arrival at the activator to the end of the
-    /// response.
+    /// Longest a request may take from its arrival at the activator until its response
+    /// starts (status and headers), waiting for a pod included. A response body that
+    /// streams after that is not cut off.
     #[serde(default = "default_request_timeout")]
     #[schemars(regex(pattern = duration::PATTERN))]
     pub timeout: String,
