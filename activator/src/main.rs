@@ -18,6 +18,7 @@ use zeroscale_activator::metrics::Metrics;
 use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::routing::Domains;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
+use zeroscale_admin::process::{self, LogFormat};
 use zeroscale_admin::{AdminState, Readiness};
 
 #[derive(Parser)]
@@ -76,53 +77,18 @@ struct Cli {
     #[arg(long, env = "ZEROSCALE_SAMPLE_PERIOD", default_value = "100ms", value_parser = duration)]
     sample_period: Duration,
     /// Log format.
-    #[arg(long, env = "ZEROSCALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    #[arg(long, env = "ZEROSCALE_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text)]
+    log_format: LogFormatArg,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
     zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Resolves when the process gets SIGTERM or SIGINT.
-async fn termination_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    process::init_tracing(cli.log_format.into());
     let started = tokio::time::Instant::now();
     let instance = format!(
         "{}-{}-{}",
@@ -252,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
         )));
     }
 
-    termination_signal().await;
+    process::termination_signal().await;
     tracing::info!(delay = ?cli.drain_delay, "terminating: failing readiness, then draining");
     readiness.set_not_ready("shutting down");
     tokio::time::sleep(cli.drain_delay).await;
@@ -265,4 +231,20 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// `--log-format` values.
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(format: LogFormatArg) -> Self {
+        match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }

@@ -9,6 +9,11 @@
 //! | `GET <path>`   | JSON from a route added with [`AdminState::with_json_route`]  |
 //!
 //! Any other path is 404 and any other method on these paths 405. HTTP/1.1 only.
+//!
+//! [`process`] holds the rest of what both binaries share: logging and the shutdown
+//! signal.
+
+pub mod process;
 
 use std::borrow::Cow;
 use std::convert::Infallible;

@@ -11,6 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
+use zeroscale_admin::process::{self, LogFormat};
 use zeroscale_admin::{self as admin, AdminState, Readiness};
 use zeroscale_operator::autoscaler::run::{self as autoscaler, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
@@ -65,8 +66,8 @@ struct RunArgs {
     #[arg(long, env = "ZEROSCALE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
     /// Log format.
-    #[arg(long, env = "ZEROSCALE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[arg(long, env = "ZEROSCALE_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text)]
+    log_format: LogFormatArg,
     /// Elect a leader among replicas through a Lease; only the leader reconciles.
     #[arg(long, env = "ZEROSCALE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -99,12 +100,6 @@ fn duration(text: &str) -> Result<Duration, String> {
     zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -117,37 +112,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Resolves when the process gets SIGTERM or SIGINT.
-async fn termination_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_tracing(args.log_format);
+    process::init_tracing(args.log_format.into());
     let identity = args
         .identity
         .clone()
@@ -166,7 +132,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // One signal, observed by everything that must stop.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        termination_signal().await;
+        process::termination_signal().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
@@ -256,4 +222,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!(%error, "admin server failed");
     }
     outcome
+}
+
+/// `--log-format` values.
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(format: LogFormatArg) -> Self {
+        match format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
