@@ -1119,7 +1119,7 @@ mod tests {
     #[tokio::test]
     async fn large_upload_streams_through_without_being_collected() {
         bounded(async {
-            const TOTAL: usize = 64 * MIB;
+            const TOTAL: usize = 200 * MIB;
             // The client holds back all but the first chunk until the pod has it: a
             // forwarder that collected the body before sending would wait forever.
             let first_chunk_arrived = Arc::new(Notify::new());
@@ -1169,7 +1169,7 @@ mod tests {
     #[tokio::test]
     async fn large_download_streams_through_without_being_collected() {
         bounded(async {
-            const TOTAL: usize = 64 * MIB;
+            const TOTAL: usize = 200 * MIB;
             // The pod holds back all but the first chunk until the client has it.
             let first_chunk_arrived = Arc::new(Notify::new());
             let pod = serve(false, {
