@@ -178,6 +178,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         activator_service: args.activator_service.clone(),
         activator_admin_port: args.activator_admin_port,
         scrape_timeout: args.stats_timeout,
+        namespaces: args.namespaces.clone(),
     };
     let stats = ActivatorStats::watch(client.clone(), &autoscaler_config);
     let config = Config {

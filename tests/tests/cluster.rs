@@ -3,6 +3,7 @@
 //! message unless ZEROSCALE_TEST_KUBECONFIG names a cluster.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -13,7 +14,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
-use zeroscale_api::{Function, FunctionSpec, Metric, Schedule};
+use zeroscale_api::stats::{FunctionStats, StatsReport};
+use zeroscale_api::{Function, FunctionSpec, Metric, Schedule, keys};
+use zeroscale_operator::autoscaler::run::{self as autoscaler, AutoscalerConfig, StatsSource};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
@@ -315,5 +318,133 @@ async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Re
             Ok(())
         },
     )
+    .await
+}
+
+/// One activator that sees no requests, until `holding` is set: then it holds one
+/// request for Function `idle`, as when a request arrives at zero.
+struct FakeActivator {
+    namespace: String,
+    holding: Arc<AtomicBool>,
+}
+
+impl StatsSource for FakeActivator {
+    async fn scrape(&self) -> Result<Vec<StatsReport>, String> {
+        let held = self.holding.load(Ordering::SeqCst);
+        Ok(vec![StatsReport {
+            instance: "fake-activator".into(),
+            uptime_seconds: 1.0,
+            functions: vec![FunctionStats {
+                namespace: self.namespace.clone(),
+                name: "idle".into(),
+                requests_total: u64::from(held),
+                concurrency_seconds_total: 0.0,
+                in_flight: 0,
+                queued: u64::from(held),
+            }],
+        }])
+    }
+}
+
+#[tokio::test]
+async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> anyhow::Result<()> {
+    let Some(client) =
+        cluster_client("idle_function_scales_to_zero_and_a_wake_request_brings_it_back").await?
+    else {
+        return Ok(());
+    };
+    install_crd(&client).await?;
+    in_temporary_namespace(&client, "zeroscale-zero", |client, namespace| async move {
+        let registry = prometheus::Registry::new();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Config::test(),
+            Metrics::register(&registry)?,
+            Reporter {
+                controller: "zeroscale-tests".into(),
+                instance: None,
+            },
+        ));
+        let holding = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        {
+            let (ctx, namespace, until_stopped) =
+                (ctx.clone(), namespace.clone(), until_stopped.clone());
+            tokio::spawn(async move {
+                controller::run(ctx, Some(&namespace), until_stopped()).await;
+            });
+        }
+        {
+            let config = AutoscalerConfig {
+                tick: Duration::from_millis(200),
+                activator_service: "zeroscale-activator.zeroscale-system".into(),
+                activator_admin_port: 9090,
+                scrape_timeout: Duration::from_millis(500),
+                namespaces: vec![namespace.clone()],
+            };
+            let (ctx, until_stopped) = (ctx.clone(), until_stopped.clone());
+            let stats = FakeActivator {
+                namespace: namespace.clone(),
+                holding: Arc::clone(&holding),
+            };
+            tokio::spawn(async move {
+                autoscaler::run(ctx, config, stats, until_stopped()).await;
+            });
+        }
+
+        let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+        let mut spec = FunctionSpec::with_image("registry.k8s.io/pause:3.10");
+        spec.scaling.scale_to_zero_grace_period = "1s".into();
+        functions
+            .create(&PostParams::default(), &function("idle", spec))
+            .await?;
+
+        let at = |replicas: i32| {
+            move |deployment: Option<&Deployment>| {
+                deployment.and_then(|d| d.spec.as_ref()?.replicas) == Some(replicas)
+            }
+        };
+        // Created at its initial scale (it may already be on its way to zero).
+        tokio::time::timeout(
+            WAIT,
+            await_condition(deployments.clone(), "idle", conditions::is_created()),
+        )
+        .await??;
+        tokio::time::timeout(WAIT, await_condition(deployments.clone(), "idle", at(0))).await??;
+        let function = functions.get("idle").await?;
+        let status = function.status.clone().unwrap_or_default();
+        assert!(status.last_scale_time.is_some());
+        assert_eq!(
+            status.last_scale_reason.as_deref(),
+            Some("ScaleToZero: 1 -> 0")
+        );
+        assert!(!function.annotations().contains_key(keys::WAKE_REQUESTED_AT));
+
+        // What an activator does when a request finds no pod: hold it, and ask.
+        holding.store(true, Ordering::SeqCst);
+        functions
+            .patch(
+                "idle",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                    keys::WAKE_REQUESTED_AT: "2026-11-24T10:00:00Z"
+                }}})),
+            )
+            .await?;
+        tokio::time::timeout(WAIT, await_condition(deployments.clone(), "idle", at(1))).await??;
+        let status = functions.get("idle").await?.status.unwrap_or_default();
+        // The reconcile of the annotation or the next tick's held request, whichever
+        // comes first, wakes it; both record the same reason.
+        assert_eq!(status.last_scale_reason.as_deref(), Some("Wake: 0 -> 1"));
+        let _ = stop.send(true);
+        Ok(())
+    })
     .await
 }

@@ -38,6 +38,8 @@ pub struct AutoscalerConfig {
     pub activator_admin_port: u16,
     /// Longest one activator may take to answer.
     pub scrape_timeout: Duration,
+    /// Namespaces whose Functions are scaled; all when empty.
+    pub namespaces: Vec<String>,
 }
 
 /// Where the loop gets the activators' reports. Any failure means "unknown": the loop
@@ -142,9 +144,14 @@ pub async fn run(
     stats: impl StatsSource,
     shutdown: impl Future<Output = ()>,
 ) {
-    let functions = reflected::<Function>(&ctx.client, watcher::Config::default());
+    let scope = match config.namespaces.as_slice() {
+        [namespace] => Some(namespace.as_str()),
+        _ => None,
+    };
+    let functions = reflected::<Function>(&ctx.client, scope, watcher::Config::default());
     let deployments = reflected::<Deployment>(
         &ctx.client,
+        scope,
         watcher::Config::default().labels(&format!(
             "app.kubernetes.io/managed-by={}",
             keys::MANAGED_BY
@@ -168,7 +175,10 @@ pub async fn run(
                 None
             }
         };
-        let targets = targets(&functions, &deployments);
+        let mut targets = targets(&functions, &deployments);
+        if !config.namespaces.is_empty() {
+            targets.retain(|target| config.namespaces.contains(&target.id.0));
+        }
         let current: HashMap<FunctionId, Replicas> =
             targets.iter().map(|t| (t.id.clone(), t.replicas)).collect();
         let decisions = fleet.tick(Instant::now(), targets, observed.as_ref());
@@ -209,8 +219,8 @@ pub async fn run(
     }
 }
 
-/// A store of `K` kept current by a background watch.
-fn reflected<K>(client: &kube::Client, config: watcher::Config) -> Store<K>
+/// A store of `K` (in `namespace`, or everywhere) kept current by a background watch.
+fn reflected<K>(client: &kube::Client, namespace: Option<&str>, config: watcher::Config) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -219,9 +229,14 @@ where
         + Send
         + Sync
         + 'static,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
 {
+    let api = match namespace {
+        Some(namespace) => Api::<K>::namespaced(client.clone(), namespace),
+        None => Api::<K>::all(client.clone()),
+    };
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), config))
+    let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
         .touched_objects();
     tokio::spawn(stream.for_each(|_| async {}));
