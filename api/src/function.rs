@@ -5,6 +5,7 @@
 //! person reading `kubectl explain function.spec`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext, ResourceRequirements,
@@ -185,9 +186,10 @@ pub struct ScalingSpec {
     #[serde(default)]
     pub metric: Metric,
 
-    /// Load per pod the autoscaler aims for: in-flight requests (concurrency, default
-    /// 100, or 70% of containerConcurrency when that is set), requests per second (rps,
-    /// default 200) or percent CPU utilisation (cpu, default 80).
+    /// Load per pod the autoscaler aims for: in-flight requests (concurrency), requests
+    /// per second (rps) or percent CPU utilisation (cpu). When unset: 70% of
+    /// containerConcurrency when that is set, else the operator's default for the
+    /// metric (100, 200 and 80 unless configured otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub target: Option<i32>,
@@ -197,41 +199,48 @@ pub struct ScalingSpec {
     #[schemars(range(min = 0, max = 10000))]
     pub container_concurrency: i32,
 
-    /// How long a Function must see no requests before it scales to zero.
-    #[serde(default = "default_scale_to_zero_grace_period")]
+    /// How long a Function must see no requests before it scales to zero. Unset: the
+    /// operator's default (30s unless configured otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = duration::PATTERN))]
-    pub scale_to_zero_grace_period: String,
+    pub scale_to_zero_grace_period: Option<String>,
 
-    /// How long load must stay lower before the pod count goes down.
-    #[serde(default = "default_zero_duration")]
+    /// How long load must stay lower before the pod count goes down. Unset: the
+    /// operator's default (0s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = duration::PATTERN))]
-    pub scale_down_delay: String,
+    pub scale_down_delay: Option<String>,
 
     /// Window over which load is averaged for normal scaling decisions (6s to 1h).
-    #[serde(default = "default_stable_window")]
+    /// Unset: the operator's default (60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = duration::PATTERN))]
-    pub stable_window: String,
+    pub stable_window: Option<String>,
 
     /// Length of the short window that detects bursts, in percent of stableWindow.
-    #[serde(default = "default_panic_window_percentage")]
+    /// Unset: the operator's default (10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
-    pub panic_window_percentage: i32,
+    pub panic_window_percentage: Option<i32>,
 
     /// Load over the short window, in percent of what the current pods can take at
     /// target, above which the autoscaler scales up at once and holds (panic mode).
-    #[serde(default = "default_panic_threshold_percentage")]
+    /// Unset: the operator's default (200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 110, max = 1000))]
-    pub panic_threshold_percentage: i32,
+    pub panic_threshold_percentage: Option<i32>,
 
-    /// Largest factor by which the pod count may grow in one decision.
-    #[serde(default = "default_max_scale_up_rate")]
+    /// Largest factor by which the pod count may grow in one decision. Unset: the
+    /// operator's default (1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1.0, max = 10000.0))]
-    pub max_scale_up_rate: f64,
+    pub max_scale_up_rate: Option<f64>,
 
-    /// Largest factor by which the pod count may shrink in one decision.
-    #[serde(default = "default_max_scale_down_rate")]
+    /// Largest factor by which the pod count may shrink in one decision. Unset: the
+    /// operator's default (2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1.0, max = 10000.0))]
-    pub max_scale_down_rate: f64,
+    pub max_scale_down_rate: Option<f64>,
 }
 
 /// The load measure that drives scaling.
@@ -474,27 +483,6 @@ fn default_termination_grace_period_seconds() -> i64 {
 fn default_max_replicas() -> i32 {
     10
 }
-fn default_scale_to_zero_grace_period() -> String {
-    "30s".into()
-}
-fn default_zero_duration() -> String {
-    "0s".into()
-}
-fn default_stable_window() -> String {
-    "60s".into()
-}
-fn default_panic_window_percentage() -> i32 {
-    10
-}
-fn default_panic_threshold_percentage() -> i32 {
-    200
-}
-fn default_max_scale_up_rate() -> f64 {
-    1000.0
-}
-fn default_max_scale_down_rate() -> f64 {
-    2.0
-}
 fn default_request_timeout() -> String {
     "5m".into()
 }
@@ -520,13 +508,13 @@ impl Default for ScalingSpec {
             metric: Metric::default(),
             target: None,
             container_concurrency: 0,
-            scale_to_zero_grace_period: default_scale_to_zero_grace_period(),
-            scale_down_delay: default_zero_duration(),
-            stable_window: default_stable_window(),
-            panic_window_percentage: default_panic_window_percentage(),
-            panic_threshold_percentage: default_panic_threshold_percentage(),
-            max_scale_up_rate: default_max_scale_up_rate(),
-            max_scale_down_rate: default_max_scale_down_rate(),
+            scale_to_zero_grace_period: None,
+            scale_down_delay: None,
+            stable_window: None,
+            panic_window_percentage: None,
+            panic_threshold_percentage: None,
+            max_scale_up_rate: None,
+            max_scale_down_rate: None,
         }
     }
 }
@@ -549,8 +537,9 @@ impl ScalingSpec {
             .unwrap_or_else(|| self.min_replicas.max(1))
     }
 
-    /// Load per pod to aim for, with the per-metric default when `target` is unset.
-    pub fn effective_target(&self) -> i32 {
+    /// Load per pod to aim for: `target`, else 70% of containerConcurrency for the
+    /// concurrency metric, else the operator's default for the metric.
+    pub fn effective_target(&self, defaults: &ScalingDefaults) -> i32 {
         if let Some(target) = self.target {
             return target;
         }
@@ -558,9 +547,44 @@ impl ScalingSpec {
             Metric::Concurrency if self.container_concurrency > 0 => {
                 (self.container_concurrency * 7 / 10).max(1)
             }
-            Metric::Concurrency => 100,
-            Metric::Rps => 200,
-            Metric::Cpu => 80,
+            Metric::Concurrency => defaults.target_concurrency,
+            Metric::Rps => defaults.target_rps,
+            Metric::Cpu => defaults.target_cpu,
+        }
+    }
+}
+
+/// The operator's defaults for the scaling knobs a Function leaves unset, so a cluster
+/// administrator can tune them for every Function at once (operator flags) while each
+/// Function can still override them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalingDefaults {
+    pub target_concurrency: i32,
+    pub target_rps: i32,
+    pub target_cpu: i32,
+    pub scale_to_zero_grace_period: Duration,
+    pub scale_down_delay: Duration,
+    pub stable_window: Duration,
+    pub panic_window_percentage: i32,
+    pub panic_threshold_percentage: i32,
+    pub max_scale_up_rate: f64,
+    pub max_scale_down_rate: f64,
+}
+
+impl Default for ScalingDefaults {
+    /// Knative's defaults.
+    fn default() -> Self {
+        Self {
+            target_concurrency: 100,
+            target_rps: 200,
+            target_cpu: 80,
+            scale_to_zero_grace_period: Duration::from_secs(30),
+            scale_down_delay: Duration::ZERO,
+            stable_window: Duration::from_secs(60),
+            panic_window_percentage: 10,
+            panic_threshold_percentage: 200,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
         }
     }
 }

@@ -15,5 +15,5 @@ pub mod validate;
 
 pub use function::{
     Function, FunctionSpec, FunctionStatus, Metric, Protocol, RequestsSpec, RoutingSpec,
-    ScalingSpec, Schedule, TriggersSpec, Visibility, crd,
+    ScalingDefaults, ScalingSpec, Schedule, TriggersSpec, Visibility, crd,
 };

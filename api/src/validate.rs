@@ -22,18 +22,19 @@ pub struct InvalidSpec {
     pub reason: String,
 }
 
-/// Durations of a valid spec, parsed once.
+/// Durations of a valid spec, parsed once; scaling durations are None when the spec
+/// leaves them to the operator's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Durations {
-    pub scale_to_zero_grace_period: Duration,
-    pub scale_down_delay: Duration,
-    pub stable_window: Duration,
+    pub scale_to_zero_grace_period: Option<Duration>,
+    pub scale_down_delay: Option<Duration>,
+    pub stable_window: Option<Duration>,
     pub request_timeout: Duration,
     pub max_queue_wait: Duration,
 }
 
 /// Shortest and longest stable window, as in Knative.
-const STABLE_WINDOW_RANGE: (Duration, Duration) =
+pub const STABLE_WINDOW_RANGE: (Duration, Duration) =
     (Duration::from_secs(6), Duration::from_secs(3600));
 
 /// Longest duration accepted for the other duration fields.
@@ -85,16 +86,18 @@ impl FunctionSpec {
             ));
         }
 
+        let optional = |field: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|text| parse_duration(field, text))
+                .transpose()
+        };
         let durations = Durations {
-            scale_to_zero_grace_period: parse_duration(
+            scale_to_zero_grace_period: optional(
                 "spec.scaling.scaleToZeroGracePeriod",
                 &scaling.scale_to_zero_grace_period,
             )?,
-            scale_down_delay: parse_duration(
-                "spec.scaling.scaleDownDelay",
-                &scaling.scale_down_delay,
-            )?,
-            stable_window: parse_duration("spec.scaling.stableWindow", &scaling.stable_window)?,
+            scale_down_delay: optional("spec.scaling.scaleDownDelay", &scaling.scale_down_delay)?,
+            stable_window: optional("spec.scaling.stableWindow", &scaling.stable_window)?,
             request_timeout: parse_duration("spec.requests.timeout", &self.requests.timeout)?,
             max_queue_wait: parse_duration(
                 "spec.requests.maxQueueWait",
@@ -102,10 +105,12 @@ impl FunctionSpec {
             )?,
         };
         let (shortest, longest) = STABLE_WINDOW_RANGE;
-        if !(shortest..=longest).contains(&durations.stable_window) {
+        if let (Some(window), Some(text)) = (durations.stable_window, &scaling.stable_window)
+            && !(shortest..=longest).contains(&window)
+        {
             return Err(invalid(
                 "spec.scaling.stableWindow",
-                format!("{:?} must lie between 6s and 1h", scaling.stable_window),
+                format!("{text:?} must lie between 6s and 1h"),
             ));
         }
         if durations.request_timeout.is_zero() {
@@ -291,13 +296,10 @@ mod tests {
     }
 
     #[test]
-    fn default_spec_is_valid_with_default_durations() {
+    fn default_spec_is_valid_and_leaves_scaling_durations_to_the_operator() {
         let durations = spec().validate().expect("valid");
-        assert_eq!(
-            durations.scale_to_zero_grace_period,
-            Duration::from_secs(30)
-        );
-        assert_eq!(durations.stable_window, Duration::from_secs(60));
+        assert_eq!(durations.scale_to_zero_grace_period, None);
+        assert_eq!(durations.stable_window, None);
         assert_eq!(durations.request_timeout, Duration::from_secs(300));
         assert_eq!(durations.max_queue_wait, Duration::from_secs(60));
     }
@@ -328,7 +330,7 @@ mod tests {
     #[test]
     fn malformed_or_out_of_range_durations_name_their_field() {
         let mut spec = spec();
-        spec.scaling.stable_window = "2s".into();
+        spec.scaling.stable_window = Some("2s".into());
         assert_eq!(field_of(&spec), "spec.scaling.stableWindow");
 
         let mut spec = self::spec();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use zeroscale_api::FunctionSpec;
+use zeroscale_api::{FunctionSpec, ScalingDefaults};
 use zeroscale_operator::autoscaler::{Fleet, Observed, Replicas, ScalingPolicy, Target};
 
 fn offered_concurrency(second: u64) -> f64 {
@@ -29,7 +29,7 @@ fn main() {
         Ok(durations) => durations,
         Err(error) => panic!("the example spec is valid: {error}"),
     };
-    let policy = ScalingPolicy::from_spec(&spec.scaling, &durations);
+    let policy = ScalingPolicy::from_spec(&spec.scaling, &durations, &ScalingDefaults::default());
     let id = ("default".to_owned(), "hello".to_owned());
     let mut fleet = Fleet::default();
     let start = Instant::now();

@@ -202,7 +202,7 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     };
     let service = resources::service(function, &ctx.config);
     let pods_service = resources::pods_service(function);
-    let hpa = resources::hpa(function);
+    let hpa = resources::hpa(function, &ctx.config);
 
     // The Deployment goes first: it is the one object the API server may still reject
     // for the user's input (a volume, a resource quantity), and then nothing else is built.

@@ -13,6 +13,7 @@ use kube::runtime::events::Reporter;
 use tokio::sync::watch;
 use zeroscale_admin::process::{self, LogFormat};
 use zeroscale_admin::{self as admin, AdminState, Readiness};
+use zeroscale_api::ScalingDefaults;
 use zeroscale_operator::autoscaler::run::{self as autoscaler, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::lease::LeaderElector;
@@ -94,6 +95,77 @@ struct RunArgs {
     /// every Function's scale.
     #[arg(long, env = "ZEROSCALE_STATS_TIMEOUT", default_value = "500ms", value_parser = duration)]
     stats_timeout: Duration,
+    #[command(flatten)]
+    scaling: ScalingDefaultsArgs,
+}
+
+/// Scaling settings for Functions that leave them unset (each Function may override them).
+#[derive(clap::Args)]
+struct ScalingDefaultsArgs {
+    /// Target in-flight requests per pod (metric concurrency).
+    #[arg(long, env = "ZEROSCALE_DEFAULT_TARGET_CONCURRENCY", default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..=100000))]
+    default_target_concurrency: i32,
+    /// Target requests per second per pod (metric rps).
+    #[arg(long, env = "ZEROSCALE_DEFAULT_TARGET_RPS", default_value_t = 200, value_parser = clap::value_parser!(i32).range(1..=100000))]
+    default_target_rps: i32,
+    /// Target CPU utilisation in percent (metric cpu).
+    #[arg(long, env = "ZEROSCALE_DEFAULT_TARGET_CPU", default_value_t = 80, value_parser = clap::value_parser!(i32).range(1..=100000))]
+    default_target_cpu: i32,
+    /// Idle time before a Function scales to zero.
+    #[arg(long, env = "ZEROSCALE_DEFAULT_SCALE_TO_ZERO_GRACE_PERIOD", default_value = "30s", value_parser = duration)]
+    default_scale_to_zero_grace_period: Duration,
+    /// How long lower load must last before scaling down.
+    #[arg(long, env = "ZEROSCALE_DEFAULT_SCALE_DOWN_DELAY", default_value = "0s", value_parser = duration)]
+    default_scale_down_delay: Duration,
+    /// Averaging window of normal decisions (6s to 1h).
+    #[arg(long, env = "ZEROSCALE_DEFAULT_STABLE_WINDOW", default_value = "60s", value_parser = stable_window)]
+    default_stable_window: Duration,
+    /// Burst window, in percent of the stable window.
+    #[arg(long, env = "ZEROSCALE_DEFAULT_PANIC_WINDOW_PERCENTAGE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=100))]
+    default_panic_window_percentage: i32,
+    /// Burst load, in percent of capacity at target, that starts panic mode.
+    #[arg(long, env = "ZEROSCALE_DEFAULT_PANIC_THRESHOLD_PERCENTAGE", default_value_t = 200, value_parser = clap::value_parser!(i32).range(110..=1000))]
+    default_panic_threshold_percentage: i32,
+    /// Largest growth factor of the pod count per decision (at least 1).
+    #[arg(long, env = "ZEROSCALE_DEFAULT_MAX_SCALE_UP_RATE", default_value_t = 1000.0, value_parser = rate)]
+    default_max_scale_up_rate: f64,
+    /// Largest shrink factor of the pod count per decision (at least 1).
+    #[arg(long, env = "ZEROSCALE_DEFAULT_MAX_SCALE_DOWN_RATE", default_value_t = 2.0, value_parser = rate)]
+    default_max_scale_down_rate: f64,
+}
+
+impl From<&ScalingDefaultsArgs> for ScalingDefaults {
+    fn from(args: &ScalingDefaultsArgs) -> Self {
+        Self {
+            target_concurrency: args.default_target_concurrency,
+            target_rps: args.default_target_rps,
+            target_cpu: args.default_target_cpu,
+            scale_to_zero_grace_period: args.default_scale_to_zero_grace_period,
+            scale_down_delay: args.default_scale_down_delay,
+            stable_window: args.default_stable_window,
+            panic_window_percentage: args.default_panic_window_percentage,
+            panic_threshold_percentage: args.default_panic_threshold_percentage,
+            max_scale_up_rate: args.default_max_scale_up_rate,
+            max_scale_down_rate: args.default_max_scale_down_rate,
+        }
+    }
+}
+
+fn stable_window(text: &str) -> Result<Duration, String> {
+    let window = duration(text)?;
+    let (shortest, longest) = zeroscale_api::validate::STABLE_WINDOW_RANGE;
+    if (shortest..=longest).contains(&window) {
+        Ok(window)
+    } else {
+        Err(format!("{text:?} must lie between 6s and 1h"))
+    }
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (1.0..=10000.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{text:?} is not a factor between 1 and 10000")),
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -185,6 +257,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         activator_service: args.activator_service,
         public_domain: args.public_domain,
         cluster_domain: args.cluster_domain,
+        scaling: ScalingDefaults::from(&args.scaling),
     };
     let reporter = Reporter {
         controller: "zeroscale-operator".into(),

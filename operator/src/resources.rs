@@ -19,10 +19,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use zeroscale_api::validate::InvalidSpec;
-use zeroscale_api::{Function, Metric, Protocol, Visibility, keys, names};
+use zeroscale_api::{Function, Metric, Protocol, ScalingDefaults, Visibility, keys, names};
 
 /// Settings of the operator that shape every Function's objects.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Activator Service as `<name>.<namespace>`; each Function's Service points there.
     pub activator_service: String,
@@ -30,6 +30,8 @@ pub struct Config {
     pub public_domain: Option<String>,
     /// The cluster's DNS domain.
     pub cluster_domain: String,
+    /// Scaling settings for what Functions leave unset.
+    pub scaling: ScalingDefaults,
 }
 
 impl Config {
@@ -44,6 +46,7 @@ impl Config {
             activator_service: "zeroscale-activator.zeroscale-system".into(),
             public_domain: None,
             cluster_domain: "cluster.local".into(),
+            scaling: ScalingDefaults::default(),
         }
     }
 }
@@ -260,7 +263,7 @@ pub fn pods_service(function: &Function) -> Service {
 
 /// The HorizontalPodAutoscaler of a `metric: cpu` Function (None for other metrics). It
 /// scales 1..max; the operator takes the Function between 0 and 1.
-pub fn hpa(function: &Function) -> Option<HorizontalPodAutoscaler> {
+pub fn hpa(function: &Function, config: &Config) -> Option<HorizontalPodAutoscaler> {
     let scaling = &function.spec.scaling;
     if scaling.metric != Metric::Cpu {
         return None;
@@ -282,7 +285,7 @@ pub fn hpa(function: &Function) -> Option<HorizontalPodAutoscaler> {
                     name: "cpu".into(),
                     target: MetricTarget {
                         type_: "Utilization".into(),
-                        average_utilization: Some(scaling.effective_target()),
+                        average_utilization: Some(scaling.effective_target(&config.scaling)),
                         ..Default::default()
                     },
                 }),
@@ -450,11 +453,11 @@ mod tests {
 
     #[test]
     fn hpa_only_for_cpu_metric_and_never_below_one() {
-        assert!(hpa(&Function::test("hello")).is_none());
+        assert!(hpa(&Function::test("hello"), &Config::test()).is_none());
         let mut function = Function::test("hello");
         function.spec.scaling.metric = Metric::Cpu;
         function.spec.scaling.max_replicas = 7;
-        let hpa = hpa(&function).expect("cpu functions get an HPA");
+        let hpa = hpa(&function, &Config::test()).expect("cpu functions get an HPA");
         let spec = hpa.spec.expect("spec");
         assert_eq!(spec.min_replicas, Some(1));
         assert_eq!(spec.max_replicas, 7);

@@ -771,7 +771,7 @@ async fn min_replicas_above_max_is_reported_as_invalid_without_building_anything
 #[tokio::test]
 async fn stable_window_out_of_range_is_reported_as_invalid_without_building_anything() {
     let mut function = Function::test("hello");
-    function.spec.scaling.stable_window = "1s".into();
+    function.spec.scaling.stable_window = Some("1s".into());
     assert_reported_invalid_without_children(function, "spec.scaling.stableWindow").await;
 }
 

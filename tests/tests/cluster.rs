@@ -401,7 +401,7 @@ async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> any
         let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
         let mut spec = FunctionSpec::with_image("registry.k8s.io/pause:3.10");
-        spec.scaling.scale_to_zero_grace_period = "1s".into();
+        spec.scaling.scale_to_zero_grace_period = Some("1s".into());
         functions
             .create(&PostParams::default(), &function("idle", spec))
             .await?;

@@ -98,14 +98,18 @@ mod tests {
     use super::*;
     use crate::autoscaler::Reason;
     use std::time::Duration;
-    use zeroscale_api::FunctionSpec;
+    use zeroscale_api::{FunctionSpec, ScalingDefaults};
 
     fn target(replicas: i32) -> Target {
         let spec = FunctionSpec::with_image("x");
         let durations = spec.validate().expect("valid");
         Target {
             id: ("team".into(), "hello".into()),
-            policy: ScalingPolicy::from_spec(&spec.scaling, &durations),
+            policy: ScalingPolicy::from_spec(
+                &spec.scaling,
+                &durations,
+                &ScalingDefaults::default(),
+            ),
             replicas: Replicas {
                 desired: replicas,
                 ready: replicas,

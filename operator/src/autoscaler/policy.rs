@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use zeroscale_api::validate::Durations;
-use zeroscale_api::{Metric, ScalingSpec};
+use zeroscale_api::{Metric, ScalingDefaults, ScalingSpec};
 
 /// Shortest panic window: a shorter one would hold less than one 1 s tick of samples.
 pub const MIN_PANIC_WINDOW: Duration = Duration::from_secs(1);
@@ -42,27 +42,50 @@ pub struct ScalingPolicy {
 }
 
 impl ScalingPolicy {
-    /// The policy of a spec whose durations `FunctionSpec::validate` parsed.
+    /// The policy of a spec whose durations `FunctionSpec::validate` parsed, with the
+    /// operator's `defaults` for what the spec leaves unset.
     ///
     /// The panic window is `panicWindowPercentage` percent of the stable window, at
     /// least [`MIN_PANIC_WINDOW`]. Values the schema already bounds are clamped again
     /// so that a spec that skipped validation cannot make the decision divide by zero.
-    pub fn from_spec(spec: &ScalingSpec, durations: &Durations) -> Self {
-        let percentage = spec.panic_window_percentage.clamp(1, 100).unsigned_abs();
-        let panic_window = (durations.stable_window * percentage / 100).max(MIN_PANIC_WINDOW);
+    pub fn from_spec(
+        spec: &ScalingSpec,
+        durations: &Durations,
+        defaults: &ScalingDefaults,
+    ) -> Self {
+        let stable_window = durations.stable_window.unwrap_or(defaults.stable_window);
+        let percentage = spec
+            .panic_window_percentage
+            .unwrap_or(defaults.panic_window_percentage)
+            .clamp(1, 100)
+            .unsigned_abs();
+        let panic_window = (stable_window * percentage / 100).max(MIN_PANIC_WINDOW);
+        let threshold = spec
+            .panic_threshold_percentage
+            .unwrap_or(defaults.panic_threshold_percentage);
         Self {
             metric: spec.metric,
             min_replicas: spec.min_replicas.max(0),
             max_replicas: spec.max_replicas.max(1),
             initial_replicas: spec.effective_initial_replicas().max(0),
-            target: f64::from(spec.effective_target().max(1)),
-            stable_window: durations.stable_window,
+            target: f64::from(spec.effective_target(defaults).max(1)),
+            stable_window,
             panic_window,
-            panic_threshold: f64::from(spec.panic_threshold_percentage) / 100.0,
-            max_scale_up_rate: spec.max_scale_up_rate.max(1.0),
-            max_scale_down_rate: spec.max_scale_down_rate.max(1.0),
-            scale_to_zero_grace_period: durations.scale_to_zero_grace_period,
-            scale_down_delay: durations.scale_down_delay,
+            panic_threshold: f64::from(threshold) / 100.0,
+            max_scale_up_rate: spec
+                .max_scale_up_rate
+                .unwrap_or(defaults.max_scale_up_rate)
+                .max(1.0),
+            max_scale_down_rate: spec
+                .max_scale_down_rate
+                .unwrap_or(defaults.max_scale_down_rate)
+                .max(1.0),
+            scale_to_zero_grace_period: durations
+                .scale_to_zero_grace_period
+                .unwrap_or(defaults.scale_to_zero_grace_period),
+            scale_down_delay: durations
+                .scale_down_delay
+                .unwrap_or(defaults.scale_down_delay),
         }
     }
 
@@ -89,7 +112,11 @@ mod tests {
 
     #[test]
     fn default_spec_gives_knative_defaults() {
-        let policy = ScalingPolicy::from_spec(&ScalingSpec::default(), &durations());
+        let policy = ScalingPolicy::from_spec(
+            &ScalingSpec::default(),
+            &durations(),
+            &ScalingDefaults::default(),
+        );
         assert_eq!(
             policy,
             ScalingPolicy {
@@ -122,14 +149,14 @@ mod tests {
         ];
         for (stable, percentage, expected) in cases {
             let spec = ScalingSpec {
-                panic_window_percentage: percentage,
+                panic_window_percentage: Some(percentage),
                 ..ScalingSpec::default()
             };
             let durations = Durations {
-                stable_window: stable,
+                stable_window: Some(stable),
                 ..durations()
             };
-            let policy = ScalingPolicy::from_spec(&spec, &durations);
+            let policy = ScalingPolicy::from_spec(&spec, &durations, &ScalingDefaults::default());
             assert_eq!(policy.panic_window, expected, "{stable:?} at {percentage}%");
         }
     }
@@ -152,7 +179,7 @@ mod tests {
                 container_concurrency,
                 ..ScalingSpec::default()
             };
-            let policy = ScalingPolicy::from_spec(&spec, &durations());
+            let policy = ScalingPolicy::from_spec(&spec, &durations(), &ScalingDefaults::default());
             assert_eq!(
                 policy.target, expected,
                 "{metric:?} target {target:?} containerConcurrency {container_concurrency}"
@@ -175,7 +202,7 @@ mod tests {
                 initial_replicas,
                 ..ScalingSpec::default()
             };
-            let policy = ScalingPolicy::from_spec(&spec, &durations());
+            let policy = ScalingPolicy::from_spec(&spec, &durations(), &ScalingDefaults::default());
             assert_eq!(
                 policy.wake_scale(),
                 expected,
@@ -185,13 +212,42 @@ mod tests {
     }
 
     #[test]
-    fn rates_below_one_are_raised_to_one() {
+    fn operator_defaults_fill_what_the_function_leaves_unset_and_its_own_values_win() {
+        let defaults = ScalingDefaults {
+            target_concurrency: 40,
+            stable_window: secs(120),
+            scale_to_zero_grace_period: secs(300),
+            ..ScalingDefaults::default()
+        };
+        let policy = ScalingPolicy::from_spec(&ScalingSpec::default(), &durations(), &defaults);
+        assert_eq!(policy.target, 40.0);
+        assert_eq!(policy.stable_window, secs(120));
+        assert_eq!(policy.panic_window, secs(12));
+        assert_eq!(policy.scale_to_zero_grace_period, secs(300));
+
         let spec = ScalingSpec {
-            max_scale_up_rate: 0.5,
-            max_scale_down_rate: 0.0,
+            target: Some(10),
+            panic_window_percentage: Some(50),
             ..ScalingSpec::default()
         };
-        let policy = ScalingPolicy::from_spec(&spec, &durations());
+        let own = Durations {
+            scale_to_zero_grace_period: Some(secs(5)),
+            ..durations()
+        };
+        let policy = ScalingPolicy::from_spec(&spec, &own, &defaults);
+        assert_eq!(policy.target, 10.0);
+        assert_eq!(policy.panic_window, secs(60));
+        assert_eq!(policy.scale_to_zero_grace_period, secs(5));
+    }
+
+    #[test]
+    fn rates_below_one_are_raised_to_one() {
+        let spec = ScalingSpec {
+            max_scale_up_rate: Some(0.5),
+            max_scale_down_rate: Some(0.0),
+            ..ScalingSpec::default()
+        };
+        let policy = ScalingPolicy::from_spec(&spec, &durations(), &ScalingDefaults::default());
         assert_eq!(policy.max_scale_up_rate, 1.0);
         assert_eq!(policy.max_scale_down_rate, 1.0);
     }

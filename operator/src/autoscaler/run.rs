@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 use zeroscale_api::stats::StatsReport;
-use zeroscale_api::{Function, keys};
+use zeroscale_api::{Function, ScalingDefaults, keys};
 
 use super::{Decision, Fleet, FunctionId, LoadMeter, Replicas, ScalingPolicy, Target};
 use crate::controller::{AUTOSCALER_FIELD_MANAGER, Context, hand_over_replicas};
@@ -175,7 +175,7 @@ pub async fn run(
                 None
             }
         };
-        let mut targets = targets(&functions, &deployments);
+        let mut targets = targets(&functions, &deployments, &ctx.config.scaling);
         if !config.namespaces.is_empty() {
             targets.retain(|target| config.namespaces.contains(&target.id.0));
         }
@@ -244,7 +244,11 @@ where
 }
 
 /// Every valid Function whose Deployment exists, with its policy and replicas.
-fn targets(functions: &Store<Function>, deployments: &Store<Deployment>) -> Vec<Target> {
+fn targets(
+    functions: &Store<Function>,
+    deployments: &Store<Deployment>,
+    defaults: &ScalingDefaults,
+) -> Vec<Target> {
     functions
         .state()
         .iter()
@@ -263,7 +267,7 @@ fn targets(functions: &Store<Function>, deployments: &Store<Deployment>) -> Vec<
             };
             Some(Target {
                 id: (namespace, name),
-                policy: ScalingPolicy::from_spec(&function.spec.scaling, &durations),
+                policy: ScalingPolicy::from_spec(&function.spec.scaling, &durations, defaults),
                 replicas,
             })
         })

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use zeroscale_api::ScalingDefaults;
 use zeroscale_api::{FunctionSpec, Metric, ScalingSpec};
 
 use super::*;
@@ -18,7 +19,7 @@ fn policy_of(spec: ScalingSpec) -> ScalingPolicy {
     let durations = FunctionSpec::with_image("example.com/hello:1")
         .validate()
         .expect("the default spec is valid");
-    ScalingPolicy::from_spec(&spec, &durations)
+    ScalingPolicy::from_spec(&spec, &durations, &ScalingDefaults::default())
 }
 
 /// Concurrency 10 per pod, up to 100 pods, every other setting at its default (stable

@@ -159,20 +159,21 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zeroscale_api::ScalingSpec;
     use zeroscale_api::validate::Durations;
+    use zeroscale_api::{ScalingDefaults, ScalingSpec};
 
     fn window() -> Window {
         let durations = Durations {
-            scale_to_zero_grace_period: Duration::from_secs(30),
-            scale_down_delay: Duration::ZERO,
-            stable_window: Duration::from_secs(60),
+            scale_to_zero_grace_period: None,
+            scale_down_delay: None,
+            stable_window: None,
             request_timeout: Duration::from_secs(300),
             max_queue_wait: Duration::from_secs(60),
         };
         Window::new(&ScalingPolicy::from_spec(
             &ScalingSpec::default(),
             &durations,
+            &ScalingDefaults::default(),
         ))
     }
 
@@ -285,12 +286,13 @@ mod tests {
         let mut policy = ScalingPolicy::from_spec(
             &ScalingSpec::default(),
             &Durations {
-                stable_window: Duration::from_secs(10),
-                scale_to_zero_grace_period: Duration::from_secs(30),
-                scale_down_delay: Duration::ZERO,
+                stable_window: Some(Duration::from_secs(10)),
+                scale_to_zero_grace_period: None,
+                scale_down_delay: None,
                 request_timeout: Duration::from_secs(300),
                 max_queue_wait: Duration::from_secs(60),
             },
+            &ScalingDefaults::default(),
         );
         policy.panic_window = Duration::from_secs(1);
         window.reconfigure(&policy);
