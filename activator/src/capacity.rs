@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::endpoints::PodProtocol;
+
 /// Why a request got no pod.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CapacityError {
@@ -45,6 +47,7 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Pod {
     pub addr: SocketAddr,
+    pub protocol: PodProtocol,
     in_flight: AtomicUsize,
 }
 
@@ -67,6 +70,11 @@ impl Permit {
     /// The pod this request goes to.
     pub fn addr(&self) -> SocketAddr {
         self.pod.addr
+    }
+
+    /// The protocol that pod speaks.
+    pub fn protocol(&self) -> PodProtocol {
+        self.pod.protocol
     }
 }
 
@@ -156,20 +164,21 @@ impl Capacity {
 
     /// Replaces the set of ready pods. Pods that stay keep their in-flight counts; pods
     /// that leave get no new requests (those in flight finish). Waiters are served.
-    pub fn set_ready_pods(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+    pub fn set_ready_pods(&self, pods: impl IntoIterator<Item = (SocketAddr, PodProtocol)>) {
         let shared = &self.shared;
         let mut queue = shared.lock();
         let current = shared.pods.load();
-        let pods: Vec<Arc<Pod>> = addrs
+        let pods: Vec<Arc<Pod>> = pods
             .into_iter()
-            .map(|addr| {
+            .map(|(addr, protocol)| {
                 current
                     .iter()
-                    .find(|pod| pod.addr == addr)
+                    .find(|pod| pod.addr == addr && pod.protocol == protocol)
                     .cloned()
                     .unwrap_or_else(|| {
                         Arc::new(Pod {
                             addr,
+                            protocol,
                             in_flight: AtomicUsize::new(0),
                         })
                     })
@@ -376,6 +385,14 @@ mod tests {
         SocketAddr::from(([10, 0, 0, 1], port))
     }
 
+    /// Ready HTTP/1.1 pods on the given ports.
+    fn pods(ports: &[u16]) -> Vec<(SocketAddr, PodProtocol)> {
+        ports
+            .iter()
+            .map(|&port| (addr(port), PodProtocol::Http1))
+            .collect()
+    }
+
     fn capacity(container_concurrency: usize, max_queued: usize) -> Arc<Capacity> {
         Arc::new(Capacity::new(Limits {
             container_concurrency,
@@ -405,7 +422,7 @@ mod tests {
     #[tokio::test]
     async fn free_pod_is_taken_at_once_and_counted_until_released() {
         let capacity = capacity(0, 10);
-        capacity.set_ready_pods([addr(1)]);
+        capacity.set_ready_pods(pods(&[1]));
         let permit = capacity
             .acquire(far(), |_| panic!("must not wait"))
             .await
@@ -438,7 +455,7 @@ mod tests {
         }
         assert!(woke.load(Ordering::SeqCst));
         let second = queued(&capacity).await;
-        capacity.set_ready_pods([addr(1)]);
+        capacity.set_ready_pods(pods(&[1]));
         assert_eq!(task.await.expect("task").expect("permit").addr(), addr(1));
         assert_eq!(second.await.expect("task").expect("permit").addr(), addr(1));
         assert_eq!(capacity.queued(), 0);
@@ -447,7 +464,7 @@ mod tests {
     #[tokio::test]
     async fn container_concurrency_one_never_gives_a_pod_two_requests() {
         let capacity = capacity(1, 10);
-        capacity.set_ready_pods([addr(1)]);
+        capacity.set_ready_pods(pods(&[1]));
         let first = capacity.acquire(far(), |_| {}).await.expect("permit");
         let second = queued(&capacity).await;
         tokio::task::yield_now().await;
@@ -463,7 +480,7 @@ mod tests {
     #[tokio::test]
     async fn waiters_are_served_in_arrival_order_and_newcomers_do_not_overtake() {
         let capacity = capacity(1, 10);
-        capacity.set_ready_pods([addr(1)]);
+        capacity.set_ready_pods(pods(&[1]));
         let busy = capacity.acquire(far(), |_| {}).await.expect("permit");
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -532,7 +549,7 @@ mod tests {
         assert_eq!(capacity.queued(), 0);
         assert_eq!(capacity.acquire(far(), |_| {}).await.err(), Some(expected));
 
-        capacity.set_ready_pods([addr(1)]);
+        capacity.set_ready_pods(pods(&[1]));
         assert!(
             capacity.acquire(far(), |_| {}).await.is_ok(),
             "a ready pod clears the failure"
@@ -542,7 +559,7 @@ mod tests {
     #[tokio::test]
     async fn load_spreads_evenly_across_pods() {
         let capacity = capacity(0, 10);
-        capacity.set_ready_pods([addr(1), addr(2), addr(3)]);
+        capacity.set_ready_pods(pods(&[1, 2, 3]));
         let mut permits = Vec::new();
         for _ in 0..300 {
             permits.push(capacity.acquire(far(), |_| {}).await.expect("permit"));
@@ -573,7 +590,7 @@ mod tests {
         while capacity.queued() < 500 {
             tokio::task::yield_now().await;
         }
-        capacity.set_ready_pods([addr(1), addr(2)]);
+        capacity.set_ready_pods(pods(&[1, 2]));
         for task in tasks {
             assert!(task.await.expect("task").is_ok());
         }
@@ -583,9 +600,9 @@ mod tests {
     #[tokio::test]
     async fn pods_that_stay_keep_their_counts_across_endpoint_changes() {
         let capacity = capacity(1, 10);
-        capacity.set_ready_pods([addr(1)]);
+        capacity.set_ready_pods(pods(&[1]));
         let busy = capacity.acquire(far(), |_| {}).await.expect("permit");
-        capacity.set_ready_pods([addr(1), addr(2)]);
+        capacity.set_ready_pods(pods(&[1, 2]));
         let next = capacity.acquire(far(), |_| {}).await.expect("permit");
         assert_eq!(next.addr(), addr(2), "pod 1 is still at its limit");
         drop(busy);
@@ -594,7 +611,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_acquire_and_release_never_exceeds_the_limit_or_loses_a_slot() {
         let capacity = capacity(1, 100);
-        capacity.set_ready_pods([addr(1), addr(2)]);
+        capacity.set_ready_pods(pods(&[1, 2]));
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let capacity = Arc::clone(&capacity);

@@ -177,15 +177,6 @@ impl FunctionState {
         self.probing.store(false, Ordering::Release);
     }
 
-    /// The protocol the pod at `addr` speaks, as its EndpointSlice says.
-    pub fn protocol_of(&self, addr: SocketAddr) -> PodProtocol {
-        self.pods()
-            .endpoints
-            .iter()
-            .find(|pod| pod.addr == addr)
-            .map_or(self.settings().protocol, |pod| pod.protocol)
-    }
-
     fn set_endpoints(&self, endpoints: EndpointSet) {
         let mut pods = self.pods();
         // Probe results count only while the pod is still starting.
@@ -214,10 +205,17 @@ impl FunctionState {
     }
 
     fn publish_ready(&self, pods: &Pods) {
-        let ready = pods.endpoints.ready().iter().map(|pod| pod.addr);
-        let ready = ready
-            .chain(pods.probed_ready.iter().copied())
-            .filter(|addr| !pods.unreachable.contains(addr));
+        let probed = pods
+            .endpoints
+            .starting()
+            .filter(|pod| pods.probed_ready.contains(&pod.addr));
+        let ready = pods
+            .endpoints
+            .ready()
+            .iter()
+            .chain(probed)
+            .filter(|pod| !pods.unreachable.contains(&pod.addr))
+            .map(|pod| (pod.addr, pod.protocol));
         self.capacity.set_ready_pods(ready);
     }
 

@@ -115,7 +115,7 @@ impl Activator {
         let mut attempt = 1;
         loop {
             let pod = permit.addr();
-            let protocol = function.protocol_of(pod);
+            let protocol = permit.protocol();
             let remaining = ends.saturating_duration_since(Instant::now());
             outbound = outbound.with_response_start_timeout(remaining);
             match self.forwarder.send(outbound, pod, protocol, permit).await {
@@ -298,15 +298,15 @@ pub async fn sample_load(
         for function in functions.all() {
             function.sample(elapsed);
             let labels = [function.key.namespace.as_str(), function.key.name.as_str()];
-            let stats = function.stats();
+            let (in_flight, queued) = (function.capacity.in_flight(), function.capacity.queued());
             metrics
                 .in_flight
                 .with_label_values(&labels)
-                .set(i64::try_from(stats.in_flight).unwrap_or(i64::MAX));
+                .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
             metrics
                 .queued
                 .with_label_values(&labels)
-                .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+                .set(i64::try_from(queued).unwrap_or(i64::MAX));
         }
     }
 }
