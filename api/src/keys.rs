@@ -9,3 +9,8 @@ pub const WAKE_REQUESTED_AT: &str = "zeroscale.dev/wake-requested-at";
 
 /// `app.kubernetes.io/managed-by` value on every object zeroscale creates.
 pub const MANAGED_BY: &str = "zeroscale";
+
+/// Annotation naming the command `zeroscale dev` runs for each replica of a Function,
+/// split like a shell would (quotes, no expansion); relative paths are resolved against
+/// the manifest's folder. Clusters ignore it, so a manifest stays valid for both.
+pub const LOCAL_COMMAND: &str = "zeroscale.dev/local-command";
