@@ -88,7 +88,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    process::init_tracing(cli.log_format.into());
+    process::init_tracing(cli.log_format.into(), "info");
     let started = tokio::time::Instant::now();
     let instance = format!(
         "{}-{}-{}",

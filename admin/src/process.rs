@@ -9,12 +9,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global `tracing` subscriber; the level comes from `RUST_LOG` (default
-/// `info`).
-pub fn init_tracing(format: LogFormat) {
+/// Installs the global `tracing` subscriber, writing to stderr; the level comes from
+/// `RUST_LOG`, else `default_filter` (such as `info`).
+pub fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -185,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    process::init_tracing(args.log_format.into());
+    process::init_tracing(args.log_format.into(), "info");
     let identity = args
         .identity
         .clone()

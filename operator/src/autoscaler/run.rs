@@ -1,6 +1,7 @@
-//! The autoscaler loop, run by the leader only: every tick it reads the stats of every
-//! activator replica, advances the [`Fleet`], and applies changed replica counts under
-//! the autoscaler's field manager, recording `lastScaleTime` and an Event.
+//! The autoscaler loop: every tick it reads the stats of every activator replica,
+//! advances the [`Fleet`], and applies changed replica counts through a [`Runtime`]. In a
+//! cluster the leader runs it with [`KubeRuntime`], which applies replicas under the
+//! autoscaler's field manager and records `lastScaleTime` and an Event.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use zeroscale_api::{Function, ScalingDefaults, keys};
 
 use super::{Decision, Fleet, FunctionId, LoadMeter, Replicas, ScalingPolicy, Target};
 use crate::controller::{AUTOSCALER_FIELD_MANAGER, Context, hand_over_replicas};
+use crate::metrics::Metrics;
 
 /// How the loop finds activators and how often it runs.
 #[derive(Clone, Debug)]
@@ -137,29 +139,33 @@ impl StatsSource for ActivatorStats {
     }
 }
 
-/// Runs the loop until `shutdown` resolves.
-pub async fn run(
-    ctx: Arc<Context>,
-    config: AutoscalerConfig,
+/// Where Functions run, as the loop sees it: which Functions to decide for now, and how
+/// to apply a changed replica count. Kubernetes ([`KubeRuntime`]) and `zeroscale dev`'s
+/// local processes implement it; the loop itself knows neither.
+pub trait Runtime: Send + Sync {
+    /// Every Function to decide for this tick, with its policy and current replicas.
+    fn targets(&self) -> Vec<Target>;
+    /// Moves `id` from `from` replicas to `decision.desired`.
+    fn scale(
+        &self,
+        id: &FunctionId,
+        from: i32,
+        decision: Decision,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Runs the loop until `shutdown` resolves: every `tick`, scrape `stats`, advance the
+/// [`Fleet`] over `runtime`'s targets, and apply every decision that changes replicas.
+pub async fn drive(
+    tick: Duration,
     stats: impl StatsSource,
+    runtime: &impl Runtime,
+    metrics: &Metrics,
     shutdown: impl Future<Output = ()>,
 ) {
-    let scope = match config.namespaces.as_slice() {
-        [namespace] => Some(namespace.as_str()),
-        _ => None,
-    };
-    let functions = reflected::<Function>(&ctx.client, scope, watcher::Config::default());
-    let deployments = reflected::<Deployment>(
-        &ctx.client,
-        scope,
-        watcher::Config::default().labels(&format!(
-            "app.kubernetes.io/managed-by={}",
-            keys::MANAGED_BY
-        )),
-    );
     let mut meter = LoadMeter::default();
     let mut fleet = Fleet::default();
-    let mut ticks = tokio::time::interval(config.tick);
+    let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -175,16 +181,12 @@ pub async fn run(
                 None
             }
         };
-        let mut targets = targets(&functions, &deployments, &ctx.config.scaling);
-        if !config.namespaces.is_empty() {
-            targets.retain(|target| config.namespaces.contains(&target.id.0));
-        }
+        let targets = runtime.targets();
         let current: HashMap<FunctionId, Replicas> =
             targets.iter().map(|t| (t.id.clone(), t.replicas)).collect();
         let decisions = fleet.tick(Instant::now(), targets, observed.as_ref());
         for (id, decision) in decisions {
             let labels = [id.0.as_str(), id.1.as_str()];
-            let metrics = &ctx.metrics;
             metrics
                 .scaling_decisions
                 .with_label_values(&[decision.reason.metric_label()])
@@ -204,19 +206,81 @@ pub async fn run(
                 .desired_replicas
                 .with_label_values(&labels)
                 .set(i64::from(decision.desired));
-            let Some(function) = functions.get(&ObjectRef::new(&id.1).within(&id.0)) else {
-                continue;
-            };
             if decision.desired != before.desired
-                && let Err(error) = scale(&ctx, &function, before.desired, decision).await
+                && let Err(error) = runtime.scale(&id, before.desired, decision).await
             {
                 tracing::warn!(function = %format!("{}/{}", id.0, id.1), %error, "scaling failed");
             }
         }
-        ctx.metrics
+        metrics
             .autoscaler_tick_duration
             .observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// Functions and their Deployments in a cluster, from watches; scaling patches the
+/// Deployment under the autoscaler's field manager.
+pub struct KubeRuntime {
+    ctx: Arc<Context>,
+    functions: Store<Function>,
+    deployments: Store<Deployment>,
+    namespaces: Vec<String>,
+}
+
+impl KubeRuntime {
+    /// Starts watching Functions and zeroscale's Deployments in `namespaces` (all when
+    /// empty).
+    pub fn watch(ctx: Arc<Context>, namespaces: Vec<String>) -> Self {
+        let scope = match namespaces.as_slice() {
+            [namespace] => Some(namespace.as_str()),
+            _ => None,
+        };
+        let functions = reflected::<Function>(&ctx.client, scope, watcher::Config::default());
+        let deployments = reflected::<Deployment>(
+            &ctx.client,
+            scope,
+            watcher::Config::default().labels(&format!(
+                "app.kubernetes.io/managed-by={}",
+                keys::MANAGED_BY
+            )),
+        );
+        Self {
+            ctx,
+            functions,
+            deployments,
+            namespaces,
+        }
+    }
+}
+
+impl Runtime for KubeRuntime {
+    fn targets(&self) -> Vec<Target> {
+        let mut targets = targets(&self.functions, &self.deployments, &self.ctx.config.scaling);
+        if !self.namespaces.is_empty() {
+            targets.retain(|target| self.namespaces.contains(&target.id.0));
+        }
+        targets
+    }
+
+    async fn scale(&self, id: &FunctionId, from: i32, decision: Decision) -> Result<(), String> {
+        let Some(function) = self.functions.get(&ObjectRef::new(&id.1).within(&id.0)) else {
+            return Ok(());
+        };
+        scale(&self.ctx, &function, from, decision)
+            .await
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// Runs the Kubernetes autoscaler until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    config: AutoscalerConfig,
+    stats: impl StatsSource,
+    shutdown: impl Future<Output = ()>,
+) {
+    let runtime = KubeRuntime::watch(ctx.clone(), config.namespaces.clone());
+    drive(config.tick, stats, &runtime, &ctx.metrics, shutdown).await;
 }
 
 /// A store of `K` (in `namespace`, or everywhere) kept current by a background watch.
