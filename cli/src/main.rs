@@ -1,12 +1,18 @@
 //! `zeroscale`: the user's command-line tool. `zeroscale validate` checks Function
-//! manifests without a cluster, with the same rules the operator applies.
+//! manifests without a cluster, with the same rules the operator applies;
+//! `zeroscale dev` runs them locally, scaling to zero, with no cluster at all.
 
-use std::path::{Path, PathBuf};
+mod dev;
+mod error;
+mod manifest;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use zeroscale_api::Function;
+use zeroscale_admin::process::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -26,33 +32,103 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Run Function manifests locally: the real activator and autoscaler, with each
+    /// replica a local process (command from the zeroscale.dev/local-command annotation).
+    Dev {
+        /// Manifest files, or directories of .yaml files; reloaded when they change.
+        #[arg(default_value = ".")]
+        paths: Vec<PathBuf>,
+        /// Where callers reach the Functions.
+        #[arg(long, env = "ZEROSCALE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Serve /metrics, /healthz, /readyz and /stats here (off when unset).
+        #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
+        /// Time between autoscaler decisions.
+        #[arg(long, default_value = "1s", value_parser = duration)]
+        autoscaler_tick: Duration,
+        /// Time between checks of the manifests for changes.
+        #[arg(long, default_value = "1s", value_parser = duration)]
+        reload_period: Duration,
+        /// After Ctrl-C or SIGTERM: longest to wait for requests in flight and held.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        drain_period: Duration,
+    },
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
     match command {
         Command::Validate { paths } => validate_all(&paths),
+        Command::Dev {
+            paths,
+            listen,
+            admin_listen,
+            autoscaler_tick,
+            reload_period,
+            drain_period,
+        } => {
+            // The activator's and autoscaler's warnings, on stderr; RUST_LOG shows more.
+            process::init_tracing(LogFormat::Text, "warn");
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("starting the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let config = dev::DevConfig {
+                paths,
+                listen,
+                admin_listen,
+                autoscaler_tick,
+                reload_period,
+                drain_period,
+            };
+            match runtime.block_on(dev::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("zeroscale dev: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
 fn validate_all(paths: &[PathBuf]) -> ExitCode {
     let mut failed = false;
     for path in paths {
-        match manifests(path) {
-            Ok(files) => {
-                for file in files {
-                    match validate(&file) {
-                        Ok(name) => println!("{}: Function {name} is valid", file.display()),
-                        Err(error) => {
-                            failed = true;
-                            eprintln!("{}: {error:#}", file.display());
-                        }
-                    }
-                }
-            }
+        let files = match manifest::files(path) {
+            Ok(files) => files,
             Err(error) => {
                 failed = true;
-                eprintln!("{}: {error:#}", path.display());
+                eprintln!("{error}");
+                continue;
+            }
+        };
+        for file in files {
+            let loaded = match manifest::load(&file) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    failed = true;
+                    eprintln!("{error}");
+                    continue;
+                }
+            };
+            for function in loaded.functions {
+                let name = function.metadata.name.clone().unwrap_or_default();
+                match function.spec.validate() {
+                    Ok(_) => println!("{}: Function {name} is valid", file.display()),
+                    Err(error) => {
+                        failed = true;
+                        eprintln!("{}: Function {name}: {error}", file.display());
+                    }
+                }
             }
         }
     }
@@ -61,31 +137,4 @@ fn validate_all(paths: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// The manifest files at `path`: the file itself, or the `.yaml`/`.yml` files in a directory.
-fn manifests(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_owned()]);
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(path).context("reading the directory")? {
-        let file = entry.context("reading the directory")?.path();
-        if matches!(
-            file.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            files.push(file);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// Parses and validates one manifest, returning the Function's name.
-fn validate(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).context("reading the manifest")?;
-    let function: Function = serde_saphyr::from_str(&text).context("not a Function manifest")?;
-    function.spec.validate()?;
-    Ok(function.metadata.name.unwrap_or_default())
 }

@@ -1,0 +1,347 @@
+//! `zeroscale dev`: Functions without a cluster. One process runs the real activator,
+//! the real autoscaler loop and a process runtime ([`runtime::ProcessRuntime`]) that
+//! starts each replica as a local process; manifests are watched and reloaded when they
+//! change.
+
+mod console;
+mod local;
+mod replica;
+mod runtime;
+mod supervisor;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
+use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::metrics::Metrics;
+use zeroscale_activator::probe::ProbeConfig;
+use zeroscale_activator::routing::{Domains, FunctionKey};
+use zeroscale_activator::server::{self, Activator, ServerLimits};
+use zeroscale_admin::process;
+use zeroscale_admin::{AdminState, Readiness};
+use zeroscale_api::stats::StatsReport;
+use zeroscale_operator::autoscaler::run::{StatsSource, drive};
+
+use crate::error::{Error, Result};
+use crate::manifest;
+use local::LocalFunction;
+use runtime::ProcessRuntime;
+
+/// How `zeroscale dev` runs.
+pub struct DevConfig {
+    /// Manifest files or folders.
+    pub paths: Vec<PathBuf>,
+    /// Where callers reach the Functions.
+    pub listen: SocketAddr,
+    /// Where /metrics, /healthz, /readyz and /stats are served; off when None.
+    pub admin_listen: Option<SocketAddr>,
+    /// Time between autoscaler decisions.
+    pub autoscaler_tick: Duration,
+    /// Time between checks of the manifests for changes.
+    pub reload_period: Duration,
+    /// After SIGTERM or Ctrl-C: longest to wait for requests in flight and held.
+    pub drain_period: Duration,
+}
+
+/// The domain under which every Function is reachable: `<fn>.<ns>.localhost`, which
+/// resolves to the loopback address without any DNS setup.
+const LOCAL_DOMAIN: &str = "localhost";
+
+/// Runs until SIGTERM or Ctrl-C, then drains requests and stops every replica.
+pub async fn run(config: DevConfig) -> Result<()> {
+    let started = Instant::now();
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new()?;
+    metrics.register(&registry)?;
+    let autoscaler_metrics = zeroscale_operator::metrics::Metrics::register(&registry)?;
+    let functions = Arc::new(Functions::new(
+        Domains {
+            cluster_domain: "cluster.local".into(),
+            public_domain: Some(LOCAL_DOMAIN.into()),
+        },
+        metrics.clone(),
+    ));
+    let runtime = Arc::new(ProcessRuntime::new(Arc::clone(&functions)));
+    let activator = Arc::new(Activator::new(
+        Arc::clone(&functions),
+        Forwarder::new(&ForwarderConfig::default()),
+        Arc::clone(&runtime) as Arc<dyn zeroscale_activator::wake::Wake>,
+        ProbeConfig::default(),
+        metrics.clone(),
+    ));
+
+    let listener = server::bind(config.listen).map_err(|source| Error::Bind {
+        address: config.listen,
+        source,
+    })?;
+    let address = listener.local_addr().map_err(|source| Error::Bind {
+        address: config.listen,
+        source,
+    })?;
+    let mut manifests = Manifests::new(config.paths.clone(), setpriv());
+    let loaded = manifests.scan(&runtime, true).await?;
+    console::event(format_args!("zeroscale dev listening on http://{address}"));
+    if loaded.is_empty() {
+        console::event("no Functions yet: add a manifest and save it");
+    }
+    for key in loaded {
+        print_urls(&key, address, &functions);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        Listener::Cluster,
+        Arc::clone(&activator),
+        ServerLimits {
+            drain_period: config.drain_period,
+            ..ServerLimits::default()
+        },
+        stopped(),
+    ));
+    tokio::spawn(server::sample_load(
+        Arc::clone(&functions),
+        metrics,
+        Duration::from_millis(100),
+        stopped(),
+    ));
+    let autoscaler = {
+        let runtime = Arc::clone(&runtime);
+        let stats = LocalStats {
+            activator: Arc::clone(&activator),
+            started,
+        };
+        let shutdown = stopped();
+        let tick = config.autoscaler_tick;
+        tokio::spawn(async move {
+            drive(tick, stats, &*runtime, &autoscaler_metrics, shutdown).await;
+        })
+    };
+    if let Some(admin_address) = config.admin_listen {
+        let admin_listener =
+            tokio::net::TcpListener::bind(admin_address)
+                .await
+                .map_err(|source| Error::Bind {
+                    address: admin_address,
+                    source,
+                })?;
+        let activator = Arc::clone(&activator);
+        let stats = Arc::new(move || {
+            serde_json::to_string(&activator.stats("zeroscale-dev", started.elapsed()))
+                .unwrap_or_else(|_| "{}".into())
+        });
+        let readiness = Readiness::not_ready("starting");
+        readiness.set_ready();
+        tokio::spawn(zeroscale_admin::serve(
+            admin_listener,
+            AdminState::new(registry, readiness).with_json_route("/stats", stats),
+            stopped(),
+        ));
+    }
+
+    let mut reloads = tokio::time::interval(config.reload_period);
+    reloads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut terminated = std::pin::pin!(process::termination_signal());
+    loop {
+        tokio::select! {
+            () = &mut terminated => break,
+            _ = reloads.tick() => {
+                for key in manifests.scan(&runtime, false).await.unwrap_or_default() {
+                    print_urls(&key, address, &functions);
+                }
+            }
+        }
+    }
+    console::event("stopping: draining requests, then stopping every replica");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = autoscaler.await;
+    runtime.shutdown().await;
+    console::event("stopped");
+    Ok(())
+}
+
+/// The in-process activator's stats, for the autoscaler loop.
+struct LocalStats {
+    activator: Arc<Activator>,
+    started: Instant,
+}
+
+impl StatsSource for LocalStats {
+    async fn scrape(&self) -> Result<Vec<StatsReport>, String> {
+        Ok(vec![
+            self.activator
+                .stats("zeroscale-dev", self.started.elapsed()),
+        ])
+    }
+}
+
+/// `setpriv` from util-linux when this machine has it (see [`replica::ReplicaConfig`]).
+fn setpriv() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("setpriv"))
+        .find(|path| path.is_file())
+}
+
+/// Prints how to call a Function.
+fn print_urls(key: &FunctionKey, address: SocketAddr, functions: &Functions) {
+    let Ok(state) = functions.route(
+        Listener::Cluster,
+        &format!("{}.{}", key.name, key.namespace),
+        "/",
+    ) else {
+        // Only reachable under its path prefix; the manifest shows it.
+        console::event(format_args!(
+            "{}.{}: http://{}.{}.{LOCAL_DOMAIN}:{}/<path prefix>",
+            key.name,
+            key.namespace,
+            key.name,
+            key.namespace,
+            address.port()
+        ));
+        return;
+    };
+    console::event(format_args!(
+        "{}.{}: http://{}.{}.{LOCAL_DOMAIN}:{}/   or   curl -H 'Host: {}.{}' http://{address}/",
+        key.name,
+        key.namespace,
+        key.name,
+        key.namespace,
+        address.port(),
+        state.key.name,
+        state.key.namespace,
+    ));
+}
+
+/// The manifests being watched: which files the paths name now, and what each held
+/// when last read.
+struct Manifests {
+    paths: Vec<PathBuf>,
+    files: BTreeMap<PathBuf, Stamp>,
+    setpriv: Option<PathBuf>,
+}
+
+/// When a file was last modified and its size: a change of either means a re-read.
+type Stamp = Option<(SystemTime, u64)>;
+
+impl Manifests {
+    fn new(paths: Vec<PathBuf>, setpriv: Option<PathBuf>) -> Self {
+        Self {
+            paths,
+            files: BTreeMap::new(),
+            setpriv,
+        }
+    }
+
+    /// Reads files that appeared or changed and applies what they hold; forgets the
+    /// Functions of files that went away. On the first scan an unreadable path is an
+    /// error; later, problems are reported and the last good version keeps running.
+    /// Returns the Functions added.
+    async fn scan(&mut self, runtime: &ProcessRuntime, first: bool) -> Result<Vec<FunctionKey>> {
+        let mut present = Vec::new();
+        for path in &self.paths {
+            match manifest::files(path) {
+                Ok(files) => present.extend(files),
+                Err(error) if first => return Err(error),
+                Err(error) => console::event(error),
+            }
+        }
+        let mut added = Vec::new();
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|file| !present.contains(file))
+            .cloned()
+            .collect();
+        for file in gone {
+            self.files.remove(&file);
+            for key in runtime.keys_from(&file) {
+                console::event(format_args!(
+                    "{}: manifest removed; stopping {key}",
+                    file.display()
+                ));
+                runtime.remove(&key).await;
+            }
+        }
+        for file in present {
+            let stamp = std::fs::metadata(&file)
+                .and_then(|m| Ok((m.modified()?, m.len())))
+                .ok();
+            if self.files.get(&file) == Some(&stamp) {
+                continue;
+            }
+            self.files.insert(file.clone(), stamp);
+            let manifest = match manifest::load(&file) {
+                Ok(manifest) => manifest,
+                Err(error) if first => return Err(error),
+                Err(error) => {
+                    console::event(format_args!("{error}; keeping the last good version"));
+                    continue;
+                }
+            };
+            for skipped in &manifest.skipped {
+                if first {
+                    console::event(format_args!(
+                        "{}: skipping {skipped} (not a Function)",
+                        file.display()
+                    ));
+                }
+            }
+            let mut kept = Vec::new();
+            for function in manifest.functions {
+                let local = LocalFunction::new(function, &file, self.setpriv.as_deref());
+                if let Some(other) = runtime.source_of(&local.key)
+                    && other != file
+                {
+                    console::event(format_args!(
+                        "{}: {} is already defined in {}; ignored",
+                        file.display(),
+                        local.key,
+                        other.display()
+                    ));
+                    continue;
+                }
+                if let Err((reason, message)) = &local.plan {
+                    console::event(format_args!(
+                        "{}: {}: {message}",
+                        local.label,
+                        reason.as_str()
+                    ));
+                }
+                kept.push(local.key.clone());
+                let key = local.key.clone();
+                let existed = runtime.source_of(&key).is_some();
+                match (runtime.upsert(local), existed) {
+                    (true, false) => added.push(key),
+                    (true, true) => {
+                        console::event(format_args!("{key}: reloaded from {}", file.display()))
+                    }
+                    (false, _) => {}
+                }
+            }
+            for key in runtime.keys_from(&file) {
+                if !kept.contains(&key) {
+                    console::event(format_args!(
+                        "{}: {key} removed from the manifest; stopping it",
+                        file.display()
+                    ));
+                    runtime.remove(&key).await;
+                }
+            }
+        }
+        Ok(added)
+    }
+}

@@ -1,0 +1,259 @@
+//! One replica of a Function as a local process: started with `PORT` set and its output
+//! prefixed, probed until it is ready, stopped with SIGTERM and, after the grace period,
+//! SIGKILL. Everything that happens to it is reported to its supervisor as an [`Event`].
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::console;
+
+/// How to start a Function's process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The program, resolved to a path that exists.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Working directory: the manifest's folder.
+    pub dir: PathBuf,
+    /// The manifest's literal environment; `PORT` is added per replica.
+    pub env: Vec<(String, String)>,
+}
+
+/// How a replica shows it can take requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// An HTTP GET of this path answers 2xx or 3xx, as a kubelet probe expects.
+    Http(String),
+    /// A TCP connection is accepted.
+    Tcp,
+}
+
+/// What a replica needs besides its launch: identity for output, probing, shutdown.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub launch: Arc<Launch>,
+    pub readiness: Readiness,
+    /// SIGTERM to SIGKILL.
+    pub grace: Duration,
+    /// When set, the process is started through `setpriv --pdeathsig KILL`, so it dies
+    /// with `zeroscale dev` even when that is killed with no chance to clean up.
+    pub setpriv: Option<PathBuf>,
+}
+
+/// What happened to a replica.
+#[derive(Debug)]
+pub enum Event {
+    /// It passed its readiness check, `after` its start.
+    Ready { after: Duration },
+    /// The process is gone: how it ended and its last line of output.
+    Exited { status: String, last_line: String },
+}
+
+/// How often a starting replica is probed, and the longest one probe may take.
+const PROBE_PERIOD: Duration = Duration::from_millis(20);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A running replica: its identity, address and the way to stop it.
+#[derive(Debug)]
+pub struct Replica {
+    /// Unique among all replicas this `zeroscale dev` started; tags its events.
+    pub id: u64,
+    /// Its number among the Function's replicas, as shown in output (`hello[0]`).
+    pub slot: usize,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Replica {
+    /// Starts the process (`label` prefixes its output) and a task that watches it and
+    /// reports on `events` until it exits.
+    pub fn start(
+        id: u64,
+        slot: usize,
+        label: &str,
+        config: &ReplicaConfig,
+        events: mpsc::Sender<(u64, Event)>,
+    ) -> std::io::Result<Self> {
+        let port = free_port()?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let launch = &config.launch;
+        let mut command = match &config.setpriv {
+            Some(setpriv) => {
+                let mut command = Command::new(setpriv);
+                command
+                    .args(["--pdeathsig", "KILL", "--"])
+                    .arg(&launch.program);
+                command
+            }
+            None => Command::new(&launch.program),
+        };
+        command
+            .args(&launch.args)
+            .current_dir(&launch.dir)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C in the terminal reaches `zeroscale dev`
+            // only, which then stops replicas in order.
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let prefix = format!("{label}[{slot}]");
+        let last_line = Arc::new(Mutex::new(String::new()));
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(relay(stdout, prefix.clone(), Arc::clone(&last_line)));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(relay(stderr, prefix, Arc::clone(&last_line)));
+        }
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(watch(
+            child,
+            id,
+            addr,
+            config.readiness.clone(),
+            config.grace,
+            stopped,
+            events,
+            last_line,
+        ));
+        Ok(Self {
+            id,
+            slot,
+            addr,
+            stop: Some(stop),
+        })
+    }
+
+    /// Asks the replica to stop: SIGTERM now, SIGKILL after the grace period. Its
+    /// `Exited` event follows.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Whether [`Replica::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stop.is_none()
+    }
+}
+
+/// A port nothing listens on now. Another process could take it before the replica
+/// binds; the replica then fails to start and is replaced.
+fn free_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Prints each line of `output` under `prefix` and remembers the last one.
+async fn relay(output: impl AsyncRead + Unpin, prefix: String, last_line: Arc<Mutex<String>>) {
+    let mut reader = BufReader::new(output);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
+                console::output(&prefix, text);
+                if !text.is_empty() {
+                    *last_line.lock().unwrap_or_else(PoisonError::into_inner) = text.to_owned();
+                }
+            }
+        }
+    }
+}
+
+/// Watches one process until it exits: probes it until ready, stops it when asked.
+#[allow(clippy::too_many_arguments)]
+async fn watch(
+    mut child: Child,
+    id: u64,
+    addr: SocketAddr,
+    readiness: Readiness,
+    grace: Duration,
+    mut stopped: oneshot::Receiver<()>,
+    events: mpsc::Sender<(u64, Event)>,
+    last_line: Arc<Mutex<String>>,
+) {
+    let started = Instant::now();
+    let mut ready = false;
+    let mut probes = tokio::time::interval(PROBE_PERIOD);
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break describe(status),
+            // A dropped sender (the supervisor is gone) stops the replica as well.
+            _ = &mut stopped => break terminate(&mut child, grace).await,
+            _ = probes.tick(), if !ready => {
+                if probe(addr, &readiness).await {
+                    ready = true;
+                    let _ = events.send((id, Event::Ready { after: started.elapsed() })).await;
+                }
+            }
+        }
+    };
+    let last_line = last_line
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let _ = events.send((id, Event::Exited { status, last_line })).await;
+}
+
+/// SIGTERM, then SIGKILL if the process outlives `grace`; returns how it ended.
+async fn terminate(child: &mut Child, grace: Duration) -> String {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
+            return describe(status);
+        }
+    }
+    let _ = child.start_kill();
+    describe(child.wait().await)
+}
+
+fn describe(status: std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(error) => format!("unknown status: {error}"),
+    }
+}
+
+/// One readiness check.
+async fn probe(addr: SocketAddr, readiness: &Readiness) -> bool {
+    let check = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let Readiness::Http(path) = readiness else {
+            return Some(true);
+        };
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: zeroscale-dev\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut status_line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut status_line)
+            .await
+            .ok()?;
+        let code: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
+        Some((200..400).contains(&code))
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, check).await,
+        Ok(Some(true))
+    )
+}

@@ -1,0 +1,210 @@
+//! The process runtime: local processes behind the same two narrow interfaces the
+//! Kubernetes runtime implements. The autoscaler loop sees it as a
+//! [`Runtime`] (targets and scale), the activator as a [`Wake`]. Each Function has a
+//! [`Supervisor`] task; this table only steers them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zeroscale_activator::functions::Functions;
+use zeroscale_activator::routing::FunctionKey;
+use zeroscale_activator::wake::Wake;
+use zeroscale_operator::autoscaler::run::Runtime;
+use zeroscale_operator::autoscaler::{Decision, FunctionId, Reason, Replicas, Target};
+
+use super::console;
+use super::local::LocalFunction;
+use super::supervisor::{Shared, Supervisor};
+
+/// Every Function `zeroscale dev` runs.
+pub struct ProcessRuntime {
+    functions: Arc<Functions>,
+    entries: Mutex<BTreeMap<FunctionKey, Entry>>,
+}
+
+struct Entry {
+    function: Arc<LocalFunction>,
+    updates: watch::Sender<Arc<LocalFunction>>,
+    desired: watch::Sender<i32>,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl ProcessRuntime {
+    /// A runtime that publishes replicas to the activator's `functions`.
+    pub fn new(functions: Arc<Functions>) -> Self {
+        Self {
+            functions,
+            entries: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn entries(&self) -> MutexGuard<'_, BTreeMap<FunctionKey, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a Function at its initial scale, or updates one whose manifest changed.
+    /// Returns false when nothing changed.
+    pub fn upsert(&self, function: LocalFunction) -> bool {
+        let mut entries = self.entries();
+        if let Some(entry) = entries.get_mut(&function.key) {
+            if !entry.function.differs_from(&function) {
+                return false;
+            }
+            entry.function = Arc::new(function);
+            entry.updates.send_replace(Arc::clone(&entry.function));
+            return true;
+        }
+        let initial = match &function.plan {
+            Ok(plan) => plan.policy.initial_replicas,
+            Err(_) => 0,
+        };
+        let function = Arc::new(function);
+        let (updates, updates_rx) = watch::channel(Arc::clone(&function));
+        let (desired, desired_rx) = watch::channel(initial);
+        let shared = Arc::new(Shared {
+            ready: AtomicI32::new(0),
+            failed: AtomicBool::new(false),
+        });
+        let task = tokio::spawn(Supervisor::run(
+            updates_rx,
+            desired_rx,
+            Arc::clone(&self.functions),
+            Arc::clone(&shared),
+        ));
+        entries.insert(
+            function.key.clone(),
+            Entry {
+                function,
+                updates,
+                desired,
+                shared,
+                task,
+            },
+        );
+        true
+    }
+
+    /// Stops a Function's replicas and forgets it; resolves once they have exited.
+    pub async fn remove(&self, key: &FunctionKey) {
+        let entry = self.entries().remove(key);
+        self.functions.remove(key);
+        if let Some(entry) = entry {
+            drop(entry.updates);
+            let _ = entry.task.await;
+        }
+    }
+
+    /// Stops every Function's replicas; resolves once all have exited.
+    pub async fn shutdown(&self) {
+        let entries = std::mem::take(&mut *self.entries());
+        let tasks: Vec<_> = entries
+            .into_values()
+            .map(|entry| {
+                drop(entry.updates);
+                entry.task
+            })
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// The Functions loaded from `source`.
+    pub fn keys_from(&self, source: &std::path::Path) -> Vec<FunctionKey> {
+        self.entries()
+            .values()
+            .filter(|entry| entry.function.source == source)
+            .map(|entry| entry.function.key.clone())
+            .collect()
+    }
+
+    /// The manifest a Function was loaded from.
+    pub fn source_of(&self, key: &FunctionKey) -> Option<std::path::PathBuf> {
+        self.entries()
+            .get(key)
+            .map(|entry| entry.function.source.clone())
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn targets(&self) -> Vec<Target> {
+        self.entries()
+            .values()
+            .filter(|entry| !entry.shared.failed.load(Ordering::Relaxed))
+            .filter_map(|entry| {
+                let plan = entry.function.plan.as_ref().ok()?;
+                Some(Target {
+                    id: (
+                        entry.function.key.namespace.clone(),
+                        entry.function.key.name.clone(),
+                    ),
+                    policy: plan.policy.clone(),
+                    replicas: Replicas {
+                        desired: *entry.desired.borrow(),
+                        ready: entry.shared.ready.load(Ordering::Relaxed),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn scale(&self, id: &FunctionId, from: i32, decision: Decision) -> Result<(), String> {
+        let entries = self.entries();
+        let Some(entry) = entries.get(&FunctionKey::new(&id.0, &id.1)) else {
+            return Ok(());
+        };
+        entry.desired.send_replace(decision.desired);
+        let why = match decision.reason {
+            Reason::ScaleToZero => match &entry.function.plan {
+                Ok(plan) => format!(
+                    "idle {}",
+                    console::duration(plan.policy.scale_to_zero_grace_period)
+                ),
+                Err(_) => "idle".into(),
+            },
+            Reason::Wake => "wake".into(),
+            Reason::Stable => "load".into(),
+            Reason::Panic => "load burst".into(),
+            Reason::HoldingForGracePeriod => "holding for the grace period".into(),
+            Reason::ScaleDownDelayed => "scale-down delay".into(),
+            Reason::AtMin => "minReplicas".into(),
+            Reason::AtMax => "maxReplicas".into(),
+            Reason::NoData => "no data".into(),
+        };
+        console::event(format_args!(
+            "{}: {from} -> {} ({why})",
+            entry.function.label, decision.desired
+        ));
+        Ok(())
+    }
+}
+
+impl Wake for ProcessRuntime {
+    fn wake(&self, function: &FunctionKey) {
+        let entries = self.entries();
+        let Some(entry) = entries.get(function) else {
+            return;
+        };
+        let Ok(plan) = &entry.function.plan else {
+            return;
+        };
+        if entry.shared.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let to = plan.policy.initial_replicas.max(1);
+        let woke = entry.desired.send_if_modified(|desired| {
+            let wake = *desired == 0;
+            if wake {
+                *desired = to;
+            }
+            wake
+        });
+        if woke {
+            console::event(format_args!("{}: 0 -> {to} (wake)", entry.function.label));
+        }
+    }
+}

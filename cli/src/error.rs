@@ -1,0 +1,30 @@
+//! The CLI's error type: what went wrong and with which file.
+
+use std::path::PathBuf;
+
+/// Everything `zeroscale` reports as a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not YAML: {reason}")]
+    Yaml { path: PathBuf, reason: String },
+    #[error("{path}: document {document} is not a valid Function: {reason}")]
+    Function {
+        path: PathBuf,
+        document: usize,
+        reason: String,
+    },
+    #[error("binding {address}: {source}")]
+    Bind {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("setting up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
