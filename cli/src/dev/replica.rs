@@ -113,11 +113,16 @@ impl Replica {
         let mut child = command.spawn()?;
         let prefix = format!("{label}[{slot}]");
         let last_line = Arc::new(Mutex::new(String::new()));
+        let mut relays = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(relay(stdout, prefix.clone(), Arc::clone(&last_line)));
+            relays.push(tokio::spawn(relay(
+                stdout,
+                prefix.clone(),
+                Arc::clone(&last_line),
+            )));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(relay(stderr, prefix, Arc::clone(&last_line)));
+            relays.push(tokio::spawn(relay(stderr, prefix, Arc::clone(&last_line))));
         }
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(watch(
@@ -128,7 +133,7 @@ impl Replica {
             config.grace,
             stopped,
             events,
-            last_line,
+            Output { relays, last_line },
         ));
         Ok(Self {
             id,
@@ -179,6 +184,16 @@ async fn relay(output: impl AsyncRead + Unpin, prefix: String, last_line: Arc<Mu
     }
 }
 
+/// The tasks relaying a process's output, and the last line they saw.
+struct Output {
+    relays: Vec<tokio::task::JoinHandle<()>>,
+    last_line: Arc<Mutex<String>>,
+}
+
+/// How long the output of an exited process may take to drain (a process it left
+/// behind could hold the pipes open).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
+
 /// Watches one process until it exits: probes it until ready, stops it when asked.
 #[allow(clippy::too_many_arguments)]
 async fn watch(
@@ -189,7 +204,7 @@ async fn watch(
     grace: Duration,
     mut stopped: oneshot::Receiver<()>,
     events: mpsc::Sender<(u64, Event)>,
-    last_line: Arc<Mutex<String>>,
+    output: Output,
 ) {
     let started = Instant::now();
     let mut ready = false;
@@ -207,11 +222,20 @@ async fn watch(
             }
         }
     };
-    let last_line = last_line
+    // Its last words are often why it exited: read them to the end first.
+    let _ = tokio::time::timeout(OUTPUT_DRAIN, join_all(output.relays)).await;
+    let last_line = output
+        .last_line
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     let _ = events.send((id, Event::Exited { status, last_line })).await;
+}
+
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
 }
 
 /// SIGTERM, then SIGKILL if the process outlives `grace`; returns how it ended.

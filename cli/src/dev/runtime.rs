@@ -17,7 +17,7 @@ use zeroscale_operator::autoscaler::{Decision, FunctionId, Reason, Replicas, Tar
 
 use super::console;
 use super::local::LocalFunction;
-use super::supervisor::{Shared, Supervisor};
+use super::supervisor::{self, Shared, Supervisor};
 
 /// Every Function `zeroscale dev` runs.
 pub struct ProcessRuntime {
@@ -62,6 +62,16 @@ impl ProcessRuntime {
             Ok(plan) => plan.policy.initial_replicas,
             Err(_) => 0,
         };
+        // Routed before this returns, so a request right after the load finds it.
+        supervisor::publish_status(
+            &self.functions,
+            &function,
+            function
+                .plan
+                .as_ref()
+                .err()
+                .map(|(_, reason)| reason.as_str()),
+        );
         let function = Arc::new(function);
         let (updates, updates_rx) = watch::channel(Arc::clone(&function));
         let (desired, desired_rx) = watch::channel(initial);

@@ -19,6 +19,22 @@ use super::console;
 use super::local::LocalFunction;
 use super::replica::{Event, Replica};
 
+/// Tells the activator about `function` and whether it can start (`failure` says why
+/// not), through the Ready condition it reads in a cluster too.
+pub fn publish_status(functions: &Functions, function: &LocalFunction, failure: Option<&str>) {
+    let mut routed = function.routed.clone();
+    if let Some(message) = failure {
+        let reason = match &function.plan {
+            Err((reason, _)) => *reason,
+            Ok(_) => Reason::DeploymentFailed,
+        };
+        let mut status = FunctionStatus::default();
+        status.set_ready(reason, message.to_owned(), None, Time(Timestamp::now()));
+        routed.status = Some(status);
+    }
+    functions.apply(&routed);
+}
+
 /// Replicas that exit before they are ready this many times in a row mark the Function
 /// as unable to start.
 const FAILED_STARTS_LIMIT: u32 = 3;
@@ -243,20 +259,8 @@ impl Supervisor {
         self.publish_status();
     }
 
-    /// Tells the activator whether the Function can start, through the Ready condition
-    /// it reads in a cluster too.
     fn publish_status(&self) {
-        let mut routed = self.function.routed.clone();
-        if let Some(message) = &self.failure {
-            let reason = match &self.function.plan {
-                Err((reason, _)) => *reason,
-                Ok(_) => Reason::DeploymentFailed,
-            };
-            let mut status = FunctionStatus::default();
-            status.set_ready(reason, message.clone(), None, Time(Timestamp::now()));
-            routed.status = Some(status);
-        }
-        self.functions.apply(&routed);
+        publish_status(&self.functions, &self.function, self.failure.as_deref());
         self.shared
             .failed
             .store(self.failure.is_some(), Ordering::Relaxed);
