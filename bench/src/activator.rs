@@ -1,0 +1,268 @@
+//! The activator under test, in its own process: `serve-activator` builds the real
+//! request path from the library (as `activator/src/main.rs` does, with the same tokio
+//! runtime, minus the Kubernetes watches) and takes the control plane's part from the
+//! bench over stdin/stdout, one line each way:
+//!
+//! - in: `fn <name> <maxQueuedRequests> <maxQueueWait>`, `fns <prefix> <count>`,
+//!   `ready <name> <addr>`, `starting <name> <addr>`, `zero <name>`, `queued <name>`;
+//! - out: `listening <addr>` once, `ok` or `queued <n>` per command, `error <why>`, and
+//!   `wake <namespace>/<name>` whenever the activator asks for a Function to be woken.
+//!
+//! Functions live in namespace `bench`, so Function `hello` answers on `hello.bench`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use zeroscale_activator::endpoints::{EndpointSet, EndpointState, PodEndpoint, PodProtocol};
+use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
+use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::metrics::Metrics;
+use zeroscale_activator::probe::ProbeConfig;
+use zeroscale_activator::routing::{Domains, FunctionKey};
+use zeroscale_activator::server::{self, Activator, ServerLimits};
+use zeroscale_activator::wake::Wake;
+use zeroscale_api::{Function, FunctionSpec};
+
+use crate::procs::{self, SelfChild};
+
+/// The namespace of every bench Function.
+pub const NAMESPACE: &str = "bench";
+/// The Function the warm path is served by.
+pub const WARM_FUNCTION: &str = "hello";
+
+/// The Host header that routes to Function `name`.
+pub fn host(name: &str) -> String {
+    format!("{name}.{NAMESPACE}")
+}
+
+/// Reports wakes on stdout, where the bench plays the operator.
+struct PrintWake;
+
+impl Wake for PrintWake {
+    fn wake(&self, function: &FunctionKey) {
+        println!("wake {function}");
+    }
+}
+
+/// `serve-activator`: the activator with `probe_period` (0 = off), and, with
+/// `upstream`, the warm Function with one ready pod there.
+pub async fn run_process(
+    upstream: Option<SocketAddr>,
+    probe_period: Duration,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new()?;
+    let functions = Arc::new(Functions::new(Domains::default(), metrics.clone()));
+    if let Some(upstream) = upstream {
+        functions.apply(&function(WARM_FUNCTION, None, None));
+        set(&functions, WARM_FUNCTION, upstream, EndpointState::Ready);
+    }
+    let activator = Arc::new(Activator::new(
+        Arc::clone(&functions),
+        Forwarder::new(&ForwarderConfig::default()),
+        Arc::new(PrintWake),
+        ProbeConfig {
+            period: probe_period,
+            ..ProbeConfig::default()
+        },
+        metrics.clone(),
+    ));
+    // As main.rs does: the autoscaler's load sampling runs alongside.
+    tokio::spawn(server::sample_load(
+        Arc::clone(&functions),
+        metrics,
+        Duration::from_millis(100),
+        std::future::pending(),
+    ));
+    let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    println!("listening {}", listener.local_addr()?);
+    tokio::spawn(server::serve(
+        listener,
+        Listener::Cluster,
+        activator,
+        ServerLimits::default(),
+        std::future::pending(),
+    ));
+
+    // Blocking stdin on a thread of its own; the parent closing it ends the process.
+    let (lines, mut commands) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = commands.recv().await {
+        match command(&functions, &line) {
+            Ok(reply) => println!("{reply}"),
+            Err(error) => println!("error {error:#}"),
+        }
+    }
+    Ok(())
+}
+
+fn command(functions: &Functions, line: &str) -> anyhow::Result<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["fn", name, max_queued, max_queue_wait] => {
+            functions.apply(&function(
+                name,
+                Some(max_queued.parse().context("maxQueuedRequests")?),
+                Some(max_queue_wait),
+            ));
+        }
+        ["fns", prefix, count] => {
+            for n in 0..count.parse::<usize>().context("count")? {
+                functions.apply(&function(&format!("{prefix}-{n}"), None, None));
+            }
+        }
+        ["ready", name, addr] => set(functions, name, addr.parse()?, EndpointState::Ready),
+        ["starting", name, addr] => set(functions, name, addr.parse()?, EndpointState::NotReady),
+        ["zero", name] => {
+            functions.set_endpoints(&FunctionKey::new(NAMESPACE, *name), EndpointSet::default());
+        }
+        ["queued", name] => {
+            let queued = functions
+                .route(Listener::Cluster, &host(name), "/")
+                .map(|state| state.capacity.queued())
+                .unwrap_or(0);
+            return Ok(format!("queued {queued}"));
+        }
+        _ => bail!("unknown command: {line}"),
+    }
+    Ok("ok".to_owned())
+}
+
+fn function(name: &str, max_queued: Option<i32>, max_queue_wait: Option<&str>) -> Function {
+    let mut function = Function::new(name, FunctionSpec::with_image("bench"));
+    function.metadata.namespace = Some(NAMESPACE.into());
+    if let Some(max_queued) = max_queued {
+        function.spec.requests.max_queued_requests = max_queued;
+    }
+    if let Some(wait) = max_queue_wait {
+        function.spec.requests.max_queue_wait = wait.into();
+        // The whole request may take as long as it may wait.
+        function.spec.requests.timeout = wait.into();
+    }
+    function
+}
+
+fn set(functions: &Functions, name: &str, addr: SocketAddr, state: EndpointState) {
+    functions.set_endpoints(
+        &FunctionKey::new(NAMESPACE, name),
+        EndpointSet::new(vec![PodEndpoint {
+            addr,
+            pod: None,
+            state,
+            protocol: PodProtocol::Http1,
+        }]),
+    );
+}
+
+/// The bench's side of a `serve-activator` process: it sends commands and hears wakes.
+pub struct ActivatorProcess {
+    /// Killed on drop.
+    _child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    stdin: ChildStdin,
+    replies: mpsc::UnboundedReceiver<String>,
+    /// Each wake asked for, with the instant the bench heard of it.
+    pub wakes: mpsc::UnboundedReceiver<(String, Instant)>,
+}
+
+impl ActivatorProcess {
+    /// Starts an activator probing starting pods every `probe_period` (zero: off), with
+    /// the warm Function ready at `upstream` when given.
+    pub async fn start(
+        upstream: Option<SocketAddr>,
+        probe_period: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut args = vec![
+            "serve-activator".to_owned(),
+            "--probe-period-ms".to_owned(),
+            probe_period.as_millis().to_string(),
+        ];
+        if let Some(upstream) = upstream {
+            args.extend(["--upstream".to_owned(), upstream.to_string()]);
+        }
+        let SelfChild {
+            child,
+            pid,
+            addr,
+            stdin,
+            mut stdout,
+        } = procs::spawn_self(&args).await?;
+        let (reply, replies) = mpsc::unbounded_channel();
+        let (wake, wakes) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                let now = Instant::now();
+                match line.strip_prefix("wake ") {
+                    Some(function) => {
+                        let _ = wake.send((function.to_owned(), now));
+                    }
+                    None => {
+                        let _ = reply.send(line);
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            _child: child,
+            pid,
+            addr,
+            stdin,
+            replies,
+            wakes,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends one command and returns its reply.
+    pub async fn command(&mut self, line: &str) -> anyhow::Result<String> {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .context("writing to the activator")?;
+        let reply = tokio::time::timeout(Duration::from_secs(60), self.replies.recv())
+            .await
+            .with_context(|| format!("the activator did not answer {line}"))?
+            .context("the activator exited")?;
+        if let Some(error) = reply.strip_prefix("error ") {
+            bail!("activator: {error}");
+        }
+        Ok(reply)
+    }
+
+    /// Requests waiting at Function `name`.
+    pub async fn queued(&mut self, name: &str) -> anyhow::Result<usize> {
+        let reply = self.command(&format!("queued {name}")).await?;
+        reply
+            .strip_prefix("queued ")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("unexpected reply {reply}"))
+    }
+
+    /// The next wake, within `within`.
+    pub async fn next_wake(&mut self, within: Duration) -> anyhow::Result<(String, Instant)> {
+        tokio::time::timeout(within, self.wakes.recv())
+            .await
+            .context("no wake came")?
+            .context("the activator exited")
+    }
+}

@@ -1,0 +1,250 @@
+//! `zeroscale-bench`: measures the activator against its peers in one run and prints
+//! one table (targets beside the numbers), also written as JSON.
+//!
+//! - `all`: the full run (minutes); `smoke`: the same in seconds with tiny counts, for
+//!   CI. Both fail only on hard errors (a burst with errors, a warm run with failed
+//!   requests, a scenario that could not run), never on a missed performance target.
+//! - `serve-activator` and `serve-upstream` (hidden): what the bench re-executes itself
+//!   as, so the activator and the upstream are processes of their own.
+
+mod activator;
+mod burst;
+mod client;
+mod cold;
+mod memory;
+mod procs;
+mod report;
+mod tools;
+mod upstream;
+mod warm;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::report::{Machine, Report, Section};
+
+#[derive(Parser)]
+#[command(
+    name = "zeroscale-bench",
+    about = "Benchmarks of the zeroscale activator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The full run: warm path, cold start, bursts, memory.
+    All(RunArgs),
+    /// A seconds-long run with tiny counts (for CI).
+    Smoke(RunArgs),
+    /// The activator under test (used by the bench itself).
+    #[command(hide = true)]
+    ServeActivator {
+        #[arg(long)]
+        upstream: Option<SocketAddr>,
+        #[arg(long, default_value_t = 25)]
+        probe_period_ms: u64,
+    },
+    /// The upstream HTTP server (used by the bench itself).
+    #[command(hide = true)]
+    ServeUpstream,
+}
+
+/// Scenarios that can be picked with `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Warm,
+    Cold,
+    Burst,
+    Memory,
+}
+
+/// Every knob; unset ones take the `all` or `smoke` default.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Where to write the JSON report [all: bench/results/latest.json; smoke: a
+    /// temporary file].
+    #[arg(long, env = "ZEROSCALE_BENCH_OUTPUT")]
+    output: Option<PathBuf>,
+    /// Run only these scenarios (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// Do not install wrk and nginx when missing; fail instead.
+    #[arg(long)]
+    no_install: bool,
+    /// Warm path: client concurrencies [all: 16,64,256; smoke: 16].
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Warm path: seconds per wrk run [all: 8; smoke: 1].
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Warm path: rounds of the three targets [all: 3; smoke: 1].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Cold start: runs per mode [all: 50; smoke: 3].
+    #[arg(long)]
+    cold_runs: Option<usize>,
+    /// Cold start and bursts: ms from the wake until the pod listens.
+    #[arg(long, default_value_t = 200)]
+    pod_start_ms: u64,
+    /// Bursts: requests per burst [all: 100,1000,5000; smoke: 100].
+    #[arg(long, value_delimiter = ',')]
+    bursts: Vec<usize>,
+    /// Memory: Functions routed [all: 1000; smoke: 100].
+    #[arg(long)]
+    functions: Option<usize>,
+    /// Memory: held requests [all: 10000; smoke: 200].
+    #[arg(long)]
+    held: Option<usize>,
+}
+
+/// The kubelet's readiness probe period in the Deployments the operator makes
+/// (operator/src/resources.rs).
+const KUBELET_PERIOD_MS: u64 = 1000;
+/// The activator's default active probing period (`--probe-period`).
+const PROBE_PERIOD_MS: u64 = 25;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::ServeActivator {
+            upstream,
+            probe_period_ms,
+        } => activator::run_process(upstream, Duration::from_millis(probe_period_ms)).await,
+        Command::ServeUpstream => upstream::run_process().await,
+        Command::All(args) => run("all", args, false).await,
+        Command::Smoke(args) => run("smoke", args, true).await,
+    }
+}
+
+async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
+    let pick = |full: usize, quick: usize| if smoke { quick } else { full };
+    let or = |given: Vec<usize>, full: &[usize], quick: &[usize]| {
+        if !given.is_empty() {
+            given
+        } else if smoke {
+            quick.to_vec()
+        } else {
+            full.to_vec()
+        }
+    };
+    let scenarios = if args.only.is_empty() {
+        vec![
+            Scenario::Warm,
+            Scenario::Cold,
+            Scenario::Burst,
+            Scenario::Memory,
+        ]
+    } else {
+        args.only.clone()
+    };
+    let output = args.output.clone().unwrap_or_else(|| {
+        if smoke {
+            std::env::temp_dir().join("zeroscale-bench-smoke.json")
+        } else {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/latest.json")
+        }
+    });
+    if scenarios.contains(&Scenario::Warm) {
+        tools::ensure(!args.no_install)?;
+    }
+    let dir = std::env::temp_dir().join(format!("zeroscale-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+
+    let started = Instant::now();
+    let mut report = Report {
+        schema: 1,
+        mode: mode.to_owned(),
+        started_at: jiff::Timestamp::now().to_string(),
+        duration_seconds: 0.0,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: machine(),
+        sections: BTreeMap::new(),
+        rows: Vec::new(),
+        hard_errors: Vec::new(),
+    };
+    for scenario in scenarios {
+        let result: anyhow::Result<Section> = match scenario {
+            Scenario::Warm => {
+                let config = warm::WarmConfig {
+                    concurrencies: or(args.concurrency.clone(), &[16, 64, 256], &[16]),
+                    seconds: args.seconds.unwrap_or(if smoke { 1 } else { 8 }),
+                    rounds: args.rounds.unwrap_or(pick(3, 1)).max(1),
+                };
+                warm::run(&config, &dir).await
+            }
+            Scenario::Cold => {
+                let config = cold::ColdConfig {
+                    runs: args.cold_runs.unwrap_or(pick(50, 3)).max(1),
+                    delay_ms: args.pod_start_ms,
+                    kubelet_period_ms: KUBELET_PERIOD_MS,
+                    probe_period_ms: PROBE_PERIOD_MS,
+                };
+                cold::run(&config).await
+            }
+            Scenario::Burst => {
+                let config = burst::BurstConfig {
+                    sizes: or(args.bursts.clone(), &[100, 1000, 5000], &[100]),
+                    delay_ms: args.pod_start_ms,
+                    kubelet_period_ms: KUBELET_PERIOD_MS,
+                };
+                burst::run(&config).await
+            }
+            Scenario::Memory => {
+                let config = memory::MemoryConfig {
+                    functions: args.functions.unwrap_or(pick(1000, 100)),
+                    held: args.held.unwrap_or(pick(10_000, 200)).max(2),
+                };
+                memory::run(&config).await
+            }
+        };
+        match result {
+            Ok(section) => report.add(section),
+            Err(error) => {
+                eprintln!("{scenario:?} failed: {error:#}");
+                report
+                    .hard_errors
+                    .push(format!("{scenario:?} failed: {error:#}"));
+            }
+        }
+    }
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!();
+    print!("{}", report.table());
+    report.write_json(&output)?;
+    println!("\nJSON report: {}", output.display());
+    if !report.hard_errors.is_empty() {
+        for error in &report.hard_errors {
+            eprintln!("hard error: {error}");
+        }
+        bail!("{} hard error(s)", report.hard_errors.len());
+    }
+    Ok(())
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        cpu_model: cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        wrk: tools::version("wrk"),
+        nginx: tools::version("nginx"),
+    }
+}

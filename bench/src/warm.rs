@@ -1,0 +1,265 @@
+//! Warm path: one upstream (its own process) reached directly, through the activator
+//! and through nginx, with wrk at each concurrency, keep-alive. The three run in turn,
+//! each for the same time, in rounds, so drift on a noisy machine hits all alike; each
+//! figure is the median over rounds. CPU time per 1000 requests is the proxy process's
+//! (nginx: master and workers), from `/proc`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::activator::{self, ActivatorProcess};
+use crate::procs;
+use crate::report::{Goal, Row, Section, median, micros};
+use crate::tools::{self, Nginx, WrkRun};
+
+/// How the warm path is measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct WarmConfig {
+    pub concurrencies: Vec<usize>,
+    pub seconds: u64,
+    pub rounds: usize,
+}
+
+/// One wrk run with the CPU seconds the proxy and the upstream used meanwhile.
+type Run = (WrkRun, f64, f64);
+
+/// The three ways to the upstream, in the order they run.
+const TARGETS: [&str; 3] = ["direct", "activator", "nginx"];
+
+/// One target at one concurrency, over all rounds.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Measured {
+    requests_per_second: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    /// CPU seconds per 1000 requests of the proxy (of the upstream for `direct`).
+    cpu_seconds_per_1k: f64,
+    /// The upstream's, for every target: the same work each time.
+    upstream_cpu_seconds_per_1k: f64,
+    errors: u64,
+    non_2xx: u64,
+    runs: Vec<WrkRun>,
+}
+
+pub async fn run(config: &WarmConfig, dir: &Path) -> anyhow::Result<Section> {
+    let upstream = procs::spawn_self(&["serve-upstream".to_owned()]).await?;
+    let activator = ActivatorProcess::start(Some(upstream.addr), Duration::from_millis(25)).await?;
+    // nginx gets as many workers as the activator's runtime has threads (tokio's
+    // default, one per core, as in activator/src/main.rs).
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let nginx = Nginx::start(upstream.addr, workers, &dir.join("nginx")).await?;
+    let script = tools::write_wrk_script(dir)?;
+    let host = activator::host(activator::WARM_FUNCTION);
+    let url = |target: &str| match target {
+        "direct" => format!("http://{}/", upstream.addr),
+        "activator" => format!("http://{}/", activator.addr()),
+        _ => format!("http://{}/", nginx.addr),
+    };
+    let proxy_pids = |target: &str| match target {
+        "direct" => vec![upstream.pid],
+        "activator" => vec![activator.pid()],
+        _ => nginx.pids(),
+    };
+
+    // Warm-up: connections, pools and caches, each target once.
+    for target in TARGETS {
+        let concurrency = config.concurrencies.iter().copied().max().unwrap_or(64);
+        tools::wrk(
+            &script,
+            &url(target),
+            &host,
+            concurrency,
+            Duration::from_secs(1),
+        )
+        .await?;
+    }
+
+    let mut results: BTreeMap<(usize, &str), Vec<Run>> = BTreeMap::new();
+    for &concurrency in &config.concurrencies {
+        for round in 0..config.rounds {
+            for target in TARGETS {
+                let pids = proxy_pids(target);
+                let (cpu_before, upstream_before) = (
+                    procs::cpu_seconds_of(&pids)?,
+                    procs::cpu_seconds(upstream.pid)?,
+                );
+                let run = tools::wrk(
+                    &script,
+                    &url(target),
+                    &host,
+                    concurrency,
+                    Duration::from_secs(config.seconds),
+                )
+                .await?;
+                let cpu = procs::cpu_seconds_of(&pids)? - cpu_before;
+                let upstream_cpu = procs::cpu_seconds(upstream.pid)? - upstream_before;
+                eprintln!(
+                    "warm c={concurrency} round {} {target}: {:.0} req/s p50 {} p99 {}",
+                    round + 1,
+                    run.requests_per_second,
+                    micros(run.p50_us),
+                    micros(run.p99_us)
+                );
+                results
+                    .entry((concurrency, target))
+                    .or_default()
+                    .push((run, cpu, upstream_cpu));
+            }
+        }
+    }
+    nginx.stop().await;
+
+    let mut measured: BTreeMap<(usize, &str), Measured> = BTreeMap::new();
+    for (key, runs) in results {
+        let per_1k = |cpu: f64, run: &WrkRun| cpu / (run.requests.max(1) as f64) * 1000.0;
+        let m = |f: &dyn Fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        measured.insert(
+            key,
+            Measured {
+                requests_per_second: m(&|(r, _, _)| r.requests_per_second),
+                p50_us: m(&|(r, _, _)| r.p50_us),
+                p99_us: m(&|(r, _, _)| r.p99_us),
+                p999_us: m(&|(r, _, _)| r.p999_us),
+                cpu_seconds_per_1k: m(&|(r, cpu, _)| per_1k(*cpu, r)),
+                upstream_cpu_seconds_per_1k: m(&|(r, _, up)| per_1k(*up, r)),
+                errors: runs.iter().map(|(r, _, _)| r.errors).sum(),
+                non_2xx: runs.iter().map(|(r, _, _)| r.non_2xx).sum(),
+                runs: runs.into_iter().map(|(r, _, _)| r).collect(),
+            },
+        );
+    }
+    Ok(section(config, workers, &measured))
+}
+
+fn section(
+    config: &WarmConfig,
+    workers: usize,
+    measured: &BTreeMap<(usize, &str), Measured>,
+) -> Section {
+    let mut rows = Vec::new();
+    let mut hard_errors = Vec::new();
+    let mut by_concurrency = Vec::new();
+    for &concurrency in &config.concurrencies {
+        let section = format!("warm c={concurrency}");
+        let get = |target: &str| {
+            measured
+                .get(&(concurrency, target))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (direct, activator, nginx) = (get("direct"), get("activator"), get("nginx"));
+        for (target, m) in [
+            ("direct", &direct),
+            ("activator", &activator),
+            ("nginx", &nginx),
+        ] {
+            let cpu_owner = if target == "direct" { "upstream " } else { "" };
+            rows.push(Row::info(
+                &section,
+                target,
+                format!(
+                    "{:.0} req/s, p50 {}, p99 {}, p99.9 {}, {cpu_owner}cpu {:.3} s/1k req",
+                    m.requests_per_second,
+                    micros(m.p50_us),
+                    micros(m.p99_us),
+                    micros(m.p999_us),
+                    m.cpu_seconds_per_1k
+                ),
+            ));
+            if m.errors > 0 || m.non_2xx > 0 {
+                hard_errors.push(format!(
+                    "warm c={concurrency} {target}: {} socket errors, {} non-2xx answers",
+                    m.errors, m.non_2xx
+                ));
+            }
+        }
+        let vs_direct = ratio(activator.requests_per_second, direct.requests_per_second);
+        let vs_nginx = ratio(activator.requests_per_second, nginx.requests_per_second);
+        rows.push(Row::check(
+            &section,
+            "activator/direct throughput",
+            vs_direct,
+            format!("{vs_direct:.2}x"),
+            Goal::AtLeast(0.6),
+            ">= 0.60x",
+        ));
+        rows.push(Row::check(
+            &section,
+            "activator/nginx throughput",
+            vs_nginx,
+            format!("{vs_nginx:.2}x"),
+            Goal::AtLeast(1.0),
+            ">= 1.00x",
+        ));
+        let cpu_vs_nginx = ratio(activator.cpu_seconds_per_1k, nginx.cpu_seconds_per_1k);
+        rows.push(Row::info(
+            &section,
+            "activator/nginx cpu per request",
+            format!("{cpu_vs_nginx:.2}x"),
+        ));
+        let added_p50 = activator.p50_us - direct.p50_us;
+        let added_p99 = activator.p99_us - direct.p99_us;
+        if concurrency == 64 {
+            rows.push(Row::check(
+                &section,
+                "added p50 (activator - direct)",
+                added_p50,
+                micros(added_p50),
+                Goal::AtMost(100.0),
+                "<= 100 us",
+            ));
+            rows.push(Row::check(
+                &section,
+                "added p99 (activator - direct)",
+                added_p99,
+                micros(added_p99),
+                Goal::AtMost(1000.0),
+                "<= 1 ms",
+            ));
+        } else {
+            rows.push(Row::info(
+                &section,
+                "added p50 / p99 (activator - direct)",
+                format!("{} / {}", micros(added_p50), micros(added_p99)),
+            ));
+        }
+        by_concurrency.push(json!({
+            "concurrency": concurrency,
+            "direct": direct,
+            "activator": activator,
+            "nginx": nginx,
+            "activator_vs_direct": vs_direct,
+            "activator_vs_nginx": vs_nginx,
+            "activator_vs_nginx_cpu": cpu_vs_nginx,
+            "added_p50_us": added_p50,
+            "added_p99_us": added_p99,
+        }));
+    }
+    rows.push(Row::info(
+        "warm",
+        "setup",
+        format!(
+            "wrk -t2 keep-alive, {} s x {} rounds per target, activator {workers} tokio workers, nginx {workers} workers",
+            config.seconds, config.rounds
+        ),
+    ));
+    Section {
+        name: "warm",
+        data: json!({
+            "config": config,
+            "proxy_workers": workers,
+            "results": by_concurrency,
+        }),
+        rows,
+        hard_errors,
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
