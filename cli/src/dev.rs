@@ -90,8 +90,8 @@ pub async fn run(config: DevConfig) -> Result<()> {
     if loaded.is_empty() {
         console::event("no Functions yet: add a manifest and save it");
     }
-    for key in loaded {
-        print_urls(&key, address, &functions);
+    for function in &loaded {
+        print_urls(function, address);
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -158,8 +158,8 @@ pub async fn run(config: DevConfig) -> Result<()> {
         tokio::select! {
             () = &mut terminated => break,
             _ = reloads.tick() => {
-                for key in manifests.scan(&runtime, false).await.unwrap_or_default() {
-                    print_urls(&key, address, &functions);
+                for function in manifests.scan(&runtime, false).await.unwrap_or_default() {
+                    print_urls(&function, address);
                 }
             }
         }
@@ -196,34 +196,21 @@ fn setpriv() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// Prints how to call a Function.
-fn print_urls(key: &FunctionKey, address: SocketAddr, functions: &Functions) {
-    let Ok(state) = functions.route(
-        Listener::Cluster,
-        &format!("{}.{}", key.name, key.namespace),
-        "/",
-    ) else {
-        // Only reachable under its path prefix; the manifest shows it.
-        console::event(format_args!(
-            "{}.{}: http://{}.{}.{LOCAL_DOMAIN}:{}/<path prefix>",
-            key.name,
-            key.namespace,
-            key.name,
-            key.namespace,
-            address.port()
-        ));
-        return;
-    };
+/// Prints how to call a Function: its local-domain URL and the curl with a Host header,
+/// under its path prefix, plus its own hosts.
+fn print_urls(function: &LocalFunction, address: SocketAddr) {
+    let FunctionKey { namespace, name } = &function.key;
+    let routing = &function.routed.spec.routing;
+    let path = routing.path_prefix.as_deref().unwrap_or("/");
+    let port = address.port();
     console::event(format_args!(
-        "{}.{}: http://{}.{}.{LOCAL_DOMAIN}:{}/   or   curl -H 'Host: {}.{}' http://{address}/",
-        key.name,
-        key.namespace,
-        key.name,
-        key.namespace,
-        address.port(),
-        state.key.name,
-        state.key.namespace,
+        "{name}.{namespace}: http://{name}.{namespace}.{LOCAL_DOMAIN}:{port}{path}   or   curl -H 'Host: {name}.{namespace}' http://{address}{path}"
     ));
+    for host in &routing.hosts {
+        console::event(format_args!(
+            "{name}.{namespace}: curl -H 'Host: {host}' http://{address}{path}"
+        ));
+    }
 }
 
 /// The manifests being watched: which files the paths name now, and what each held
@@ -250,7 +237,7 @@ impl Manifests {
     /// Functions of files that went away. On the first scan an unreadable path is an
     /// error; later, problems are reported and the last good version keeps running.
     /// Returns the Functions added.
-    async fn scan(&mut self, runtime: &ProcessRuntime, first: bool) -> Result<Vec<FunctionKey>> {
+    async fn scan(&mut self, runtime: &ProcessRuntime, first: bool) -> Result<Vec<LocalFunction>> {
         let mut present = Vec::new();
         for path in &self.paths {
             match manifest::files(path) {
@@ -324,8 +311,8 @@ impl Manifests {
                 kept.push(local.key.clone());
                 let key = local.key.clone();
                 let existed = runtime.source_of(&key).is_some();
-                match (runtime.upsert(local), existed) {
-                    (true, false) => added.push(key),
+                match (runtime.upsert(local.clone()), existed) {
+                    (true, false) => added.push(local),
                     (true, true) => {
                         console::event(format_args!("{key}: reloaded from {}", file.display()))
                     }

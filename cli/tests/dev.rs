@@ -569,3 +569,28 @@ async fn an_edited_manifest_is_reloaded_and_a_removed_one_stops_its_function() {
     let (status, body) = dev.get("hello.default", "/").await.expect("answers");
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_routed_by_host_and_path_prefix_as_in_a_cluster() {
+    let spec =
+        "  readinessPath: /healthz\n  routing: {hosts: [api.example.test], pathPrefix: /api}\n";
+    let mut dev = Dev::start(
+        "routing",
+        &[("hello.yaml", manifest("hello", &hello_command(), spec))],
+    )
+    .await;
+    dev.wait_for("the printed URL", Duration::from_secs(5), |l| {
+        l.contains("http://hello.default.localhost:") && l.contains("/api")
+    })
+    .await;
+    for host in [
+        "api.example.test",
+        "hello.default",
+        "hello.default.svc.cluster.local",
+    ] {
+        let (status, body) = dev.get(host, "/api/users").await.expect("answers");
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (status, body) = dev.get("hello.default", "/other").await.expect("answers");
+    assert_eq!(status, 404, "outside the prefix: {body}");
+}
