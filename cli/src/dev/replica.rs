@@ -125,16 +125,14 @@ impl Replica {
             relays.push(tokio::spawn(relay(stderr, prefix, Arc::clone(&last_line))));
         }
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(watch(
+        let watched = Watched {
             child,
-            id,
             addr,
-            config.readiness.clone(),
-            config.grace,
-            stopped,
-            events,
-            Output { relays, last_line },
-        ));
+            readiness: config.readiness.clone(),
+            grace: config.grace,
+            output: Output { relays, last_line },
+        };
+        tokio::spawn(watched.watch(stopped, Reporter { id, events }));
         Ok(Self {
             id,
             slot,
@@ -194,42 +192,56 @@ struct Output {
 /// behind could hold the pipes open).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
-/// Watches one process until it exits: probes it until ready, stops it when asked.
-#[allow(clippy::too_many_arguments)]
-async fn watch(
-    mut child: Child,
-    id: u64,
+/// A started process and what watching it needs.
+struct Watched {
+    child: Child,
     addr: SocketAddr,
     readiness: Readiness,
     grace: Duration,
-    mut stopped: oneshot::Receiver<()>,
-    events: mpsc::Sender<(u64, Event)>,
     output: Output,
-) {
-    let started = Instant::now();
-    let mut ready = false;
-    let mut probes = tokio::time::interval(PROBE_PERIOD);
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break describe(status),
-            // A dropped sender (the supervisor is gone) stops the replica as well.
-            _ = &mut stopped => break terminate(&mut child, grace).await,
-            _ = probes.tick(), if !ready => {
-                if probe(addr, &readiness).await {
-                    ready = true;
-                    let _ = events.send((id, Event::Ready { after: started.elapsed() })).await;
+}
+
+/// Where a replica's events go, tagged with its id.
+struct Reporter {
+    id: u64,
+    events: mpsc::Sender<(u64, Event)>,
+}
+
+impl Reporter {
+    async fn report(&self, event: Event) {
+        let _ = self.events.send((self.id, event)).await;
+    }
+}
+
+impl Watched {
+    /// Watches the process until it exits: probes it until ready, stops it when asked
+    /// (or when the supervisor is gone and `stopped` fails).
+    async fn watch(mut self, mut stopped: oneshot::Receiver<()>, reporter: Reporter) {
+        let started = Instant::now();
+        let mut ready = false;
+        let mut probes = tokio::time::interval(PROBE_PERIOD);
+        let status = loop {
+            tokio::select! {
+                status = self.child.wait() => break describe(status),
+                _ = &mut stopped => break terminate(&mut self.child, self.grace).await,
+                _ = probes.tick(), if !ready => {
+                    if probe(self.addr, &self.readiness).await {
+                        ready = true;
+                        reporter.report(Event::Ready { after: started.elapsed() }).await;
+                    }
                 }
             }
-        }
-    };
-    // Its last words are often why it exited: read them to the end first.
-    let _ = tokio::time::timeout(OUTPUT_DRAIN, join_all(output.relays)).await;
-    let last_line = output
-        .last_line
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let _ = events.send((id, Event::Exited { status, last_line })).await;
+        };
+        // Its last words are often why it exited: read them to the end first.
+        let _ = tokio::time::timeout(OUTPUT_DRAIN, join_all(self.output.relays)).await;
+        let last_line = self
+            .output
+            .last_line
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        reporter.report(Event::Exited { status, last_line }).await;
+    }
 }
 
 async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
