@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# End-to-end on kind: create a cluster, build and load the images, install the chart,
+# deploy examples/hello.yaml, call it through the activator, watch it scale to zero and
+# wake on the next call, run the cluster tests of tests/ against it, and tear it down.
+#
+#   hack/kind-e2e.sh           # everything, then delete the cluster
+#   hack/kind-e2e.sh --keep    # leave the cluster running afterwards (to look around)
+#   hack/kind-e2e.sh --reuse   # use an existing zeroscale-e2e cluster instead of failing
+#
+# Needs docker (with a running engine), kind, and cargo; helm and kubectl come from
+# hack/install-tools.sh unless they are on PATH. It only ever talks to the cluster it
+# created: a kubeconfig of its own, `--context kind-zeroscale-e2e` on every command, and
+# it refuses to go on when that context is not the one kind just wrote.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+cluster="zeroscale-e2e"
+context="kind-$cluster"
+release="zeroscale"
+system_namespace="zeroscale-system"
+# The Functions the installed operator serves. The cluster tests create their own
+# namespaces and run their own controller there, so the installed one must not watch them.
+app_namespace="default"
+tag="dev"
+local_port="${ZEROSCALE_E2E_PORT:-18080}"
+
+keep=false
+reuse=false
+for arg in "$@"; do
+    case "$arg" in
+    --keep) keep=true ;;
+    --reuse) reuse=true ;;
+    -h | --help)
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "kind-e2e: unknown argument $arg (try --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
+step() { printf '\n==> %s\n' "$*"; }
+die() {
+    printf 'kind-e2e: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- Tools -------------------------------------------------------------------------
+
+missing=()
+command -v docker >/dev/null 2>&1 || missing+=("docker (https://docs.docker.com/engine/install/)")
+command -v kind >/dev/null 2>&1 || missing+=("kind (go install sigs.k8s.io/kind@latest, or https://kind.sigs.k8s.io/docs/user/quick-start/)")
+command -v cargo >/dev/null 2>&1 || missing+=("cargo (https://rustup.rs), for the cluster tests")
+command -v curl >/dev/null 2>&1 || missing+=("curl")
+if ((${#missing[@]})); then
+    printf 'kind-e2e: missing tools:\n' >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    exit 1
+fi
+if ! docker info >/dev/null 2>&1; then
+    die "docker is installed but no engine answers (is the daemon running, may this user use it?)"
+fi
+if ! command -v helm >/dev/null 2>&1 || ! command -v kubectl >/dev/null 2>&1; then
+    "$root/hack/install-tools.sh"
+    PATH="$root/.tools/bin:$PATH"
+fi
+for tool in helm kubectl; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is missing and hack/install-tools.sh could not provide it"
+done
+
+# --- Cluster -----------------------------------------------------------------------
+
+work="$(mktemp -d)"
+kubeconfig="$work/kubeconfig"
+port_forward_pid=""
+created=false
+
+teardown() {
+    local status=$?
+    if [[ -n "$port_forward_pid" ]]; then
+        kill "$port_forward_pid" 2>/dev/null || true
+        wait "$port_forward_pid" 2>/dev/null || true
+    fi
+    if ((status != 0)) && [[ -f "$kubeconfig" ]]; then
+        echo "kind-e2e: failed; state of the cluster:" >&2
+        kubectl --kubeconfig "$kubeconfig" --context "$context" get fn,deploy,pods -A -o wide >&2 || true
+        kubectl --kubeconfig "$kubeconfig" --context "$context" -n "$system_namespace" logs \
+            -l app.kubernetes.io/instance="$release" --all-containers --tail=50 --prefix >&2 || true
+    fi
+    if [[ "$created" == true && "$keep" == false ]]; then
+        step "deleting kind cluster $cluster"
+        kind delete cluster --name "$cluster" || true
+    elif [[ "$created" == true ]]; then
+        echo "kind-e2e: kept cluster $cluster: kind export kubeconfig --name $cluster; kind delete cluster --name $cluster when done"
+    fi
+    rm -rf "$work"
+    exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT TERM
+
+if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+    if [[ "$reuse" != true ]]; then
+        die "a kind cluster named $cluster already exists: delete it (kind delete cluster --name $cluster) or pass --reuse"
+    fi
+    step "reusing kind cluster $cluster"
+    kind get kubeconfig --name "$cluster" >"$kubeconfig"
+else
+    step "creating kind cluster $cluster"
+    created=true
+    # A kubeconfig of its own: the user's current context is never touched or used.
+    kind create cluster --name "$cluster" --kubeconfig "$kubeconfig" --wait 120s
+fi
+
+current="$(kubectl --kubeconfig "$kubeconfig" config current-context)"
+if [[ "$current" != "$context" ]]; then
+    die "refusing to go on: the kubeconfig's current context is $current, not $context, the cluster this script created"
+fi
+export KUBECONFIG="$kubeconfig"
+k() { kubectl --kubeconfig "$kubeconfig" --context "$context" "$@"; }
+
+# --- Images ------------------------------------------------------------------------
+
+step "building images"
+DOCKER_BUILDKIT=1 docker build --target operator -t "zeroscale/operator:$tag" .
+DOCKER_BUILDKIT=1 docker build --target activator -t "zeroscale/activator:$tag" .
+docker build -t "zeroscale/hello:$tag" examples/hello
+
+step "loading images into $cluster"
+for image in operator activator hello; do
+    kind load docker-image "zeroscale/$image:$tag" --name "$cluster"
+done
+
+# --- Install -------------------------------------------------------------------------
+
+step "helm install $release"
+helm --kubeconfig "$kubeconfig" --kube-context "$context" upgrade --install "$release" charts/zeroscale \
+    --namespace "$system_namespace" --create-namespace \
+    --set "operator.image.tag=$tag" --set "activator.image.tag=$tag" \
+    --set "watchNamespaces={$app_namespace}" \
+    --wait --timeout 5m
+k -n "$system_namespace" get deploy,pods,svc
+
+# --- hello: ready, called, to zero and back --------------------------------------------
+
+step "deploying examples/hello.yaml"
+k -n "$app_namespace" apply -f examples/hello.yaml
+k -n "$app_namespace" wait --for=condition=Ready function/hello --timeout=180s
+k -n "$app_namespace" get fn hello -o wide
+
+step "calling hello through the activator (port-forward to 127.0.0.1:$local_port)"
+k -n "$system_namespace" port-forward "svc/$release-activator" "$local_port:80" >"$work/port-forward.log" 2>&1 &
+port_forward_pid=$!
+call() {
+    curl --silent --show-error --fail --max-time "$1" -H "Host: hello.$app_namespace" \
+        "http://127.0.0.1:$local_port/"
+}
+# The port-forward takes a moment to listen: retry connection refusals for 30 s.
+for _ in $(seq 1 30); do
+    if curl --silent --max-time 2 -o /dev/null "http://127.0.0.1:$local_port/" 2>/dev/null; then
+        break
+    fi
+    sleep 1
+done
+call 30
+echo
+
+# Polls `$2` (a kubectl jsonpath of deployment/hello) until it prints `$3`, for `$1` seconds.
+wait_for_replicas() {
+    local seconds="$1" jsonpath="$2" want="$3" got=""
+    for _ in $(seq 1 "$seconds"); do
+        got="$(k -n "$app_namespace" get deployment hello -o "jsonpath=$jsonpath")"
+        if [[ "${got:-0}" == "$want" ]]; then
+            return 0
+        fi
+        sleep 1
+    done
+    echo "kind-e2e: deployment/hello $jsonpath is ${got:-0}, not $want, after $seconds s" >&2
+    return 1
+}
+
+step "waiting for hello to scale to zero (grace period 30 s)"
+wait_for_replicas 180 '{.spec.replicas}' 0
+wait_for_replicas 120 '{.status.replicas}' 0
+k -n "$app_namespace" wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=ScaledToZero \
+    function/hello --timeout=60s
+k -n "$app_namespace" get fn hello -o wide
+
+step "calling hello at zero: the call is held, the Function wakes, the call is answered"
+started=$(date +%s)
+call 120
+echo
+echo "answered after $(($(date +%s) - started)) s from zero"
+wait_for_replicas 60 '{.spec.replicas}' 1
+k -n "$app_namespace" get fn hello -o wide
+
+# --- Cluster tests ---------------------------------------------------------------------
+
+step "cluster tests (tests/) against $context"
+ZEROSCALE_TEST_KUBECONFIG="$kubeconfig" cargo test -p zeroscale-tests -- --nocapture
+
+step "kind end-to-end passed"
