@@ -6,8 +6,10 @@ run:
 	cargo run -p zeroscale-operator -- crd | kubectl apply -f -
 	cargo run -p zeroscale-operator -- run --leader-election=false
 
-# Everything CI checks: formatting, lints, the CRD is current, all tests.
+# Everything CI checks: formatting, lints, the chart (lint, schemas, RBAC files, values
+# table, shellcheck), the CRD is current, all tests.
 test: lint
+	bash hack/check-chart.sh
 	cargo run -q -p zeroscale-operator -- crd | diff -u crds/function.yaml - || \
 		(echo "crds/function.yaml is stale: run 'make crd'" && exit 1)
 	cargo test --workspace --exclude zeroscale-tests
@@ -18,6 +20,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-# Regenerate the checked-in CRD.
+# Regenerate the checked-in CRD and the chart's copy of it.
 crd:
 	cargo run -q -p zeroscale-operator -- crd > crds/function.yaml
+	cp crds/function.yaml charts/zeroscale/crds/function.yaml

@@ -8,7 +8,7 @@
 #      --strict: unknown fields fail). ServiceMonitor is a custom resource the schemas
 #      lack: kubernetes-validate warns and skips it;
 #   3. the chart's CRD is byte-identical to crds/function.yaml (the generated one);
-#   4. the values table in docs/cluster.md matches values.yaml's comments, and every
+#   4. the values table in README.md matches values.yaml's comments, and every
 #      value has one;
 #   5. shellcheck on hack/*.sh.
 # Tools come from hack/install-tools.sh (into .tools/). The RBAC rules are checked
@@ -83,10 +83,10 @@ else
     fail "$chart/crds/function.yaml differs from crds/function.yaml: cp crds/function.yaml $chart/crds/"
 fi
 
-if "$bin/python" hack/values-table.py --check docs/cluster.md; then
-    echo "check-chart: ok: the values table in docs/cluster.md is current"
+if "$bin/python" hack/values-table.py --check README.md; then
+    echo "check-chart: ok: the values table in README.md is current"
 else
-    fail "values table (hack/values-table.py --write docs/cluster.md)"
+    fail "values table (hack/values-table.py --write README.md)"
 fi
 
 if shellcheck hack/*.sh; then

@@ -6,8 +6,8 @@ comment of its own fails, unless an enclosing key is documented as a whole (its 
 then shows the whole block). The table goes between the markers
 `<!-- values-table:start -->` and `<!-- values-table:end -->` of a markdown file:
 
-    values-table.py --write docs/cluster.md   # rewrite the table in place
-    values-table.py --check docs/cluster.md   # exit 1 when the table there is stale
+    values-table.py --write README.md   # rewrite the table in place
+    values-table.py --check README.md   # exit 1 when the table there is stale
 
 Needs PyYAML (the venv of hack/install-tools.sh has it).
 """
