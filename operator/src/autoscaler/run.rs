@@ -222,48 +222,53 @@ pub async fn drive(
 /// Deployment under the autoscaler's field manager.
 pub struct KubeRuntime {
     ctx: Arc<Context>,
-    functions: Store<Function>,
-    deployments: Store<Deployment>,
-    namespaces: Vec<String>,
+    /// One pair of stores per watched namespace, or one for all namespaces: a watch of
+    /// everything would need cluster-wide read access the operator otherwise lacks.
+    scopes: Vec<(Store<Function>, Store<Deployment>)>,
 }
 
 impl KubeRuntime {
-    /// Starts watching Functions and zeroscale's Deployments in `namespaces` (all when
-    /// empty).
-    pub fn watch(ctx: Arc<Context>, namespaces: Vec<String>) -> Self {
-        let scope = match namespaces.as_slice() {
-            [namespace] => Some(namespace.as_str()),
-            _ => None,
+    /// Starts watching Functions and zeroscale's Deployments in each of `namespaces`
+    /// (all namespaces when empty).
+    pub fn watch(ctx: Arc<Context>, namespaces: &[String]) -> Self {
+        let scopes: Vec<Option<&str>> = match namespaces {
+            [] => vec![None],
+            namespaces => namespaces.iter().map(|n| Some(n.as_str())).collect(),
         };
-        let functions = reflected::<Function>(&ctx.client, scope, watcher::Config::default());
-        let deployments = reflected::<Deployment>(
-            &ctx.client,
-            scope,
-            watcher::Config::default().labels(&format!(
-                "app.kubernetes.io/managed-by={}",
-                keys::MANAGED_BY
-            )),
-        );
-        Self {
-            ctx,
-            functions,
-            deployments,
-            namespaces,
-        }
+        let deployments_config = watcher::Config::default().labels(&format!(
+            "app.kubernetes.io/managed-by={}",
+            keys::MANAGED_BY
+        ));
+        let scopes = scopes
+            .into_iter()
+            .map(|scope| {
+                (
+                    reflected::<Function>(&ctx.client, scope, watcher::Config::default()),
+                    reflected::<Deployment>(&ctx.client, scope, deployments_config.clone()),
+                )
+            })
+            .collect();
+        Self { ctx, scopes }
     }
 }
 
 impl Runtime for KubeRuntime {
     fn targets(&self) -> Vec<Target> {
-        let mut targets = targets(&self.functions, &self.deployments, &self.ctx.config.scaling);
-        if !self.namespaces.is_empty() {
-            targets.retain(|target| self.namespaces.contains(&target.id.0));
-        }
-        targets
+        self.scopes
+            .iter()
+            .flat_map(|(functions, deployments)| {
+                targets(functions, deployments, &self.ctx.config.scaling)
+            })
+            .collect()
     }
 
     async fn scale(&self, id: &FunctionId, from: i32, decision: Decision) -> Result<(), String> {
-        let Some(function) = self.functions.get(&ObjectRef::new(&id.1).within(&id.0)) else {
+        let key = ObjectRef::new(&id.1).within(&id.0);
+        let Some(function) = self
+            .scopes
+            .iter()
+            .find_map(|(functions, _)| functions.get(&key))
+        else {
             return Ok(());
         };
         scale(&self.ctx, &function, from, decision)
@@ -279,7 +284,7 @@ pub async fn run(
     stats: impl StatsSource,
     shutdown: impl Future<Output = ()>,
 ) {
-    let runtime = KubeRuntime::watch(ctx.clone(), config.namespaces.clone());
+    let runtime = KubeRuntime::watch(ctx.clone(), &config.namespaces);
     drive(config.tick, stats, &runtime, &ctx.metrics, shutdown).await;
 }
 
