@@ -2,7 +2,10 @@
 //! back.
 //!
 //! [`Forwarder`] holds two pooled clients, HTTP/1.1 and HTTP/2 with prior knowledge
-//! (h2c), so connections to a pod are reused across requests. Bodies stream both ways
+//! (h2c), so connections to a pod are reused across requests. A keep-alive HTTP/1.1
+//! client connection also gets its own connection to its pod ([`Affinity`]) from its
+//! second request on: its requests then pass between two connections with no pool
+//! lookups, locks or copied heads on the way. Bodies stream both ways
 //! frame by frame and are never collected. On the way through, both messages lose their
 //! hop-by-hop headers and the request gains `X-Forwarded-For`, `-Proto` and `-Host`.
 //! An upgrade (WebSocket) is sent to the pod over HTTP/1.1; when the pod switches
@@ -32,6 +35,7 @@ use http::request::Parts;
 use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -39,7 +43,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use crate::endpoints::PodProtocol;
-use crate::errors::ActivatorError;
+use crate::errors::{ActivatorError, BoxError};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -109,6 +113,7 @@ pub struct Forwarder {
     http1: Client<HttpConnector, RequestBody>,
     h2c: Client<HttpConnector, RequestBody>,
     response_start_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl fmt::Debug for Forwarder {
@@ -144,6 +149,7 @@ impl Forwarder {
             http1,
             h2c,
             response_start_timeout: config.response_start_timeout,
+            connect_timeout: config.connect_timeout,
         }
     }
 
@@ -183,6 +189,48 @@ impl Forwarder {
         protocol: PodProtocol,
         guard: G,
     ) -> Result<Response<ResponseBody<G>>, SendError<G>> {
+        self.send_via(outbound, pod, protocol, guard, None).await
+    }
+
+    /// [`Forwarder::send`] for a request that came in on a client connection with
+    /// `affinity`: an HTTP/1.1 request to an HTTP/1.1 pod goes over the connection's own
+    /// connection to that pod when it has one (opened from the connection's second
+    /// request on, so one-request clients keep using the shared pool), without the
+    /// shared pool's bookkeeping or a copy of the request head for retries.
+    pub async fn send_via<G: Send + 'static>(
+        &self,
+        outbound: Outbound,
+        pod: SocketAddr,
+        protocol: PodProtocol,
+        guard: G,
+        affinity: Option<&Affinity>,
+    ) -> Result<Response<ResponseBody<G>>, SendError<G>> {
+        let mut outbound = outbound;
+        if let Some(affinity) = affinity
+            && protocol == PodProtocol::Http1
+            && outbound.upgrade.is_none()
+            && outbound.parts.version <= Version::HTTP_11
+        {
+            match self.send_dedicated(outbound, pod, affinity).await {
+                Dedicated::Answered(Ok(response)) => {
+                    return finish(response, None, guard).map_err(|error| SendError {
+                        error,
+                        unsent: None,
+                    });
+                }
+                Dedicated::Answered(Err(error)) => {
+                    return Err(SendError {
+                        error,
+                        unsent: None,
+                    });
+                }
+                Dedicated::ConnectFailed(error, request) => {
+                    let unsent = request.retry_unsent.then_some(Unsent { request, guard });
+                    return Err(SendError { error, unsent });
+                }
+                Dedicated::Pooled(request) => outbound = request,
+            }
+        }
         let Outbound {
             parts,
             path_and_query,
@@ -217,7 +265,7 @@ impl Forwarder {
         head.version = version;
         let request = Request::from_parts(head, request_body);
 
-        let mut response = match tokio::time::timeout(timeout, client.request(request)).await {
+        let response = match tokio::time::timeout(timeout, client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 let error = classify(error);
@@ -243,30 +291,198 @@ impl Forwarder {
             Err(_elapsed) => return Err(fail(ActivatorError::UpstreamTimeout(timeout))),
         };
 
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let tunnel = match upgrade {
-            Some(client) if switching => Some((client, hyper::upgrade::on(&mut response))),
-            _ if switching => {
-                return Err(fail(ActivatorError::Upstream(
-                    "the pod switched protocols without being asked to".into(),
-                )));
-            }
-            _ => None,
+        finish(response, upgrade, guard).map_err(fail)
+    }
+
+    /// Sends `outbound` over `affinity`'s own connection to `pod`, opening it if this is
+    /// not the client connection's first request; hands it back for the pool when the
+    /// connection is to another pod or turned out closed before the request went out.
+    async fn send_dedicated(
+        &self,
+        outbound: Outbound,
+        pod: SocketAddr,
+        affinity: &Affinity,
+    ) -> Dedicated {
+        let (reusable, open_one) = affinity.take(pod);
+        let mut sender = match reusable {
+            Some(sender) => sender,
+            None if open_one => match self.open_dedicated(pod).await {
+                Ok(sender) => sender,
+                Err(error) => return Dedicated::ConnectFailed(error, outbound),
+            },
+            None => return Dedicated::Pooled(outbound),
         };
-        strip_hop_by_hop(response.headers_mut(), Message::Response, tunnel.is_some());
-        // The pod's version says nothing about the client's connection.
-        *response.version_mut() = Version::HTTP_11;
-        let guard = match tunnel {
-            Some((client, pod)) => {
-                tokio::spawn(run_tunnel(client, pod, guard));
-                None
-            }
-            None => Some(guard),
+        let timeout = outbound
+            .response_start_timeout
+            .unwrap_or(self.response_start_timeout);
+        let limit = outbound.body_limit.unwrap_or(u64::MAX);
+        let Outbound {
+            mut parts,
+            path_and_query,
+            body,
+            ..
+        } = outbound;
+        let rebuild = |parts: Parts, body: Incoming, path_and_query: PathAndQuery| Outbound {
+            parts,
+            path_and_query,
+            body,
+            upgrade: None,
+            body_limit: outbound.body_limit,
+            response_start_timeout: outbound.response_start_timeout,
+            retry_unsent: outbound.retry_unsent,
         };
-        Ok(response.map(|body| ResponseBody {
-            kind: Kind::Upstream(body),
-            guard,
-        }))
+        // The pod's connection may have been closed since its last answer; that shows
+        // here, before the request is handed over.
+        if sender.ready().await.is_err() {
+            return Dedicated::Pooled(rebuild(parts, body, path_and_query));
+        }
+        // HTTP/1.1 to a pod on a connection of its own: origin-form target.
+        let original_uri = std::mem::replace(&mut parts.uri, Uri::from(path_and_query.clone()));
+        parts.version = Version::HTTP_11;
+        let request = Request::from_parts(parts, RequestBody::live(body, limit));
+        let sent = tokio::time::timeout(timeout, sender.try_send_request(request)).await;
+        match sent {
+            Ok(Ok(response)) => {
+                affinity.put(pod, sender);
+                Dedicated::Answered(Ok(response))
+            }
+            Ok(Err(mut failed)) => match failed.take_message() {
+                // Not written: the connection closed under it. The pool takes it.
+                Some(request) => {
+                    let (mut parts, body) = request.into_parts();
+                    parts.uri = original_uri;
+                    match body.live {
+                        Some(body) => Dedicated::Pooled(rebuild(parts, body, path_and_query)),
+                        None => Dedicated::Answered(Err(ActivatorError::Upstream(
+                            failed.into_error().into(),
+                        ))),
+                    }
+                }
+                None => Dedicated::Answered(Err(classify_chain(failed.into_error().into()))),
+            },
+            Err(_elapsed) => Dedicated::Answered(Err(ActivatorError::UpstreamTimeout(timeout))),
+        }
+    }
+
+    /// Opens an HTTP/1.1 connection to `pod`, its driver running in a task of its own.
+    async fn open_dedicated(
+        &self,
+        pod: SocketAddr,
+    ) -> Result<http1::SendRequest<RequestBody>, ActivatorError> {
+        let connect = async {
+            let stream = tokio::net::TcpStream::connect(pod).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(ActivatorError::UpstreamConnect(error.into())),
+            Err(_elapsed) => {
+                return Err(ActivatorError::UpstreamConnect(
+                    format!(
+                        "connecting to {pod} took longer than {:?}",
+                        self.connect_timeout
+                    )
+                    .into(),
+                ));
+            }
+        };
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| ActivatorError::UpstreamConnect(error.into()))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "connection to a pod ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// What became of a request offered to a client connection's own pod connection.
+enum Dedicated {
+    /// The pod answered, or the exchange failed after the request went out.
+    Answered(Result<Response<Incoming>, ActivatorError>),
+    /// Connecting to the pod failed: no byte of the request reached it.
+    ConnectFailed(ActivatorError, Outbound),
+    /// The shared pool is to send it.
+    Pooled(Outbound),
+}
+
+/// The pod's response made ready for the client: hop-by-hop headers gone, an upgrade
+/// tunnelled, `guard` held until the body ends (or the tunnel closes).
+fn finish<G: Send + 'static>(
+    mut response: Response<Incoming>,
+    upgrade: Option<OnUpgrade>,
+    guard: G,
+) -> Result<Response<ResponseBody<G>>, ActivatorError> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let tunnel = match upgrade {
+        Some(client) if switching => Some((client, hyper::upgrade::on(&mut response))),
+        _ if switching => {
+            return Err(ActivatorError::Upstream(
+                "the pod switched protocols without being asked to".into(),
+            ));
+        }
+        _ => None,
+    };
+    strip_hop_by_hop(response.headers_mut(), Message::Response, tunnel.is_some());
+    // The pod's version says nothing about the client's connection.
+    *response.version_mut() = Version::HTTP_11;
+    let guard = match tunnel {
+        Some((client, pod)) => {
+            tokio::spawn(run_tunnel(client, pod, guard));
+            None
+        }
+        None => Some(guard),
+    };
+    Ok(response.map(|body| ResponseBody {
+        kind: Kind::Upstream(body),
+        guard,
+    }))
+}
+
+/// One client connection's own connection to the pod its requests last went to.
+///
+/// A keep-alive client sends its requests one after another, and with one pod (or a
+/// pod it keeps being given) each goes over the same pod connection: the exchange stays
+/// between two connections, without the shared pool's lookups and locking. Dropped with
+/// the client connection, closing the pod connection.
+#[derive(Debug, Default)]
+pub struct Affinity {
+    state: Mutex<AffinityState>,
+}
+
+#[derive(Debug, Default)]
+struct AffinityState {
+    requests: u64,
+    connection: Option<(SocketAddr, http1::SendRequest<RequestBody>)>,
+}
+
+impl Affinity {
+    /// The pod this connection's requests last went to over its own connection.
+    pub fn pod(&self) -> Option<SocketAddr> {
+        lock(&self.state).connection.as_ref().map(|(pod, _)| *pod)
+    }
+
+    /// Takes the connection to `pod` if there is one; otherwise says whether to open
+    /// one: not for a client connection's first request, nor while a connection to
+    /// another pod is still open (that request goes through the pool).
+    fn take(&self, pod: SocketAddr) -> (Option<http1::SendRequest<RequestBody>>, bool) {
+        let mut state = lock(&self.state);
+        state.requests += 1;
+        match state.connection.take() {
+            Some((to, sender)) if to == pod && !sender.is_closed() => (Some(sender), false),
+            Some((to, sender)) if !sender.is_closed() => {
+                state.connection = Some((to, sender));
+                (None, false)
+            }
+            _ => (None, state.requests > 1),
+        }
+    }
+
+    fn put(&self, pod: SocketAddr, sender: http1::SendRequest<RequestBody>) {
+        lock(&self.state).connection = Some((pod, sender));
     }
 }
 
@@ -651,7 +867,13 @@ fn classify(error: hyper_util::client::legacy::Error) -> ActivatorError {
     if never_started {
         return ActivatorError::UpstreamConnect(error.into());
     }
-    let mut source = error.source();
+    classify_chain(error.into())
+}
+
+/// A failure after the request went out: the request body's own error when that is
+/// what broke the exchange, else the pod's.
+fn classify_chain(error: BoxError) -> ActivatorError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
     let mut body_error = None;
     while let Some(cause) = source {
         if let Some(cause) = cause.downcast_ref::<RequestBodyError>() {
@@ -665,8 +887,8 @@ fn classify(error: hyper_util::client::legacy::Error) -> ActivatorError {
     }
     match body_error {
         Some(Some(limit)) => ActivatorError::BodyTooLarge { limit },
-        Some(None) => ActivatorError::RequestBody(error.into()),
-        None => ActivatorError::Upstream(error.into()),
+        Some(None) => ActivatorError::RequestBody(error),
+        None => ActivatorError::Upstream(error),
     }
 }
 
@@ -1590,6 +1812,100 @@ mod tests {
                 head.contains("\r\nx-zeroscale-error: unsupported_request\r\n"),
                 "{head}"
             );
+        })
+        .await;
+    }
+
+    /// A pod that counts the connections it accepts and, when `close` says so, closes
+    /// each one after its answer.
+    async fn counting_pod(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let (listener, addr) = listen().await;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(move |_: Request<Incoming>| async move {
+                    let mut response = Response::builder();
+                    if close {
+                        response = response.header(header::CONNECTION, "close");
+                    }
+                    Ok::<_, Infallible>(
+                        response
+                            .body(Full::new(Bytes::from_static(b"ok")))
+                            .expect("response"),
+                    )
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// An activator whose client connections each have an [`Affinity`].
+    async fn affine_activator(pod: SocketAddr) -> SocketAddr {
+        let forwarder = Forwarder::new(&config());
+        let affinities: Arc<Mutex<std::collections::HashMap<SocketAddr, Arc<Affinity>>>> =
+            Arc::default();
+        serve(false, move |req, client| {
+            let forwarder = forwarder.clone();
+            let affinity = Arc::clone(lock(&affinities).entry(client).or_default());
+            async move {
+                let sent = match Outbound::new(req, client, "http") {
+                    Ok(outbound) => {
+                        forwarder
+                            .send_via(outbound, pod, PodProtocol::Http1, (), Some(&affinity))
+                            .await
+                    }
+                    Err(error) => return error.into_response(),
+                };
+                sent.unwrap_or_else(|failed| failed.error.into_response())
+            }
+        })
+        .await
+    }
+
+    /// Sends `count` GETs one after another over one keep-alive connection.
+    async fn keep_alive_gets(activator: SocketAddr, count: usize) -> Vec<StatusCode> {
+        let stream = TcpStream::connect(activator).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut statuses = Vec::new();
+        for _ in 0..count {
+            sender.ready().await.expect("ready");
+            let req = request(Method::GET, "/")
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let response = sender.send_request(req).await.expect("response");
+            statuses.push(response.status());
+            let _ = response.into_body().collect().await;
+        }
+        statuses
+    }
+
+    #[tokio::test]
+    async fn keep_alive_client_gets_its_own_pod_connection_from_its_second_request() {
+        bounded(async {
+            let (pod, accepted) = counting_pod(false).await;
+            let activator = affine_activator(pod).await;
+            let statuses = keep_alive_gets(activator, 5).await;
+            assert_eq!(statuses, [StatusCode::OK; 5]);
+            // The first request through the shared pool, the rest over one connection.
+            assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn pod_closing_the_connection_after_each_answer_loses_no_request() {
+        bounded(async {
+            let (pod, accepted) = counting_pod(true).await;
+            let activator = affine_activator(pod).await;
+            let statuses = keep_alive_gets(activator, 5).await;
+            assert_eq!(statuses, [StatusCode::OK; 5]);
+            assert!(accepted.load(Ordering::SeqCst) >= 5);
         })
         .await;
     }

@@ -18,7 +18,7 @@ use zeroscale_api::stats::StatsReport;
 
 use crate::capacity::{Permit, Queued};
 use crate::errors::ActivatorError;
-use crate::forward::{Forwarder, Outbound, ResponseBody, SendError, Unsent};
+use crate::forward::{Affinity, Forwarder, Outbound, ResponseBody, SendError, Unsent};
 use crate::functions::{FunctionState, Functions, Listener};
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeConfig};
@@ -64,6 +64,20 @@ impl Activator {
         client: SocketAddr,
         scheme: &'static str,
     ) -> ActivatorResponse {
+        self.handle_via(request, listener, client, scheme, None)
+            .await
+    }
+
+    /// [`Activator::handle`] for a request on a client connection with `affinity`
+    /// (see [`Affinity`]): its own connection to the pod its requests go to.
+    pub async fn handle_via(
+        &self,
+        request: Request<Incoming>,
+        listener: Listener,
+        client: SocketAddr,
+        scheme: &'static str,
+        affinity: Option<&Affinity>,
+    ) -> ActivatorResponse {
         let arrived = Instant::now();
         let host = request
             .headers()
@@ -77,7 +91,7 @@ impl Activator {
         };
         function.count_request();
         let response = match self
-            .serve(&function, request, client, scheme, arrived)
+            .serve(&function, request, client, scheme, arrived, affinity)
             .await
         {
             Ok(response) => response,
@@ -101,6 +115,7 @@ impl Activator {
         client: SocketAddr,
         scheme: &'static str,
         arrived: Instant,
+        affinity: Option<&Affinity>,
     ) -> Result<ActivatorResponse, ActivatorError> {
         let settings = function.settings();
         // One deadline from arrival bounds waiting for a pod and waiting for the pod's
@@ -118,7 +133,11 @@ impl Activator {
             let protocol = permit.protocol();
             let remaining = ends.saturating_duration_since(Instant::now());
             outbound = outbound.with_response_start_timeout(remaining);
-            match self.forwarder.send(outbound, pod, protocol, permit).await {
+            match self
+                .forwarder
+                .send_via(outbound, pod, protocol, permit, affinity)
+                .await
+            {
                 Ok(response) => return Ok(response),
                 Err(SendError {
                     error,
@@ -238,11 +257,15 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activator = Arc::clone(&activator);
+        let affinity = Arc::new(Affinity::default());
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let activator = Arc::clone(&activator);
+            let affinity = Arc::clone(&affinity);
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    activator.handle(request, exposure, client, "http").await,
+                    activator
+                        .handle_via(request, exposure, client, "http", Some(&affinity))
+                        .await,
                 )
             }
         });
