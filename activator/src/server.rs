@@ -133,11 +133,13 @@ impl Activator {
             let protocol = permit.protocol();
             let remaining = ends.saturating_duration_since(Instant::now());
             outbound = outbound.with_response_start_timeout(remaining);
-            match self
-                .forwarder
-                .send_via(outbound, pod, protocol, permit, affinity)
-                .await
-            {
+            // Boxed: the exchange's state is large, and a request held at zero should
+            // not carry room for it while it waits.
+            let sent = Box::pin(
+                self.forwarder
+                    .send_via(outbound, pod, protocol, permit, affinity),
+            );
+            match sent.await {
                 Ok(response) => return Ok(response),
                 Err(SendError {
                     error,
