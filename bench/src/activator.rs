@@ -41,6 +41,15 @@ pub fn host(name: &str) -> String {
     format!("{name}.{NAMESPACE}")
 }
 
+/// How the activator's listener runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// tokio's default multi-threaded runtime, as `activator/src/main.rs` runs today.
+    MultiThread,
+    /// One single-threaded runtime per core (`server::serve_per_core`).
+    PerCore,
+}
+
 /// Reports wakes on stdout, where the bench plays the operator.
 struct PrintWake;
 
@@ -55,6 +64,7 @@ impl Wake for PrintWake {
 pub async fn run_process(
     upstream: Option<SocketAddr>,
     probe_period: Duration,
+    runtime: Runtime,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let functions = Arc::new(Functions::new(Domains::default(), metrics.clone()));
@@ -79,15 +89,35 @@ pub async fn run_process(
         Duration::from_millis(100),
         std::future::pending(),
     ));
-    let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    println!("listening {}", listener.local_addr()?);
-    tokio::spawn(server::serve(
-        listener,
-        Listener::Cluster,
-        activator,
-        ServerLimits::default(),
-        std::future::pending(),
-    ));
+    let addr = match runtime {
+        Runtime::MultiThread => {
+            let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(server::serve(
+                listener,
+                Listener::Cluster,
+                activator,
+                ServerLimits::default(),
+                std::future::pending(),
+            ));
+            addr
+        }
+        Runtime::PerCore => {
+            let threads = std::thread::available_parallelism().map_or(1, usize::from);
+            let server = server::serve_per_core(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                threads,
+                Listener::Cluster,
+                activator,
+                ServerLimits::default(),
+                std::future::pending::<()>,
+            )?;
+            let addr = server.local_addr;
+            tokio::spawn(server.finished());
+            addr
+        }
+    };
+    println!("listening {addr}");
 
     // Blocking stdin on a thread of its own; the parent closing it ends the process.
     let (lines, mut commands) = mpsc::unbounded_channel::<String>();
@@ -185,11 +215,23 @@ impl ActivatorProcess {
         upstream: Option<SocketAddr>,
         probe_period: Duration,
     ) -> anyhow::Result<Self> {
+        Self::start_with(upstream, probe_period, Runtime::MultiThread).await
+    }
+
+    /// [`ActivatorProcess::start`] with its listener on `runtime`.
+    pub async fn start_with(
+        upstream: Option<SocketAddr>,
+        probe_period: Duration,
+        runtime: Runtime,
+    ) -> anyhow::Result<Self> {
         let mut args = vec![
             "serve-activator".to_owned(),
             "--probe-period-ms".to_owned(),
             probe_period.as_millis().to_string(),
         ];
+        if runtime == Runtime::PerCore {
+            args.extend(["--runtime".to_owned(), "per-core".to_owned()]);
+        }
         if let Some(upstream) = upstream {
             args.extend(["--upstream".to_owned(), upstream.to_string()]);
         }

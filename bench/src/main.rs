@@ -51,6 +51,8 @@ enum Command {
         upstream: Option<SocketAddr>,
         #[arg(long, default_value_t = 25)]
         probe_period_ms: u64,
+        #[arg(long, value_enum, default_value_t = activator::Runtime::MultiThread)]
+        runtime: activator::Runtime,
     },
     /// The upstream HTTP server (used by the bench itself).
     #[command(hide = true)]
@@ -117,7 +119,10 @@ async fn main() -> anyhow::Result<()> {
         Command::ServeActivator {
             upstream,
             probe_period_ms,
-        } => activator::run_process(upstream, Duration::from_millis(probe_period_ms)).await,
+            runtime,
+        } => {
+            activator::run_process(upstream, Duration::from_millis(probe_period_ms), runtime).await
+        }
         Command::ServeUpstream => upstream::run_process().await,
         Command::All(args) => run("all", args, false).await,
         Command::Smoke(args) => run("smoke", args, true).await,

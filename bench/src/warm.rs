@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::activator::{self, ActivatorProcess};
+use crate::activator::{self, ActivatorProcess, Runtime};
 use crate::procs;
 use crate::report::{Goal, Row, Section, median, micros};
 use crate::tools::{self, Nginx, WrkRun};
@@ -27,8 +27,10 @@ pub struct WarmConfig {
 /// One wrk run with the CPU seconds the proxy and the upstream used meanwhile.
 type Run = (WrkRun, f64, f64);
 
-/// The three ways to the upstream, in the order they run.
-const TARGETS: [&str; 3] = ["direct", "activator", "nginx"];
+/// The ways to the upstream, in the order they run: `per-core` is the activator with its
+/// listener on one single-threaded runtime per core (`server::serve_per_core`), the
+/// layout proposed for `activator/src/main.rs`; `activator` is the layout main.rs has.
+const TARGETS: [&str; 4] = ["direct", "activator", "per-core", "nginx"];
 
 /// One target at one concurrency, over all rounds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -49,6 +51,12 @@ struct Measured {
 pub async fn run(config: &WarmConfig, dir: &Path) -> anyhow::Result<Section> {
     let upstream = procs::spawn_self(&["serve-upstream".to_owned()]).await?;
     let activator = ActivatorProcess::start(Some(upstream.addr), Duration::from_millis(25)).await?;
+    let per_core = ActivatorProcess::start_with(
+        Some(upstream.addr),
+        Duration::from_millis(25),
+        Runtime::PerCore,
+    )
+    .await?;
     // nginx gets as many workers as the activator's runtime has threads (tokio's
     // default, one per core, as in activator/src/main.rs).
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
@@ -58,11 +66,13 @@ pub async fn run(config: &WarmConfig, dir: &Path) -> anyhow::Result<Section> {
     let url = |target: &str| match target {
         "direct" => format!("http://{}/", upstream.addr),
         "activator" => format!("http://{}/", activator.addr()),
+        "per-core" => format!("http://{}/", per_core.addr()),
         _ => format!("http://{}/", nginx.addr),
     };
     let proxy_pids = |target: &str| match target {
         "direct" => vec![upstream.pid],
         "activator" => vec![activator.pid()],
+        "per-core" => vec![per_core.pid()],
         _ => nginx.pids(),
     };
 
@@ -152,12 +162,19 @@ fn section(
                 .cloned()
                 .unwrap_or_default()
         };
-        let (direct, activator, nginx) = (get("direct"), get("activator"), get("nginx"));
-        for (target, m) in [
+        let (direct, activator, per_core, nginx) = (
+            get("direct"),
+            get("activator"),
+            get("per-core"),
+            get("nginx"),
+        );
+        let subjects = [
             ("direct", &direct),
             ("activator", &activator),
+            ("activator, per-core runtime", &per_core),
             ("nginx", &nginx),
-        ] {
+        ];
+        for (target, m) in subjects {
             let cpu_owner = if target == "direct" { "upstream " } else { "" };
             rows.push(Row::info(
                 &section,
@@ -178,73 +195,32 @@ fn section(
                 ));
             }
         }
-        let vs_direct = ratio(activator.requests_per_second, direct.requests_per_second);
-        let vs_nginx = ratio(activator.requests_per_second, nginx.requests_per_second);
-        rows.push(Row::check(
-            &section,
-            "activator/direct throughput",
-            vs_direct,
-            format!("{vs_direct:.2}x"),
-            Goal::AtLeast(0.6),
-            ">= 0.60x",
-        ));
-        rows.push(Row::check(
-            &section,
-            "activator/nginx throughput",
-            vs_nginx,
-            format!("{vs_nginx:.2}x"),
-            Goal::AtLeast(1.0),
-            ">= 1.00x",
-        ));
-        let cpu_vs_nginx = ratio(activator.cpu_seconds_per_1k, nginx.cpu_seconds_per_1k);
-        rows.push(Row::info(
-            &section,
-            "activator/nginx cpu per request",
-            format!("{cpu_vs_nginx:.2}x"),
-        ));
-        let added_p50 = activator.p50_us - direct.p50_us;
-        let added_p99 = activator.p99_us - direct.p99_us;
-        if concurrency == 64 {
-            rows.push(Row::check(
-                &section,
-                "added p50 (activator - direct)",
-                added_p50,
-                micros(added_p50),
-                Goal::AtMost(100.0),
-                "<= 100 us",
-            ));
-            rows.push(Row::check(
-                &section,
-                "added p99 (activator - direct)",
-                added_p99,
-                micros(added_p99),
-                Goal::AtMost(1000.0),
-                "<= 1 ms",
-            ));
-        } else {
-            rows.push(Row::info(
-                &section,
-                "added p50 / p99 (activator - direct)",
-                format!("{} / {}", micros(added_p50), micros(added_p99)),
-            ));
+        for (label, m) in [("activator", &activator), ("per-core", &per_core)] {
+            rows.extend(checks(&section, concurrency, label, m, &direct, &nginx));
         }
         by_concurrency.push(json!({
             "concurrency": concurrency,
             "direct": direct,
             "activator": activator,
+            "activator_per_core": per_core,
             "nginx": nginx,
-            "activator_vs_direct": vs_direct,
-            "activator_vs_nginx": vs_nginx,
-            "activator_vs_nginx_cpu": cpu_vs_nginx,
-            "added_p50_us": added_p50,
-            "added_p99_us": added_p99,
+            "activator_vs_direct": ratio(activator.requests_per_second, direct.requests_per_second),
+            "activator_vs_nginx": ratio(activator.requests_per_second, nginx.requests_per_second),
+            "activator_vs_nginx_cpu": ratio(activator.cpu_seconds_per_1k, nginx.cpu_seconds_per_1k),
+            "added_p50_us": activator.p50_us - direct.p50_us,
+            "added_p99_us": activator.p99_us - direct.p99_us,
+            "per_core_vs_direct": ratio(per_core.requests_per_second, direct.requests_per_second),
+            "per_core_vs_nginx": ratio(per_core.requests_per_second, nginx.requests_per_second),
+            "per_core_vs_nginx_cpu": ratio(per_core.cpu_seconds_per_1k, nginx.cpu_seconds_per_1k),
+            "per_core_added_p50_us": per_core.p50_us - direct.p50_us,
+            "per_core_added_p99_us": per_core.p99_us - direct.p99_us,
         }));
     }
     rows.push(Row::info(
         "warm",
         "setup",
         format!(
-            "wrk -t2 keep-alive, {} s x {} rounds per target, activator {workers} tokio workers, nginx {workers} workers",
+            "wrk -t2 keep-alive, {} s x {} rounds per target, activator {workers} tokio workers (per-core: {workers} threads), nginx {workers} workers",
             config.seconds, config.rounds
         ),
     ));
@@ -258,6 +234,69 @@ fn section(
         rows,
         hard_errors,
     }
+}
+
+/// The target rows of one activator layout (`label`) at one concurrency.
+fn checks(
+    section: &str,
+    concurrency: usize,
+    label: &str,
+    m: &Measured,
+    direct: &Measured,
+    nginx: &Measured,
+) -> Vec<Row> {
+    let vs_direct = ratio(m.requests_per_second, direct.requests_per_second);
+    let vs_nginx = ratio(m.requests_per_second, nginx.requests_per_second);
+    let cpu_vs_nginx = ratio(m.cpu_seconds_per_1k, nginx.cpu_seconds_per_1k);
+    let (added_p50, added_p99) = (m.p50_us - direct.p50_us, m.p99_us - direct.p99_us);
+    let mut rows = vec![
+        Row::check(
+            section,
+            &format!("{label}/direct throughput"),
+            vs_direct,
+            format!("{vs_direct:.2}x"),
+            Goal::AtLeast(0.6),
+            ">= 0.60x",
+        ),
+        Row::check(
+            section,
+            &format!("{label}/nginx throughput"),
+            vs_nginx,
+            format!("{vs_nginx:.2}x"),
+            Goal::AtLeast(1.0),
+            ">= 1.00x",
+        ),
+        Row::info(
+            section,
+            &format!("{label}/nginx cpu per request"),
+            format!("{cpu_vs_nginx:.2}x"),
+        ),
+    ];
+    if concurrency == 64 {
+        rows.push(Row::check(
+            section,
+            &format!("{label} added p50 (vs direct)"),
+            added_p50,
+            micros(added_p50),
+            Goal::AtMost(100.0),
+            "<= 100 us",
+        ));
+        rows.push(Row::check(
+            section,
+            &format!("{label} added p99 (vs direct)"),
+            added_p99,
+            micros(added_p99),
+            Goal::AtMost(1000.0),
+            "<= 1 ms",
+        ));
+    } else {
+        rows.push(Row::info(
+            section,
+            &format!("{label} added p50 / p99 (vs direct)"),
+            format!("{} / {}", micros(added_p50), micros(added_p99)),
+        ));
+    }
+    rows
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
