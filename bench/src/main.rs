@@ -11,6 +11,7 @@ mod activator;
 mod burst;
 mod client;
 mod cold;
+mod local;
 mod memory;
 mod procs;
 mod report;
@@ -66,6 +67,9 @@ enum Scenario {
     Cold,
     Burst,
     Memory,
+    /// `zeroscale dev`: hello's cold start with its process, and the autoscaler's
+    /// answer to a load step.
+    Local,
 }
 
 /// Every knob; unset ones take the `all` or `smoke` default.
@@ -93,6 +97,12 @@ struct RunArgs {
     /// Cold start: runs per mode [all: 50; smoke: 3].
     #[arg(long)]
     cold_runs: Option<usize>,
+    /// Local mode: cold starts of hello from zero [all: 20; smoke: 2].
+    #[arg(long)]
+    local_cold_runs: Option<usize>,
+    /// Local mode: clients (and replicas wanted) of the load step [all: 4; smoke: 2].
+    #[arg(long)]
+    step_clients: Option<usize>,
     /// Cold start and bursts: ms from the wake until the pod listens.
     #[arg(long, default_value_t = 200)]
     pod_start_ms: u64,
@@ -146,6 +156,7 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             Scenario::Cold,
             Scenario::Burst,
             Scenario::Memory,
+            Scenario::Local,
         ]
     } else {
         args.only.clone()
@@ -208,6 +219,13 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
                     held: args.held.unwrap_or(pick(10_000, 200)).max(2),
                 };
                 memory::run(&config).await
+            }
+            Scenario::Local => {
+                let config = local::LocalConfig {
+                    cold_runs: args.local_cold_runs.unwrap_or(pick(20, 2)).max(1),
+                    step_clients: args.step_clients.unwrap_or(pick(4, 2)).max(2),
+                };
+                local::run(&config, &dir).await
             }
         };
         match result {
