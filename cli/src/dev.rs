@@ -33,20 +33,31 @@ use crate::manifest;
 use local::LocalFunction;
 use runtime::ProcessRuntime;
 
-/// How `zeroscale dev` runs.
+/// How `zeroscale dev` runs: its command-line arguments.
+#[derive(clap::Args)]
 pub struct DevConfig {
-    /// Manifest files or folders.
+    /// Manifest files, or directories of .yaml files; reloaded when they change.
+    #[arg(default_value = ".")]
     pub paths: Vec<PathBuf>,
     /// Where callers reach the Functions.
+    #[arg(long, env = "ZEROSCALE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where /metrics, /healthz, /readyz and /stats are served; off when None.
+    /// Serve /metrics, /healthz, /readyz and /stats here (off when unset).
+    #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Time between autoscaler decisions.
+    #[arg(long, default_value = "1s", value_parser = duration)]
     pub autoscaler_tick: Duration,
     /// Time between checks of the manifests for changes.
+    #[arg(long, default_value = "1s", value_parser = duration)]
     pub reload_period: Duration,
-    /// After SIGTERM or Ctrl-C: longest to wait for requests in flight and held.
+    /// After Ctrl-C or SIGTERM: longest to wait for requests in flight and held.
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub drain_period: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// The domain under which every Function is reachable: `<fn>.<ns>.localhost`, which

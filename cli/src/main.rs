@@ -6,10 +6,8 @@ mod dev;
 mod error;
 mod manifest;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use zeroscale_admin::process::{self, LogFormat};
@@ -34,44 +32,14 @@ enum Command {
     },
     /// Run Function manifests locally: the real activator and autoscaler, with each
     /// replica a local process (command from the zeroscale.dev/local-command annotation).
-    Dev {
-        /// Manifest files, or directories of .yaml files; reloaded when they change.
-        #[arg(default_value = ".")]
-        paths: Vec<PathBuf>,
-        /// Where callers reach the Functions.
-        #[arg(long, env = "ZEROSCALE_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Serve /metrics, /healthz, /readyz and /stats here (off when unset).
-        #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN")]
-        admin_listen: Option<SocketAddr>,
-        /// Time between autoscaler decisions.
-        #[arg(long, default_value = "1s", value_parser = duration)]
-        autoscaler_tick: Duration,
-        /// Time between checks of the manifests for changes.
-        #[arg(long, default_value = "1s", value_parser = duration)]
-        reload_period: Duration,
-        /// After Ctrl-C or SIGTERM: longest to wait for requests in flight and held.
-        #[arg(long, default_value = "10s", value_parser = duration)]
-        drain_period: Duration,
-    },
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
+    Dev(dev::DevConfig),
 }
 
 fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
     match command {
         Command::Validate { paths } => validate_all(&paths),
-        Command::Dev {
-            paths,
-            listen,
-            admin_listen,
-            autoscaler_tick,
-            reload_period,
-            drain_period,
-        } => {
+        Command::Dev(config) => {
             // The activator's and autoscaler's warnings, on stderr; RUST_LOG shows more.
             process::init_tracing(LogFormat::Text, "warn");
             let runtime = match tokio::runtime::Runtime::new() {
@@ -80,14 +48,6 @@ fn main() -> ExitCode {
                     eprintln!("starting the async runtime: {error}");
                     return ExitCode::FAILURE;
                 }
-            };
-            let config = dev::DevConfig {
-                paths,
-                listen,
-                admin_listen,
-                autoscaler_tick,
-                reload_period,
-                drain_period,
             };
             match runtime.block_on(dev::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
