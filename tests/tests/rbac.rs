@@ -1,17 +1,18 @@
-//! The chart's RBAC for the operator, derived from the code: every path of the operator
-//! that talks to the API server runs against a recording fake API server on loopback,
-//! each request becomes the permission the API server would check (verb, API group,
-//! resource, namespace, name), and the test fails unless the chart's rules
-//! (`charts/zeroscale/rbac/operator-*.yaml`, the files its templates include) grant every
-//! one of them and every grant in them was used. Adding an API call to the operator
-//! without its grant, or leaving a grant the code no longer needs, fails here.
+//! The chart's RBAC, derived from the code: every path of the operator and of the
+//! activator that talks to the API server runs against a recording fake API server on
+//! loopback, each request becomes the permission the API server would check (verb, API
+//! group, resource, namespace, name), and each test fails unless the chart's rules for
+//! that component (`charts/zeroscale/rbac/operator-*.yaml` and
+//! `charts/zeroscale/rbac/activator-clusterrole.yaml`, the files its templates include)
+//! grant every one of them and every grant in them was used. Adding an API call to
+//! either without its grant, or leaving a grant the code no longer needs, fails here.
 //!
 //! Also checks that the chart ships the generated CRD unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -27,7 +28,12 @@ use kube::Api;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use zeroscale_activator::cluster::{KubeWake, watch_endpoint_slices, watch_functions};
+use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::metrics::Metrics as ActivatorMetrics;
+use zeroscale_activator::routing::{Domains, FunctionKey};
+use zeroscale_activator::wake::Wake;
 use zeroscale_api::stats::{FunctionStats, StatsReport};
 use zeroscale_api::{Function, FunctionSpec, Metric, ScalingDefaults, keys};
 use zeroscale_operator::autoscaler::run::{
@@ -35,7 +41,7 @@ use zeroscale_operator::autoscaler::run::{
 };
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::lease::{Attempt, LeaderElector};
-use zeroscale_operator::metrics::Metrics;
+use zeroscale_operator::metrics::Metrics as OperatorMetrics;
 use zeroscale_operator::resources::{self, Config};
 
 /// The namespace the chart is installed in: the operator's Lease and the activator
@@ -58,6 +64,7 @@ async fn chart_rbac_grants_exactly_the_api_calls_the_operator_makes() {
 
     let chart = chart_dir().join("rbac");
     let grants = Grants {
+        component: "operator",
         cluster: read_rules(&chart.join("operator-clusterrole.yaml")),
         release_namespace: read_rules(&chart.join("operator-role.yaml")),
     };
@@ -78,10 +85,11 @@ fn chart_ships_the_generated_crd_unchanged() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Scenarios: the operator's code paths that reach the API server.
+// The operator: its code paths that reach the API server.
 
 fn context(api: &FakeApi) -> Arc<Context> {
-    let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics register");
+    let metrics =
+        OperatorMetrics::register(&prometheus::Registry::new()).expect("metrics register");
     let reporter = Reporter {
         controller: "zeroscale-operator".into(),
         instance: Some("zeroscale-operator-0".into()),
@@ -353,6 +361,86 @@ async fn lease_paths(api: &FakeApi) {
     leadership.release().await.expect("release the Lease");
 }
 
+// ---------------------------------------------------------------------------------------
+// The activator: its watches and its wake request.
+
+#[tokio::test]
+async fn chart_rbac_grants_exactly_the_api_calls_the_activator_makes() {
+    let api = FakeApi::start().await;
+    let mut hello = Function::new("hello", FunctionSpec::with_image("example.com/hello:1"));
+    hello.metadata.namespace = Some("team".into());
+    api.put_function(&hello);
+
+    // The watches, across all namespaces (the default) and in one (--namespaces).
+    let functions = Arc::new(Functions::new(
+        Domains::default(),
+        ActivatorMetrics::new().expect("metrics"),
+    ));
+    let mut synced = Vec::new();
+    let mut watches = Vec::new();
+    for namespace in [None, Some("team")] {
+        let (done, listed) = oneshot::channel();
+        let (client, functions_a) = (api.client(), Arc::clone(&functions));
+        watches.push(tokio::spawn(async move {
+            watch_functions(client, namespace, functions_a, move || {
+                let _ = done.send(());
+            })
+            .await;
+        }));
+        synced.push(listed);
+        let (done, listed) = oneshot::channel();
+        let (client, functions_b) = (api.client(), Arc::clone(&functions));
+        watches.push(tokio::spawn(async move {
+            watch_endpoint_slices(client, namespace, functions_b, move || {
+                let _ = done.send(());
+            })
+            .await;
+        }));
+        synced.push(listed);
+    }
+    for listed in synced {
+        within("the first lists", listed).await.expect("synced");
+    }
+    assert!(
+        functions
+            .route(Listener::Cluster, "hello.team", "/")
+            .is_ok(),
+        "the listed Function is routed"
+    );
+
+    // A request held at zero asks the operator to wake the Function.
+    KubeWake::new(api.client()).wake(&FunctionKey::new("team", "hello"));
+
+    api.wait_until("the watches and the wake request", |calls| {
+        ["functions", "endpointslices"].iter().all(|resource| {
+            [None, Some("team")].iter().all(|namespace| {
+                calls
+                    .iter()
+                    .any(|call| call.is_watch_of(resource, *namespace))
+            })
+        }) && calls.iter().any(|call| call.method == Method::PATCH)
+    })
+    .await;
+    for watch in watches {
+        watch.abort();
+    }
+    let woken = api
+        .get("/apis/zeroscale.dev/v1alpha1", "team", "functions", "hello")
+        .expect("hello");
+    assert!(
+        woken["metadata"]["annotations"][keys::WAKE_REQUESTED_AT].is_string(),
+        "the wake request is recorded on the Function"
+    );
+
+    // The activator has no Role in the release namespace: its ClusterRole is all it gets.
+    let grants = Grants {
+        component: "activator",
+        cluster: read_rules(&chart_dir().join("rbac/activator-clusterrole.yaml")),
+        release_namespace: Vec::new(),
+    };
+    grants.assert_exactly(&api.accesses());
+}
+
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(STEP_TIMEOUT, future)
         .await
@@ -410,7 +498,7 @@ impl Rule {
 /// Reads a rules file of the chart: a block list of rules whose keys hold flow lists,
 /// e.g. `- apiGroups: [""]` / `  verbs: [get, list]`. Anything else fails the test, so the
 /// files stay in the one form both Helm and this reader understand.
-fn read_rules(path: &std::path::Path) -> Vec<Rule> {
+fn read_rules(path: &Path) -> Vec<Rule> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut rules: Vec<Rule> = Vec::new();
     for (number, line) in text.lines().enumerate() {
@@ -486,8 +574,11 @@ impl std::fmt::Display for Access {
     }
 }
 
-/// The ClusterRole's rules apply everywhere; the Role's only in the release namespace.
+/// One component's rules: the ClusterRole's apply everywhere; the Role's (if it has one)
+/// only in the release namespace.
 struct Grants {
+    /// `operator` or `activator`, for the failure message.
+    component: &'static str,
     cluster: Vec<Rule>,
     release_namespace: Vec<Rule>,
 }
@@ -502,6 +593,7 @@ impl Grants {
                     .any(|rule| rule.grants(access)))
     }
 
+    /// Fails unless the rules grant every access and every grant was used by one.
     fn assert_exactly(&self, accesses: &BTreeSet<Access>) {
         let denied: BTreeSet<String> = accesses
             .iter()
@@ -529,9 +621,10 @@ impl Grants {
                 }
             }
         }
+        let component = self.component;
         assert!(
             denied.is_empty() && unused.is_empty(),
-            "the chart's operator rules do not match the operator's API calls\n\
+            "the chart's {component} rules do not match the {component}'s API calls\n\
              calls the rules do not grant: {denied:#?}\n\
              grants no call used: {unused:#?}"
         );
@@ -540,7 +633,9 @@ impl Grants {
 
 // ---------------------------------------------------------------------------------------
 // A fake API server on loopback: stores objects by path, answers like the real one
-// closely enough for the operator's client code, and records every request.
+// closely enough for the operator's and the activator's client code, and records every
+// request. Anything it does not support is still recorded (and refused), so a new kind of
+// call still shows up as a permission to check.
 
 /// A request the fake answered.
 #[derive(Clone, Debug)]
@@ -555,9 +650,7 @@ struct Call {
 
 impl Call {
     fn is_watch_of(&self, resource: &str, namespace: Option<&str>) -> bool {
-        self.watch
-            && self.target.resource == resource
-            && self.target.namespace.as_deref() == namespace
+        self.watch && self.target.is(resource, namespace)
     }
 
     fn is_event_note(&self, prefix: &str) -> bool {
@@ -640,6 +733,10 @@ impl Target {
             subresource,
         })
     }
+
+    fn is(&self, resource: &str, namespace: Option<&str>) -> bool {
+        self.resource == resource && self.namespace.as_deref() == namespace
+    }
 }
 
 /// Key of a stored object: prefix, namespace, resource, name.
@@ -705,14 +802,20 @@ impl FakeApi {
             .insert(key(prefix, namespace, resource, name), object);
     }
 
+    /// Stores `function` in its namespace, as the API server would return it.
     fn put_function(&self, function: &Function) {
         let mut object = serde_json::to_value(function).expect("json");
         object["apiVersion"] = json!("zeroscale.dev/v1alpha1");
         object["kind"] = json!("Function");
         let name = function.metadata.name.clone().unwrap_or_default();
+        let namespace = function
+            .metadata
+            .namespace
+            .clone()
+            .expect("a namespaced Function");
         self.put(
             "/apis/zeroscale.dev/v1alpha1",
-            "default",
+            &namespace,
             "functions",
             &name,
             object,
