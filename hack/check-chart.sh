@@ -12,7 +12,7 @@
 #      value has one;
 #   5. shellcheck on hack/*.sh.
 # Tools come from hack/install-tools.sh (into .tools/). The RBAC rules are checked
-# against the code by `cargo test` (operator/tests/rbac.rs, activator/tests/rbac.rs).
+# against the code by `cargo test` (tests/tests/rbac.rs).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
