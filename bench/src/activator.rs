@@ -60,17 +60,17 @@ impl Wake for PrintWake {
 }
 
 /// `serve-activator`: the activator with `probe_period` (0 = off), and, with
-/// `upstream`, the warm Function with one ready pod there.
+/// `upstream`, the warm Function with a ready pod at each of those addresses.
 pub async fn run_process(
-    upstream: Option<SocketAddr>,
+    upstream: Vec<SocketAddr>,
     probe_period: Duration,
     runtime: Runtime,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let functions = Arc::new(Functions::new(Domains::default(), metrics.clone()));
-    if let Some(upstream) = upstream {
+    if !upstream.is_empty() {
         functions.apply(&function(WARM_FUNCTION, None, None));
-        set(&functions, WARM_FUNCTION, upstream, EndpointState::Ready);
+        set(&functions, WARM_FUNCTION, &upstream, EndpointState::Ready);
     }
     let activator = Arc::new(Activator::new(
         Arc::clone(&functions),
@@ -153,8 +153,10 @@ fn command(functions: &Functions, line: &str) -> anyhow::Result<String> {
                 functions.apply(&function(&format!("{prefix}-{n}"), None, None));
             }
         }
-        ["ready", name, addr] => set(functions, name, addr.parse()?, EndpointState::Ready),
-        ["starting", name, addr] => set(functions, name, addr.parse()?, EndpointState::NotReady),
+        ["ready", name, addr] => set(functions, name, &[addr.parse()?], EndpointState::Ready),
+        ["starting", name, addr] => {
+            set(functions, name, &[addr.parse()?], EndpointState::NotReady);
+        }
         ["zero", name] => {
             functions.set_endpoints(&FunctionKey::new(NAMESPACE, *name), EndpointSet::default());
         }
@@ -184,15 +186,16 @@ fn function(name: &str, max_queued: Option<i32>, max_queue_wait: Option<&str>) -
     function
 }
 
-fn set(functions: &Functions, name: &str, addr: SocketAddr, state: EndpointState) {
+fn set(functions: &Functions, name: &str, addrs: &[SocketAddr], state: EndpointState) {
+    let pods = addrs.iter().map(|&addr| PodEndpoint {
+        addr,
+        pod: None,
+        state,
+        protocol: PodProtocol::Http1,
+    });
     functions.set_endpoints(
         &FunctionKey::new(NAMESPACE, name),
-        EndpointSet::new(vec![PodEndpoint {
-            addr,
-            pod: None,
-            state,
-            protocol: PodProtocol::Http1,
-        }]),
+        EndpointSet::new(pods.collect()),
     );
 }
 

@@ -48,8 +48,9 @@ enum Command {
     /// The activator under test (used by the bench itself).
     #[command(hide = true)]
     ServeActivator {
-        #[arg(long)]
-        upstream: Option<SocketAddr>,
+        /// Pods of the warm Function (comma-separated); none: no warm Function.
+        #[arg(long, value_delimiter = ',')]
+        upstream: Vec<SocketAddr>,
         #[arg(long, default_value_t = 25)]
         probe_period_ms: u64,
         #[arg(long, value_enum, default_value_t = activator::Runtime::MultiThread)]
