@@ -229,9 +229,22 @@ impl Capacity {
         deadline: Instant,
         on_queued: impl FnOnce(Queued),
     ) -> Result<Permit, CapacityError> {
+        self.acquire_near(deadline, None, on_queued).await
+    }
+
+    /// [`Capacity::acquire`] for a caller that already has a connection to pod `near`:
+    /// when that pod is ready, it is one of the two pods compared (instead of a second
+    /// random one) and wins ties, so a client connection keeps using its pod connection
+    /// while that pod is no busier than a random other.
+    pub async fn acquire_near(
+        &self,
+        deadline: Instant,
+        near: Option<SocketAddr>,
+        on_queued: impl FnOnce(Queued),
+    ) -> Result<Permit, CapacityError> {
         let shared = &self.shared;
         if shared.waiting.load(Ordering::SeqCst) == 0
-            && let Some(permit) = shared.try_reserve()
+            && let Some(permit) = shared.try_reserve(near)
         {
             return Ok(permit);
         }
@@ -296,8 +309,9 @@ impl Shared {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A slot on the less loaded of two pods chosen at random, or on any pod with room.
-    fn try_reserve(self: &Arc<Self>) -> Option<Permit> {
+    /// A slot on the less loaded of two pods chosen at random (or `near` and one chosen at
+    /// random, `near` winning ties), or on any pod with room.
+    fn try_reserve(self: &Arc<Self>, near: Option<SocketAddr>) -> Option<Permit> {
         let pods = self.pods.load();
         let limit = self.limit.load(Ordering::Acquire);
         let count = pods.len();
@@ -307,7 +321,11 @@ impl Shared {
         let random = splitmix(self.picks.fetch_add(1, Ordering::Relaxed));
         let first = (random % count as u64) as usize;
         let second = ((random >> 32) % count as u64) as usize;
-        let (a, b) = (&pods[first], &pods[second]);
+        let near = near.and_then(|addr| pods.iter().find(|pod| pod.addr == addr));
+        let (a, b) = match near {
+            Some(near) => (near, &pods[first]),
+            None => (&pods[first], &pods[second]),
+        };
         let preferred = if b.in_flight() < a.in_flight() { b } else { a };
         let pod = std::iter::once(preferred)
             .chain(pods.iter())
@@ -323,7 +341,7 @@ impl Shared {
     /// it cannot deliver is passed on or released without re-entering the lock.
     fn dispatch(self: &Arc<Self>, queue: &mut Queue) {
         while !queue.waiters.is_empty() {
-            let Some(mut permit) = self.try_reserve() else {
+            let Some(mut permit) = self.try_reserve(None) else {
                 return;
             };
             loop {
@@ -595,6 +613,43 @@ mod tests {
             assert!(task.await.expect("task").is_ok());
         }
         assert_eq!(capacity.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn near_pod_wins_ties_and_gives_way_to_a_less_loaded_one() {
+        let capacity = capacity(0, 10);
+        capacity.set_ready_pods(pods(&[1, 2]));
+        for _ in 0..20 {
+            let permit = capacity
+                .acquire_near(far(), Some(addr(2)), |_| {})
+                .await
+                .expect("permit");
+            assert_eq!(permit.addr(), addr(2), "an idle near pod is kept");
+        }
+        let busy = capacity
+            .acquire_near(far(), Some(addr(2)), |_| {})
+            .await
+            .expect("permit");
+        let mut others = 0;
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            let permit = capacity
+                .acquire_near(far(), Some(addr(2)), |_| {})
+                .await
+                .expect("permit");
+            others += usize::from(permit.addr() == addr(1));
+            held.push(permit);
+        }
+        assert!(
+            others >= 5,
+            "the busier near pod gave way {others} times of 20"
+        );
+        drop((busy, held));
+        let gone = capacity
+            .acquire_near(far(), Some(addr(9)), |_| {})
+            .await
+            .expect("a pod that is not ready is ignored");
+        assert_ne!(gone.addr(), addr(9));
     }
 
     #[tokio::test]

@@ -126,7 +126,8 @@ impl Activator {
             outbound = outbound.with_body_limit(limit)?;
         }
         let deadline = (arrived + settings.max_queue_wait).min(ends);
-        let mut permit = self.acquire(function, deadline).await?;
+        let near = affinity.and_then(Affinity::pod);
+        let mut permit = self.acquire(function, deadline, near).await?;
         let mut attempt = 1;
         loop {
             let pod = permit.addr();
@@ -150,7 +151,7 @@ impl Activator {
                     function.mark_unreachable(pod);
                     drop(guard);
                     outbound = request;
-                    permit = self.acquire(function, deadline).await?;
+                    permit = self.acquire(function, deadline, near).await?;
                     attempt += 1;
                 }
                 Err(failed) => return Err(failed.into()),
@@ -158,17 +159,19 @@ impl Activator {
         }
     }
 
-    /// A slot on one of the Function's pods, waiting (and waking it) if none is free.
+    /// A slot on one of the Function's pods, waiting (and waking it) if none is free;
+    /// `near` is the pod the client connection already has a connection to.
     async fn acquire(
         &self,
         function: &Arc<FunctionState>,
         deadline: Instant,
+        near: Option<SocketAddr>,
     ) -> Result<Permit, ActivatorError> {
         let started = Instant::now();
         let mut waited = None;
         let permit = function
             .capacity
-            .acquire(deadline, |queued| {
+            .acquire_near(deadline, near, |queued| {
                 if queued == Queued::FirstWithNoPods {
                     function.metrics.wakes.inc();
                     self.wake.wake(&function.key);
