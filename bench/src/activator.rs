@@ -44,9 +44,11 @@ pub fn host(name: &str) -> String {
 /// How the activator's listener runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
-    /// tokio's default multi-threaded runtime, as `activator/src/main.rs` runs today.
+    /// tokio's default multi-threaded runtime, as `activator/src/main.rs` ran before it
+    /// moved to per-core listeners; kept for comparison.
     MultiThread,
-    /// One single-threaded runtime per core (`server::serve_per_core`).
+    /// One single-threaded runtime per core (`server::serve_per_core`), as
+    /// `activator/src/main.rs` runs.
     PerCore,
 }
 
@@ -218,7 +220,7 @@ impl ActivatorProcess {
         upstream: Option<SocketAddr>,
         probe_period: Duration,
     ) -> anyhow::Result<Self> {
-        Self::start_with(upstream, probe_period, Runtime::MultiThread).await
+        Self::start_with(upstream, probe_period, Runtime::PerCore).await
     }
 
     /// [`ActivatorProcess::start`] with its listener on `runtime`.
@@ -232,8 +234,8 @@ impl ActivatorProcess {
             "--probe-period-ms".to_owned(),
             probe_period.as_millis().to_string(),
         ];
-        if runtime == Runtime::PerCore {
-            args.extend(["--runtime".to_owned(), "per-core".to_owned()]);
+        if runtime == Runtime::MultiThread {
+            args.extend(["--runtime".to_owned(), "multi-thread".to_owned()]);
         }
         if let Some(upstream) = upstream {
             args.extend(["--upstream".to_owned(), upstream.to_string()]);

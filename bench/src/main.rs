@@ -53,7 +53,7 @@ enum Command {
         upstream: Vec<SocketAddr>,
         #[arg(long, default_value_t = 25)]
         probe_period_ms: u64,
-        #[arg(long, value_enum, default_value_t = activator::Runtime::MultiThread)]
+        #[arg(long, value_enum, default_value_t = activator::Runtime::PerCore)]
         runtime: activator::Runtime,
     },
     /// The upstream HTTP server (used by the bench itself).
