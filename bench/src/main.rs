@@ -41,7 +41,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The full run: warm path, cold start, bursts, memory.
+    /// The full run: warm path, cold start, bursts, memory, local mode.
     All(RunArgs),
     /// A seconds-long run with tiny counts (for CI).
     Smoke(RunArgs),
@@ -92,7 +92,7 @@ struct RunArgs {
     /// Warm path: seconds per wrk run [all: 8; smoke: 1].
     #[arg(long)]
     seconds: Option<u64>,
-    /// Warm path: rounds of the three targets [all: 3; smoke: 1].
+    /// Warm path: rounds over the four targets [all: 3; smoke: 1].
     #[arg(long)]
     rounds: Option<usize>,
     /// Cold start: runs per mode [all: 50; smoke: 3].
