@@ -7,7 +7,7 @@ run:
 	cargo run -p zeroscale-operator -- run --leader-election=false
 
 # Everything CI checks: formatting, lints, the chart (lint, schemas, RBAC files, values
-# table, shellcheck), the CRD is current, all tests.
+# table, shellcheck), the CRD is current, all tests, the benchmarks' smoke run.
 test: lint
 	bash hack/check-chart.sh
 	cargo run -q -p zeroscale-operator -- crd | diff -u crds/function.yaml - || \
@@ -15,6 +15,9 @@ test: lint
 	cargo test --workspace --exclude zeroscale-tests
 	# Cluster tests print why they skip when no cluster is configured.
 	cargo test -p zeroscale-tests -- --nocapture
+	# The benchmarks in seconds, without the warm path (no wrk or nginx needed): fails
+	# only on hard errors such as a request at zero not answered 200.
+	cargo run -q -p zeroscale-bench -- smoke --no-install --only cold,burst,memory,local
 
 lint:
 	cargo fmt --all -- --check
