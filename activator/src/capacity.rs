@@ -26,6 +26,12 @@ pub enum CapacityError {
     /// The queue already holds `maxQueuedRequests` requests.
     #[error("too many requests are waiting for this function")]
     QueueFull,
+    /// No pod is ready and `maxQueuedRequests` is 0, so the request cannot be held; the
+    /// caller wakes the Function, since no waiting request did.
+    #[error(
+        "the function is starting and holds no requests (maxQueuedRequests is 0): retry shortly"
+    )]
+    NotHeldWhileStarting,
     /// No pod could take the request within the wait allowed.
     #[error("no pod could take the request within {0:?}")]
     ActivationTimeout(Duration),
@@ -260,6 +266,9 @@ impl Capacity {
                 // The queue may be full of requests a free slot could serve right now.
                 shared.dispatch(&mut queue);
                 if queue.waiters.len() >= shared.max_queued.load(Ordering::Acquire) {
+                    if queue.waiters.is_empty() && shared.pods.load().is_empty() {
+                        return Err(CapacityError::NotHeldWhileStarting);
+                    }
                     return Err(CapacityError::QueueFull);
                 }
             }
@@ -532,6 +541,22 @@ mod tests {
         let _b = queued(&capacity).await;
         let refused = capacity.acquire(far(), |_| panic!("must not queue")).await;
         assert_eq!(refused.err(), Some(CapacityError::QueueFull));
+    }
+
+    #[tokio::test]
+    async fn without_a_queue_a_request_at_zero_is_refused_as_not_held_while_starting() {
+        let capacity = capacity(1, 0);
+        let refused = capacity.acquire(far(), |_| panic!("must not queue")).await;
+        assert_eq!(refused.err(), Some(CapacityError::NotHeldWhileStarting));
+
+        capacity.set_ready_pods(pods(&[1]));
+        let _busy = capacity.acquire(far(), |_| panic!("a pod is free")).await;
+        let refused = capacity.acquire(far(), |_| panic!("must not queue")).await;
+        assert_eq!(
+            refused.err(),
+            Some(CapacityError::QueueFull),
+            "with a ready pod at its limit the queue is simply full"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -73,9 +73,11 @@ impl ActivatorError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Route(_) => StatusCode::NOT_FOUND,
-            Self::Capacity(CapacityError::QueueFull | CapacityError::CannotStart(_)) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Capacity(
+                CapacityError::QueueFull
+                | CapacityError::NotHeldWhileStarting
+                | CapacityError::CannotStart(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Capacity(CapacityError::ActivationTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
@@ -90,6 +92,7 @@ impl ActivatorError {
         match self {
             Self::Route(route) => route.metric_label(),
             Self::Capacity(CapacityError::QueueFull) => "queue_full",
+            Self::Capacity(CapacityError::NotHeldWhileStarting) => "not_held_while_starting",
             Self::Capacity(CapacityError::ActivationTimeout(_)) => "activation_timeout",
             Self::Capacity(CapacityError::CannotStart(_)) => "cannot_start",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -104,7 +107,9 @@ impl ActivatorError {
     /// The `Retry-After` of the answer, in seconds, when the client should try again.
     pub fn retry_after(&self) -> Option<HeaderValue> {
         match self {
-            Self::Capacity(CapacityError::QueueFull) => Some(RETRY_SOON),
+            Self::Capacity(CapacityError::QueueFull | CapacityError::NotHeldWhileStarting) => {
+                Some(RETRY_SOON)
+            }
             Self::Capacity(CapacityError::CannotStart(_)) => Some(RETRY_LATER),
             _ => None,
         }
@@ -164,6 +169,7 @@ mod tests {
             }
             .into(),
             CapacityError::QueueFull.into(),
+            CapacityError::NotHeldWhileStarting.into(),
             CapacityError::ActivationTimeout(Duration::from_secs(30)).into(),
             CapacityError::CannotStart("ImagePullBackOff".into()).into(),
             ActivatorError::BodyTooLarge { limit: 1024 },
@@ -182,6 +188,7 @@ mod tests {
             (404, "ambiguous_short_name", None),
             (404, "no_route_for_path", None),
             (503, "queue_full", Some("1")),
+            (503, "not_held_while_starting", Some("1")),
             (504, "activation_timeout", None),
             (503, "cannot_start", Some("5")),
             (413, "body_too_large", None),

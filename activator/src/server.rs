@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use zeroscale_api::stats::StatsReport;
 
-use crate::capacity::{Permit, Queued};
+use crate::capacity::{CapacityError, Permit, Queued};
 use crate::errors::ActivatorError;
 use crate::forward::{Affinity, Forwarder, Outbound, ResponseBody, SendError, Unsent};
 use crate::functions::{FunctionState, Functions, Listener};
@@ -179,7 +179,13 @@ impl Activator {
                 probe::start(function, self.probe, &self.metrics.probes);
                 waited = Some(queued);
             })
-            .await?;
+            .await
+            .inspect_err(|error| {
+                if *error == CapacityError::NotHeldWhileStarting {
+                    function.metrics.wakes.inc();
+                    self.wake.wake(&function.key);
+                }
+            })?;
         if let Some(queued) = waited {
             let wait = started.elapsed().as_secs_f64();
             function.metrics.queue_wait.observe(wait);

@@ -300,6 +300,32 @@ async fn full_queue_answers_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn without_a_queue_a_request_at_zero_wakes_the_function_and_is_told_to_retry() {
+    bounded(async {
+        let mut h = Harness::start().await;
+        h.apply(&Function::test("echo").max_queued_requests(0));
+
+        let refused = h.get("echo.team", "/").await;
+
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.header("retry-after"), "1");
+        assert_eq!(
+            refused.header("x-zeroscale-error"),
+            "not_held_while_starting"
+        );
+        assert_eq!(h.next_wake().await, key("echo"), "the refusal woke it");
+        assert_eq!(h.stats("echo").queued, 0);
+
+        let pod = Pod::named("echo").start().await;
+        h.set_pods("echo", vec![endpoint(pod.addr, Ready)]);
+        let retried = h.get("echo.team", "/").await;
+        assert_eq!(retried.status, StatusCode::OK);
+        assert_eq!(retried.pod(), "echo");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn held_request_times_out_with_504_after_max_queue_wait() {
     bounded(async {
         let mut h = Harness::start().await;

@@ -267,7 +267,9 @@ pub struct RequestsSpec {
     #[schemars(regex(pattern = duration::PATTERN))]
     pub timeout: String,
 
-    /// Most requests held while no pod can take them; more are refused with 503.
+    /// Most requests held while no pod can take them; more are refused with 503. With 0
+    /// nothing is held: a request to the Function at zero wakes it and is refused with
+    /// 503 and `Retry-After`.
     #[serde(default = "default_max_queued_requests")]
     #[schemars(range(min = 0, max = 1000000))]
     pub max_queued_requests: i32,
