@@ -2,7 +2,7 @@
 //! [`status`]. Each reconcile validates the spec, builds every desired object, applies
 //! them with server-side apply under one field manager, and writes the status.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,10 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failures per Function, for backoff.
     failures: Mutex<HashMap<ObjectRef<Function>, u32>>,
+    /// Functions without an HPA, as this process last saw (deleted, or found absent):
+    /// they get no DELETE on each reconcile. Empty at start, so a new leader checks
+    /// each Function once; a deleted Function leaves its name here.
+    without_hpa: Mutex<HashSet<ObjectRef<Function>>>,
 }
 
 impl Context {
@@ -61,12 +65,20 @@ impl Context {
             config,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            without_hpa: Mutex::new(HashSet::new()),
         }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Function>, u32>> {
         // A panic while holding this lock leaves only a counter behind: keep using it.
         self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn without_hpa(&self) -> std::sync::MutexGuard<'_, HashSet<ObjectRef<Function>>> {
+        // As for `failures`: the worst a poisoned set can cause is one extra DELETE.
+        self.without_hpa
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -244,11 +256,17 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     apply(&services, &pods_service, FIELD_MANAGER).await?;
 
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
+    let function_ref = ObjectRef::from_obj(function);
     match &hpa {
         Some(hpa) => {
+            ctx.without_hpa().remove(&function_ref);
             apply(&hpas, hpa, FIELD_MANAGER).await?;
         }
-        None => delete_if_present(&hpas, &zeroscale_api::names::hpa(&name)).await?,
+        None if ctx.without_hpa().contains(&function_ref) => {}
+        None => {
+            delete_if_present(&hpas, &zeroscale_api::names::hpa(&name)).await?;
+            ctx.without_hpa().insert(function_ref);
+        }
     }
 
     // Pods are read only while some are not ready: that is when they can say why.

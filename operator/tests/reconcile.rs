@@ -636,6 +636,58 @@ async fn ready_function_is_reapplied_without_scaling_listing_pods_or_publishing_
 }
 
 #[tokio::test]
+async fn absent_hpa_is_deleted_once_and_again_only_after_the_function_had_one() {
+    let (ctx, _metrics, mut server) = context();
+    let plain = Function::test("hello").serving();
+    let cpu = Function::test("hello").cpu("250m").serving();
+    let (plain_stored, cpu_stored) = (
+        deployment_in_cluster(&plain, 1, 1),
+        deployment_in_cluster(&cpu, 1, 1),
+    );
+    let (plain_expected, cpu_expected) = (plain.clone(), cpu.clone());
+    let verifier = tokio::spawn(async move {
+        // First reconcile in this process: the HPA may be left from earlier.
+        server.get_deployment(Some(plain_stored.clone())).await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        server.delete_absent_hpa().await;
+        server.apply_status(&plain_expected).await;
+        // Known absent since: no DELETE.
+        server.get_deployment(Some(plain_stored.clone())).await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        server.apply_status(&plain_expected).await;
+        // Switched to CPU: the HPA is applied...
+        server.get_deployment(Some(cpu_stored)).await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        let call = server.next(Method::PATCH, HPA).await;
+        let hpa = call.body.clone();
+        call.respond(StatusCode::OK, &hpa);
+        server.apply_status(&cpu_expected).await;
+        // ...and switched back: it is deleted again.
+        server.get_deployment(Some(plain_stored)).await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        let call = server.next(Method::DELETE, HPA).await;
+        call.respond(
+            StatusCode::OK,
+            &json!({"kind": "Status", "status": "Success"}),
+        );
+        server.apply_status(&plain_expected).await;
+        server.done().await;
+    });
+
+    let plain = Arc::new(plain);
+    for function in [plain.clone(), plain.clone(), Arc::new(cpu), plain] {
+        let result = reconcile(function, ctx.clone()).await;
+        assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+    }
+    drop(ctx);
+    verified(verifier).await;
+}
+
+#[tokio::test]
 async fn interrupted_handover_is_completed_at_the_current_scale_not_the_initial_one() {
     let (ctx, _metrics, mut server) = context();
     let function = Function::test("hello").serving();
