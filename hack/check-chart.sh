@@ -3,7 +3,8 @@
 #   1. helm lint --strict (values.schema.json included) with the default values and
 #      each charts/zeroscale/ci/*-values.yaml (every optional feature on; two watched
 #      namespaces);
-#   2. helm template of each, CRD included, validated against the Kubernetes JSON
+#   2. helm template of each, CRD included, with no two objects of one kind, namespace
+#      and name, validated against the Kubernetes JSON
 #      schemas of the oldest supported and a current version (kubernetes-validate
 #      --strict: unknown fields fail). ServiceMonitor is a custom resource the schemas
 #      lack: kubernetes-validate warns and skips it;
@@ -59,6 +60,11 @@ for values in "${value_sets[@]}"; do
         fail "helm template ($name)"
         failed=$((failed | before))
         continue
+    fi
+    # Two objects of one kind, namespace and name: one would overwrite the other.
+    if ! "$bin/python" hack/duplicate-objects.py "$rendered" >"$work/duplicates.out" 2>&1; then
+        cat "$work/duplicates.out" >&2
+        fail "duplicate objects ($name)"
     fi
     for version in "${kube_versions[@]}"; do
         if ! "$bin/kubernetes-validate" --strict --quiet --kubernetes-version "$version" "$rendered" \
