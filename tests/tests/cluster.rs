@@ -417,14 +417,25 @@ async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> any
             await_condition(deployments.clone(), "idle", conditions::is_created()),
         )
         .await??;
+        // The replicas are applied first, the Function's status after them: wait for both.
+        let last_scale = |reason: &'static str| {
+            move |function: Option<&Function>| {
+                function
+                    .and_then(|f| f.status.as_ref())
+                    .is_some_and(|status| {
+                        status.last_scale_time.is_some()
+                            && status.last_scale_reason.as_deref() == Some(reason)
+                    })
+            }
+        };
         tokio::time::timeout(WAIT, await_condition(deployments.clone(), "idle", at(0))).await??;
-        let function = functions.get("idle").await?;
-        let status = function.status.clone().unwrap_or_default();
-        assert!(status.last_scale_time.is_some());
-        assert_eq!(
-            status.last_scale_reason.as_deref(),
-            Some("ScaleToZero: 1 -> 0")
-        );
+        let function = tokio::time::timeout(
+            WAIT,
+            await_condition(functions.clone(), "idle", last_scale("ScaleToZero: 1 -> 0")),
+        )
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("the Function is gone"))?;
+        // Cleared before the replicas were applied.
         assert!(!function.annotations().contains_key(keys::WAKE_REQUESTED_AT));
 
         // What an activator does when a request finds no pod: hold it, and ask.
@@ -439,10 +450,13 @@ async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> any
             )
             .await?;
         tokio::time::timeout(WAIT, await_condition(deployments.clone(), "idle", at(1))).await??;
-        let status = functions.get("idle").await?.status.unwrap_or_default();
         // The reconcile of the annotation or the next tick's held request, whichever
         // comes first, wakes it; both record the same reason.
-        assert_eq!(status.last_scale_reason.as_deref(), Some("Wake: 0 -> 1"));
+        tokio::time::timeout(
+            WAIT,
+            await_condition(functions.clone(), "idle", last_scale("Wake: 0 -> 1")),
+        )
+        .await??;
         let _ = stop.send(true);
         Ok(())
     })
