@@ -7,6 +7,9 @@
 #   hack/kind-e2e.sh --keep    # leave the cluster running afterwards (to look around)
 #   hack/kind-e2e.sh --reuse   # use an existing zeroscale-e2e cluster instead of failing
 #
+# KIND_NODE_IMAGE picks the node image (and so the Kubernetes version), for example
+# kindest/node:v1.36.0; unset, kind uses its default.
+#
 # Needs docker (with a running engine), kind, and cargo; helm and kubectl come from
 # hack/install-tools.sh unless they are on PATH. It only ever talks to the cluster it
 # created: a kubeconfig of its own, `--context kind-zeroscale-e2e` on every command, and
@@ -23,7 +26,9 @@ system_namespace="zeroscale-system"
 # The Functions the installed operator serves. The cluster tests create their own
 # namespaces and run their own controller there, so the installed one must not watch them.
 app_namespace="default"
-tag="dev"
+# A tag of its own per run: with --reuse, pods of an earlier run's images are replaced,
+# not kept because the tag did not change. examples/hello.yaml names zeroscale/hello:dev.
+tag="e2e-$(date +%s)"
 local_port="${ZEROSCALE_E2E_PORT:-18080}"
 
 keep=false
@@ -33,7 +38,7 @@ for arg in "$@"; do
     --keep) keep=true ;;
     --reuse) reuse=true ;;
     -h | --help)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -63,6 +68,9 @@ if ((${#missing[@]})); then
 fi
 if ! docker info >/dev/null 2>&1; then
     die "docker is installed but no engine answers (is the daemon running, may this user use it?)"
+fi
+if [[ "$(docker info --format '{{.CgroupVersion}}' 2>/dev/null)" == "1" ]]; then
+    echo "kind-e2e: warning: this host has cgroup v1; kind nodes of Kubernetes 1.35 and later need cgroup v2" >&2
 fi
 if ! command -v helm >/dev/null 2>&1 || ! command -v kubectl >/dev/null 2>&1; then
     "$root/hack/install-tools.sh"
@@ -113,7 +121,8 @@ else
     step "creating kind cluster $cluster"
     created=true
     # A kubeconfig of its own: the user's current context is never touched or used.
-    kind create cluster --name "$cluster" --kubeconfig "$kubeconfig" --wait 120s
+    kind create cluster --name "$cluster" --kubeconfig "$kubeconfig" --wait 120s \
+        ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
 fi
 
 current="$(kubectl --kubeconfig "$kubeconfig" config current-context)"
@@ -122,21 +131,35 @@ if [[ "$current" != "$context" ]]; then
 fi
 export KUBECONFIG="$kubeconfig"
 k() { kubectl --kubeconfig "$kubeconfig" --context "$context" "$@"; }
+k version
 
 # --- Images ------------------------------------------------------------------------
 
 step "building images"
-DOCKER_BUILDKIT=1 docker build --target operator -t "zeroscale/operator:$tag" .
-DOCKER_BUILDKIT=1 docker build --target activator -t "zeroscale/activator:$tag" .
-docker build -t "zeroscale/hello:$tag" examples/hello
+# With buildx, --load puts the image where `kind load` finds it whatever the builder's
+# driver (a docker-container builder keeps it in its cache otherwise).
+build() {
+    if docker buildx version >/dev/null 2>&1; then
+        docker buildx build --load "$@"
+    else
+        DOCKER_BUILDKIT=1 docker build "$@"
+    fi
+}
+build --target operator -t "zeroscale/operator:$tag" .
+build --target activator -t "zeroscale/activator:$tag" .
+build -t zeroscale/hello:dev examples/hello
 
 step "loading images into $cluster"
-for image in operator activator hello; do
-    kind load docker-image "zeroscale/$image:$tag" --name "$cluster"
+for image in "operator:$tag" "activator:$tag" hello:dev; do
+    kind load docker-image "zeroscale/$image" --name "$cluster"
 done
 
 # --- Install -------------------------------------------------------------------------
 
+if [[ "$reuse" == true ]]; then
+    # helm installs crds/ only when the CRD is absent: bring an earlier run's up to date.
+    k apply --server-side --force-conflicts -f charts/zeroscale/crds/function.yaml
+fi
 step "helm install $release"
 helm --kubeconfig "$kubeconfig" --kube-context "$context" upgrade --install "$release" charts/zeroscale \
     --namespace "$system_namespace" --create-namespace \
