@@ -23,6 +23,9 @@ pub enum Reason {
     InvalidSpec,
     /// Pods cannot start (image pull error, crash loop, progress deadline exceeded).
     DeploymentFailed,
+    /// An object the Function needs (its Deployment, Services or HPA) already exists and
+    /// zeroscale does not manage it; it is left untouched and nothing is built.
+    NotOwned,
 }
 
 impl Reason {
@@ -35,6 +38,7 @@ impl Reason {
             Reason::Unschedulable => "Unschedulable",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::DeploymentFailed => "DeploymentFailed",
+            Reason::NotOwned => "NotOwned",
         }
     }
 
@@ -43,7 +47,7 @@ impl Reason {
         match self {
             Reason::Serving | Reason::ScaledToZero => "True",
             Reason::Deploying | Reason::Unschedulable => "Unknown",
-            Reason::InvalidSpec | Reason::DeploymentFailed => "False",
+            Reason::InvalidSpec | Reason::DeploymentFailed | Reason::NotOwned => "False",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! [`status`]. Each reconcile validates the spec, builds every desired object, applies
 //! them with server-side apply under one field manager, and writes the status.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -40,6 +40,10 @@ pub const AUTOSCALER_FIELD_MANAGER: &str = "zeroscale-autoscaler";
 /// How often a healthy Function is reconciled even when nothing changes.
 const RESYNC: Duration = Duration::from_secs(300);
 
+/// How soon a Function whose children's names are taken looks again: the objects in the
+/// way are not the operator's, so no event of theirs reaches it.
+const NOT_OWNED_RETRY: Duration = Duration::from_secs(30);
+
 /// Backoff of failed reconciles: doubles from the first delay up to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
 
@@ -51,10 +55,17 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failures per Function, for backoff.
     failures: Mutex<HashMap<ObjectRef<Function>, u32>>,
-    /// Functions without an HPA, as this process last saw (deleted, or found absent):
-    /// they get no DELETE on each reconcile. Empty at start, so a new leader checks
-    /// each Function once; a deleted Function leaves its name here.
-    without_hpa: Mutex<HashSet<ObjectRef<Function>>>,
+    /// What this process knows of each Function's children since it checked their
+    /// names once; empty at start, so a new leader checks each Function once. A deleted
+    /// Function leaves its entry here.
+    children: Mutex<HashMap<ObjectRef<Function>, Children>>,
+}
+
+/// A Function's children as the reconciler last left them.
+#[derive(Clone, Copy, Debug)]
+struct Children {
+    /// An HPA of the Function's may exist: delete it when no longer needed.
+    hpa: bool,
 }
 
 impl Context {
@@ -65,7 +76,7 @@ impl Context {
             config,
             metrics,
             failures: Mutex::new(HashMap::new()),
-            without_hpa: Mutex::new(HashSet::new()),
+            children: Mutex::new(HashMap::new()),
         }
     }
 
@@ -76,9 +87,9 @@ impl Context {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn without_hpa(&self) -> std::sync::MutexGuard<'_, HashSet<ObjectRef<Function>>> {
-        // As for `failures`: the worst a poisoned set can cause is one extra DELETE.
-        self.without_hpa
+    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Function>, Children>> {
+        // As for `failures`: a poisoned map costs at most one more check of the names.
+        self.children
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -142,6 +153,7 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
     let result = match &outcome {
         Ok(Outcome::Applied) => "ok",
         Ok(Outcome::InvalidSpec) => "invalid_spec",
+        Ok(Outcome::NotOwned) => "not_owned",
         Err(error) => {
             ctx.metrics
                 .reconcile_errors
@@ -161,6 +173,7 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
         Outcome::Applied => Action::requeue(RESYNC),
         // Nothing will change until the spec does.
         Outcome::InvalidSpec => Action::await_change(),
+        Outcome::NotOwned => Action::requeue(NOT_OWNED_RETRY),
     })
 }
 
@@ -192,6 +205,7 @@ fn backoff(failures: u32) -> Duration {
 enum Outcome {
     Applied,
     InvalidSpec,
+    NotOwned,
 }
 
 async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcome> {
@@ -208,7 +222,7 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     let deployment = match desired {
         Ok(deployment) => deployment,
         Err(invalid) => {
-            report_invalid(function, ctx, invalid.to_string()).await?;
+            report_refused(function, ctx, Reason::InvalidSpec, invalid.to_string()).await?;
             return Ok(Outcome::InvalidSpec);
         }
     };
@@ -216,16 +230,37 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     let pods_service = resources::pods_service(function);
     let hpa = resources::hpa(function, &ctx.config);
 
+    // Objects of the children's names that zeroscale does not manage are never taken
+    // over: the Deployment is read on every reconcile, the others once per process.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
+    let hpa_name = zeroscale_api::names::hpa(&name);
+    let existing = get_opt(&deployments, &name).await?;
+    let function_ref = ObjectRef::from_obj(function);
+    let known = ctx.children().get(&function_ref).copied();
+    let (in_the_way, hpa_exists) = match (&existing, known) {
+        (Some(found), _) if !managed_for(found.meta(), &name) => {
+            (Some(format!("Deployment {name}")), false)
+        }
+        (_, Some(children)) => (None, children.hpa),
+        (_, None) => {
+            let pods_service_name = pods_service.name_any();
+            let names = (name.as_str(), pods_service_name.as_str(), hpa_name.as_str());
+            check_names(&services, &hpas, names, hpa.is_some()).await?
+        }
+    };
+    if let Some(object) = in_the_way {
+        let message = format!(
+            "{object} already exists and is not managed by this Function: \
+             delete or rename it, or rename the Function"
+        );
+        report_refused(function, ctx, Reason::NotOwned, message).await?;
+        return Ok(Outcome::NotOwned);
+    }
+
     // The Deployment goes first: it is the one object the API server may still reject
     // for the user's input (a volume, a resource quantity), and then nothing else is built.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let existing = deployments
-        .get_opt(&name)
-        .await
-        .map_err(|source| Error::GetDeployment {
-            name: name.clone(),
-            source,
-        })?;
     // Replicas are handed to the autoscaler once: the operator creates the Deployment
     // with its initial scale, then the autoscaler's field manager applies replicas alone,
     // so it owns that one field and nothing else. Later applies leave replicas out.
@@ -236,7 +271,7 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     }
     let mut deployment = match apply(&deployments, &desired_deployment, FIELD_MANAGER).await {
         Err(error) if error.is_invalid() => {
-            report_invalid(function, ctx, error.api_message()).await?;
+            report_refused(function, ctx, Reason::InvalidSpec, error.api_message()).await?;
             return Ok(Outcome::InvalidSpec);
         }
         other => other?,
@@ -251,23 +286,19 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
         record_scale(ctx, function, 0, replicas, "Wake").await?;
     }
 
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     apply(&services, &service, FIELD_MANAGER).await?;
     apply(&services, &pods_service, FIELD_MANAGER).await?;
 
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
-    let function_ref = ObjectRef::from_obj(function);
     match &hpa {
         Some(hpa) => {
-            ctx.without_hpa().remove(&function_ref);
             apply(&hpas, hpa, FIELD_MANAGER).await?;
         }
-        None if ctx.without_hpa().contains(&function_ref) => {}
-        None => {
-            delete_if_present(&hpas, &zeroscale_api::names::hpa(&name)).await?;
-            ctx.without_hpa().insert(function_ref);
-        }
+        None if hpa_exists => delete_if_present(&hpas, &hpa_name).await?,
+        None => {}
     }
+    // Recorded only once every child is as wanted: a failure above checks again.
+    ctx.children()
+        .insert(function_ref, Children { hpa: hpa.is_some() });
 
     // Pods are read only while some are not ready: that is when they can say why.
     let desired_replicas = deployment
@@ -383,6 +414,54 @@ where
     })
 }
 
+/// The object `name`, or None when there is none.
+async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name).await.map_err(|source| Error::Get {
+        kind: K::kind(&()).into_owned(),
+        name: name.to_owned(),
+        source,
+    })
+}
+
+/// A Function's first reconcile in this process: the first of its Services and HPA
+/// (`names`: the Function's, its pods Service's, its HPA's) taken by an object zeroscale
+/// does not manage, and whether an HPA of the Function's exists. Someone else's HPA of
+/// that name is in the way only when the Function needs one.
+async fn check_names(
+    services: &Api<Service>,
+    hpas: &Api<HorizontalPodAutoscaler>,
+    (function, pods_service, hpa_name): (&str, &str, &str),
+    hpa_needed: bool,
+) -> Result<(Option<String>, bool)> {
+    for service_name in [function, pods_service] {
+        if let Some(found) = get_opt(services, service_name).await?
+            && !managed_for(found.meta(), function)
+        {
+            return Ok((Some(format!("Service {service_name}")), false));
+        }
+    }
+    Ok(match get_opt(hpas, hpa_name).await? {
+        Some(found) if managed_for(found.meta(), function) => (None, true),
+        Some(_) if hpa_needed => (Some(format!("HorizontalPodAutoscaler {hpa_name}")), false),
+        _ => (None, false),
+    })
+}
+
+/// True when zeroscale made the object for Function `function`: its controller is a
+/// Function of that name (of any uid, so a Function deleted and made again at once
+/// adopts what garbage collection has not removed yet).
+fn managed_for(meta: &ObjectMeta, function: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|owner| {
+        owner.controller == Some(true)
+            && owner.kind == "Function"
+            && owner.api_version.starts_with("zeroscale.dev/")
+            && owner.name == function
+    })
+}
+
 async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -398,8 +477,13 @@ where
     }
 }
 
-async fn report_invalid(function: &Function, ctx: &Context, message: String) -> Result<()> {
-    let status = status::invalid(function, message, Time(jiff::Timestamp::now()));
+async fn report_refused(
+    function: &Function,
+    ctx: &Context,
+    reason: Reason,
+    message: String,
+) -> Result<()> {
+    let status = status::refused(function, reason, message, Time(jiff::Timestamp::now()));
     write_status(function, ctx, status).await
 }
 
@@ -458,6 +542,7 @@ async fn publish_transition(function: &Function, ctx: &Context, reason: &str, me
         Reason::InvalidSpec,
         Reason::DeploymentFailed,
         Reason::Unschedulable,
+        Reason::NotOwned,
     ]
     .iter()
     .any(|r| r.as_str() == reason);

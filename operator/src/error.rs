@@ -10,8 +10,12 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
-    #[error("reading Deployment {name}")]
-    GetDeployment { name: String, source: kube::Error },
+    #[error("reading {kind} {name}")]
+    Get {
+        kind: String,
+        name: String,
+        source: kube::Error,
+    },
 
     #[error("applying {kind} {name}")]
     Apply {
@@ -51,7 +55,7 @@ impl Error {
     /// The Kubernetes API error behind this error, if the API server answered.
     fn api_status(&self) -> Option<&kube::core::Status> {
         match self {
-            Error::GetDeployment { source, .. }
+            Error::Get { source, .. }
             | Error::Apply { source, .. }
             | Error::Delete { source, .. }
             | Error::ListPods { source, .. }
@@ -95,7 +99,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::SerializeCrd { .. } => "serialize_crd",
-            Error::GetDeployment { .. } => "get_deployment",
+            Error::Get { .. } => "get",
             Error::Apply { .. } => "apply",
             Error::Delete { .. } => "delete",
             Error::ListPods { .. } => "list_pods",

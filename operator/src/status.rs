@@ -131,19 +131,14 @@ pub fn observe(
     status
 }
 
-/// The status of a Function whose spec cannot be used: `Ready=False, InvalidSpec`, with
-/// everything else as it was (no objects were touched).
-pub fn invalid(function: &Function, message: String, now: Time) -> FunctionStatus {
+/// The status of a Function that built nothing: `Ready=False` with `reason` (its spec
+/// cannot be used, or a name it needs is taken), everything else as it was.
+pub fn refused(function: &Function, reason: Reason, message: String, now: Time) -> FunctionStatus {
     let mut status = function.status.clone().unwrap_or_default();
     status.last_scale_time = None;
     status.last_scale_reason = None;
     status.observed_generation = function.metadata.generation;
-    status.set_ready(
-        Reason::InvalidSpec,
-        message,
-        function.metadata.generation,
-        now,
-    );
+    status.set_ready(reason, message, function.metadata.generation, now);
     status
 }
 
@@ -304,12 +299,20 @@ mod tests {
         });
         let status = observe(&function, &deployment(1, 1), &[], &Config::test(), now());
         assert_eq!(status.last_scale_time, None);
-        assert_eq!(invalid(&function, "x".into(), now()).last_scale_time, None);
+        assert_eq!(
+            refused(&function, Reason::InvalidSpec, "x".into(), now()).last_scale_time,
+            None
+        );
     }
 
     #[test]
     fn invalid_spec_status_is_false_with_the_message() {
-        let status = invalid(&Function::test("hello"), "spec.port: bad".into(), now());
+        let status = refused(
+            &Function::test("hello"),
+            Reason::InvalidSpec,
+            "spec.port: bad".into(),
+            now(),
+        );
         let ready = status.ready_condition().expect("ready");
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, "InvalidSpec");

@@ -356,16 +356,14 @@ impl ApiServer {
         (service, pods_service)
     }
 
-    /// Expects the delete of an HPA the Function does not need, and answers that there
-    /// is none.
-    async fn delete_absent_hpa(&mut self) {
-        let call = self.next(Method::DELETE, HPA).await;
-        assert_eq!(call.body["propagationPolicy"], "Background");
-        call.fail(
-            404,
-            "NotFound",
-            r#"horizontalpodautoscalers.autoscaling "hello" not found"#,
-        );
+    /// Expects the reads of the names the Function's Services and HPA take (made on its
+    /// first reconcile in a process), and answers that none exists.
+    async fn names_free(&mut self) {
+        for path in [SERVICE, PODS_SERVICE, HPA] {
+            let call = self.next(Method::GET, path).await;
+            let name = path.rsplit('/').next().unwrap_or_default();
+            call.fail(404, "NotFound", &format!("{name:?} not found"));
+        }
     }
 
     /// Expects the list of the Function's pods by label, and answers with `pods`.
@@ -528,6 +526,7 @@ async fn new_function_is_created_at_its_initial_scale_and_its_replicas_handed_to
     built["spec"]["replicas"] = json!(1);
     let verifier = tokio::spawn(async move {
         server.get_deployment(None).await;
+        server.names_free().await;
 
         // Created by the operator, at its initial scale...
         let created = server.apply_deployment(FIELD_MANAGER, 1, 0).await;
@@ -567,7 +566,6 @@ async fn new_function_is_created_at_its_initial_scale_and_its_replicas_handed_to
             json!({"zeroscale.dev/function": "hello"})
         );
 
-        server.delete_absent_hpa().await;
         server.list_pods(Vec::new()).await;
 
         let status = server.apply_status(&expected).await;
@@ -605,6 +603,7 @@ async fn ready_function_is_reapplied_without_scaling_listing_pods_or_publishing_
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
         server.get_deployment(Some(stored)).await;
+        server.names_free().await;
         // The autoscaler already owns replicas: the operator leaves them out, and
         // nothing is handed over.
         let applied = server.apply_deployment(FIELD_MANAGER, 1, 1).await;
@@ -614,7 +613,6 @@ async fn ready_function_is_reapplied_without_scaling_listing_pods_or_publishing_
             applied["spec"]
         );
         server.apply_services().await;
-        server.delete_absent_hpa().await;
         // All pods are ready: no pod list.
         let status = server.apply_status(&expected).await;
         let condition = ready(&status);
@@ -636,7 +634,7 @@ async fn ready_function_is_reapplied_without_scaling_listing_pods_or_publishing_
 }
 
 #[tokio::test]
-async fn absent_hpa_is_deleted_once_and_again_only_after_the_function_had_one() {
+async fn hpa_is_deleted_only_when_the_function_had_one_and_names_are_read_once() {
     let (ctx, _metrics, mut server) = context();
     let plain = Function::test("hello").serving();
     let cpu = Function::test("hello").cpu("250m").serving();
@@ -645,14 +643,39 @@ async fn absent_hpa_is_deleted_once_and_again_only_after_the_function_had_one() 
         deployment_in_cluster(&cpu, 1, 1),
     );
     let (plain_expected, cpu_expected) = (plain.clone(), cpu.clone());
+    let left_over_hpa = json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "hello", "namespace": "default", "ownerReferences": [{
+            "apiVersion": "zeroscale.dev/v1alpha1", "kind": "Function", "name": "hello",
+            "uid": "uid-hello", "controller": true,
+        }]},
+        "spec": {"maxReplicas": 5, "scaleTargetRef": {"kind": "Deployment", "name": "hello"}},
+    });
     let verifier = tokio::spawn(async move {
-        // First reconcile in this process: the HPA may be left from earlier.
+        // First reconcile in this process: the names are read, and an HPA of the
+        // Function's left from when it scaled on CPU is deleted.
         server.get_deployment(Some(plain_stored.clone())).await;
+        for path in [SERVICE, PODS_SERVICE] {
+            server
+                .next(Method::GET, path)
+                .await
+                .fail(404, "NotFound", "not found");
+        }
+        server
+            .next(Method::GET, HPA)
+            .await
+            .respond(StatusCode::OK, &left_over_hpa);
         server.apply_deployment(FIELD_MANAGER, 1, 1).await;
         server.apply_services().await;
-        server.delete_absent_hpa().await;
+        let call = server.next(Method::DELETE, HPA).await;
+        assert_eq!(call.body["propagationPolicy"], "Background");
+        call.respond(
+            StatusCode::OK,
+            &json!({"kind": "Status", "status": "Success"}),
+        );
         server.apply_status(&plain_expected).await;
-        // Known absent since: no DELETE.
+        // Known since: no reads of the names, no DELETE.
         server.get_deployment(Some(plain_stored.clone())).await;
         server.apply_deployment(FIELD_MANAGER, 1, 1).await;
         server.apply_services().await;
@@ -695,6 +718,7 @@ async fn interrupted_handover_is_completed_at_the_current_scale_not_the_initial_
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
         server.get_deployment(Some(stored.clone())).await;
+        server.names_free().await;
         let applied = server.apply_deployment(FIELD_MANAGER, 3, 3).await;
         assert_eq!(
             applied["spec"]["replicas"], 3,
@@ -702,7 +726,6 @@ async fn interrupted_handover_is_completed_at_the_current_scale_not_the_initial_
         );
         server.hand_over_replicas(3, &stored).await;
         server.apply_services().await;
-        server.delete_absent_hpa().await;
         let status = server.apply_status(&expected).await;
         assert_eq!(ready(&status)["message"], "3 of 3 pods ready");
         assert_eq!(status["desiredReplicas"], 3);
@@ -725,13 +748,13 @@ async fn hand_edited_deployment_image_is_forced_back_to_the_function_image() {
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
         server.get_deployment(Some(drifted)).await;
+        server.names_free().await;
         let applied = server.apply_deployment(FIELD_MANAGER, 1, 1).await;
         assert_eq!(
             applied["spec"]["template"]["spec"]["containers"][0]["image"],
             IMAGE
         );
         server.apply_services().await;
-        server.delete_absent_hpa().await;
         server.apply_status(&expected).await;
         server.done().await;
     });
@@ -748,12 +771,12 @@ async fn image_pull_failure_of_a_new_function_is_reported_with_a_warning() {
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
         server.get_deployment(None).await;
+        server.names_free().await;
         let created = server.apply_deployment(FIELD_MANAGER, 1, 0).await;
         server
             .hand_over_replicas(1, &stored_deployment(&created, 1, 0))
             .await;
         server.apply_services().await;
-        server.delete_absent_hpa().await;
         let pull_error = format!("Back-off pulling image \"{IMAGE}\"");
         server
             .list_pods(vec![waiting_pod("ImagePullBackOff", &pull_error)])
@@ -778,6 +801,139 @@ async fn image_pull_failure_of_a_new_function_is_reported_with_a_warning() {
     let result = reconcile(Arc::new(function), ctx).await;
     verified(verifier).await;
     assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+/// How soon a Function whose names are taken is reconciled again.
+const NOT_OWNED_RETRY: Duration = Duration::from_secs(30);
+
+/// An object named `hello` of `kind` that zeroscale did not make.
+fn someone_elses(api_version: &str, kind: &str) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": "hello", "namespace": "default", "uid": "theirs",
+                     "labels": {"app": "their-app"}},
+    })
+}
+
+/// Checks the status and Warning of a Function refused because `object` is in the way.
+async fn assert_reported_not_owned(server: &mut ApiServer, expected: &Function, object: &str) {
+    let status = server.apply_status(expected).await;
+    let condition = ready(&status);
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "NotOwned");
+    assert_eq!(
+        condition["message"],
+        format!(
+            "{object} already exists and is not managed by this Function: \
+             delete or rename it, or rename the Function"
+        )
+    );
+    let event = server.event().await;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "NotOwned");
+}
+
+#[tokio::test]
+async fn deployment_of_the_same_name_made_by_someone_else_is_left_alone() {
+    let (ctx, _metrics, mut server) = context();
+    let function = Function::test("hello");
+    let expected = function.clone();
+    let verifier = tokio::spawn(async move {
+        server
+            .get_deployment(Some(someone_elses("apps/v1", "Deployment")))
+            .await;
+        // No apply, no delete: only the status and the Event say why.
+        assert_reported_not_owned(&mut server, &expected, "Deployment hello").await;
+        server.done().await;
+    });
+
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    assert_eq!(
+        result.expect("a taken name is reported, not an error"),
+        Action::requeue(NOT_OWNED_RETRY)
+    );
+}
+
+#[tokio::test]
+async fn service_of_the_same_name_made_by_someone_else_is_left_alone() {
+    let (ctx, _metrics, mut server) = context();
+    let function = Function::test("hello");
+    let expected = function.clone();
+    let verifier = tokio::spawn(async move {
+        server.get_deployment(None).await;
+        server
+            .next(Method::GET, SERVICE)
+            .await
+            .respond(StatusCode::OK, &someone_elses("v1", "Service"));
+        assert_reported_not_owned(&mut server, &expected, "Service hello").await;
+        server.done().await;
+    });
+
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    assert_eq!(
+        result.expect("a taken name is reported, not an error"),
+        Action::requeue(NOT_OWNED_RETRY)
+    );
+}
+
+#[tokio::test]
+async fn someone_elses_hpa_is_in_the_way_only_of_a_function_that_needs_one() {
+    let foreign_hpa = someone_elses("autoscaling/v2", "HorizontalPodAutoscaler");
+
+    // Not scaled on CPU: the HPA is none of its business, neither deleted nor reported.
+    let (ctx, _metrics, mut server) = context();
+    let function = Function::test("hello").serving();
+    let (stored, expected) = (deployment_in_cluster(&function, 1, 1), function.clone());
+    let hpa = foreign_hpa.clone();
+    let verifier = tokio::spawn(async move {
+        server.get_deployment(Some(stored)).await;
+        for path in [SERVICE, PODS_SERVICE] {
+            server
+                .next(Method::GET, path)
+                .await
+                .fail(404, "NotFound", "not found");
+        }
+        server
+            .next(Method::GET, HPA)
+            .await
+            .respond(StatusCode::OK, &hpa);
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        server.apply_status(&expected).await;
+        server.done().await;
+    });
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+
+    // Scaled on CPU: it would be taken over, so the Function is refused.
+    let (ctx, _metrics, mut server) = context();
+    let function = Function::test("hello").cpu("250m");
+    let expected = function.clone();
+    let verifier = tokio::spawn(async move {
+        server.get_deployment(None).await;
+        for path in [SERVICE, PODS_SERVICE] {
+            server
+                .next(Method::GET, path)
+                .await
+                .fail(404, "NotFound", "not found");
+        }
+        server
+            .next(Method::GET, HPA)
+            .await
+            .respond(StatusCode::OK, &foreign_hpa);
+        assert_reported_not_owned(&mut server, &expected, "HorizontalPodAutoscaler hello").await;
+        server.done().await;
+    });
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    assert_eq!(
+        result.expect("a taken name is reported, not an error"),
+        Action::requeue(NOT_OWNED_RETRY)
+    );
 }
 
 /// Reconciles `function`, whose spec is invalid at `field`, and checks that only its
@@ -836,6 +992,7 @@ async fn deployment_refused_on_create_makes_the_function_invalid_and_builds_noth
     let refusal = r#"Deployment.apps "hello" is invalid: spec.template.spec.volumes[0].hostPath.path: Invalid value: "data": must be an absolute path"#;
     let verifier = tokio::spawn(async move {
         server.get_deployment(None).await;
+        server.names_free().await;
         let call = server.next(Method::PATCH, DEPLOYMENT).await;
         call.assert_applied_by(FIELD_MANAGER);
         assert_eq!(call.body["spec"]["replicas"], 1);
@@ -876,6 +1033,7 @@ async fn deployment_refused_on_update_makes_the_function_invalid_and_applies_no_
     let refusal = r#"Deployment.apps "hello" is invalid: spec.template.spec.volumes[0].hostPath.path: Invalid value: "data": must be an absolute path"#;
     let verifier = tokio::spawn(async move {
         server.get_deployment(Some(stored)).await;
+        server.names_free().await;
         let call = server.next(Method::PATCH, DEPLOYMENT).await;
         call.assert_applied_by(FIELD_MANAGER);
         call.fail(422, "Invalid", refusal);
@@ -905,6 +1063,7 @@ async fn server_error_on_the_deployment_apply_fails_the_reconcile_and_retries_wi
     let stored = deployment_in_cluster(&function, 1, 1);
     let verifier = tokio::spawn(async move {
         server.get_deployment(Some(stored)).await;
+        server.names_free().await;
         let call = server.next(Method::PATCH, DEPLOYMENT).await;
         call.assert_applied_by(FIELD_MANAGER);
         call.fail(500, "InternalError", "etcdserver: request timed out");
@@ -970,7 +1129,7 @@ async fn forbidden_is_permanent_and_retried_only_after_the_longest_delay() {
 
     let error = result.expect_err("a 403 fails the reconcile");
     assert!(
-        matches!(&error, Error::GetDeployment { name, source: kube::Error::Api(status) }
+        matches!(&error, Error::Get { kind, name, source: kube::Error::Api(status) }
             if name == "hello" && status.code == 403),
         "{error:?}"
     );
@@ -992,21 +1151,25 @@ async fn successful_reconcile_resets_the_backoff() {
     let stored = deployment_in_cluster(&function, 1, 1);
     let expected = (*function).clone();
     let verifier = tokio::spawn(async move {
-        let fail = async |server: &mut ApiServer| {
+        // Until a reconcile succeeds, each one reads the names again.
+        let fail = async |server: &mut ApiServer, names_known: bool| {
             server.get_deployment(Some(stored.clone())).await;
+            if !names_known {
+                server.names_free().await;
+            }
             let call = server.next(Method::PATCH, DEPLOYMENT).await;
             call.fail(503, "ServiceUnavailable", "the server is shutting down");
         };
-        fail(&mut server).await;
-        fail(&mut server).await;
+        fail(&mut server, false).await;
+        fail(&mut server, false).await;
 
         server.get_deployment(Some(stored.clone())).await;
+        server.names_free().await;
         server.apply_deployment(FIELD_MANAGER, 1, 1).await;
         server.apply_services().await;
-        server.delete_absent_hpa().await;
         server.apply_status(&expected).await;
 
-        fail(&mut server).await;
+        fail(&mut server, true).await;
         server.done().await;
     });
 
@@ -1063,6 +1226,7 @@ async fn cpu_function_gets_an_hpa_that_never_scales_below_one_pod() {
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
         server.get_deployment(None).await;
+        server.names_free().await;
         let created = server.apply_deployment(FIELD_MANAGER, 1, 0).await;
         assert_eq!(
             created["spec"]["template"]["spec"]["containers"][0]["resources"],
@@ -1122,6 +1286,7 @@ async fn wake_request_on_a_function_at_zero_scales_it_up_in_the_same_reconcile()
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
         server.get_deployment(Some(stored.clone())).await;
+        server.names_free().await;
         server.apply_deployment(FIELD_MANAGER, 0, 0).await;
         // No tick needed: the same reconcile hands the wake scale to the autoscaler.
         server.hand_over_replicas(1, &stored).await;
@@ -1142,7 +1307,6 @@ async fn wake_request_on_a_function_at_zero_scales_it_up_in_the_same_reconcile()
         let event = call.body.clone();
         call.respond(StatusCode::CREATED, &event);
         server.apply_services().await;
-        server.delete_absent_hpa().await;
         server.list_pods(Vec::new()).await;
         let status = server.apply_status(&expected).await;
         assert_eq!(ready(&status)["reason"], "Deploying");

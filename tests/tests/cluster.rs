@@ -321,6 +321,99 @@ async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Re
     .await
 }
 
+#[tokio::test]
+async fn a_deployment_made_by_someone_else_is_never_taken_over() -> anyhow::Result<()> {
+    let Some(client) =
+        cluster_client("a_deployment_made_by_someone_else_is_never_taken_over").await?
+    else {
+        return Ok(());
+    };
+    install_crd(&client).await?;
+    in_temporary_namespace(
+        &client,
+        "zeroscale-not-owned",
+        |client, namespace| async move {
+            let _controller = start_controller(&client, &namespace)?;
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+            let theirs = serde_json::json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "taken", "labels": {"app": "theirs"}},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"app": "theirs"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "theirs"}},
+                        "spec": {"containers": [
+                            {"name": "app", "image": "registry.k8s.io/pause:3.10"}
+                        ]},
+                    },
+                },
+            });
+            deployments
+                .patch(
+                    "taken",
+                    &PatchParams::apply("someone-else"),
+                    &Patch::Apply(theirs),
+                )
+                .await?;
+
+            let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
+            functions
+                .create(
+                    &PostParams::default(),
+                    &function(
+                        "taken",
+                        FunctionSpec::with_image("registry.k8s.io/pause:3.10"),
+                    ),
+                )
+                .await?;
+            let function = await_status(&functions, "taken").await?;
+            let ready = function
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_condition())
+                .cloned()
+                .expect("ready condition");
+            assert_eq!(ready.status, "False");
+            assert_eq!(ready.reason, "NotOwned");
+            assert!(
+                ready.message.starts_with("Deployment taken already exists"),
+                "{}",
+                ready.message
+            );
+
+            let deployment = deployments.get("taken").await?;
+            assert!(deployment.owner_references().is_empty());
+            assert_eq!(
+                deployment.labels().get("app").map(String::as_str),
+                Some("theirs")
+            );
+            assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(0));
+            let managers: Vec<_> = deployment
+                .metadata
+                .managed_fields
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|m| m.manager)
+                .collect();
+            // The deployment controller writes status under its own manager; zeroscale none.
+            assert!(
+                !managers
+                    .iter()
+                    .any(|m| m == "zeroscale-operator" || m == "zeroscale-autoscaler"),
+                "{managers:?}"
+            );
+            let service = Api::<Service>::namespaced(client.clone(), &namespace)
+                .get_opt("taken")
+                .await?;
+            assert!(service.is_none(), "nothing else is built");
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// One activator that sees no requests, until `holding` is set: then it holds one
 /// request for Function `idle`, as when a request arrives at zero.
 struct FakeActivator {
