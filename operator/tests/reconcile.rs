@@ -359,10 +359,17 @@ impl ApiServer {
     /// Expects the reads of the names the Function's Services and HPA take (made on its
     /// first reconcile in a process), and answers that none exists.
     async fn names_free(&mut self) {
+        self.read_names(None).await;
+    }
+
+    /// [`ApiServer::names_free`], but the HPA read finds `hpa` when given.
+    async fn read_names(&mut self, hpa: Option<&Value>) {
         for path in [SERVICE, PODS_SERVICE, HPA] {
             let call = self.next(Method::GET, path).await;
-            let name = path.rsplit('/').next().unwrap_or_default();
-            call.fail(404, "NotFound", &format!("{name:?} not found"));
+            match hpa {
+                Some(hpa) if path == HPA => call.respond(StatusCode::OK, hpa),
+                _ => call.fail(404, "NotFound", "not found"),
+            }
         }
     }
 
@@ -656,16 +663,7 @@ async fn hpa_is_deleted_only_when_the_function_had_one_and_names_are_read_once()
         // First reconcile in this process: the names are read, and an HPA of the
         // Function's left from when it scaled on CPU is deleted.
         server.get_deployment(Some(plain_stored.clone())).await;
-        for path in [SERVICE, PODS_SERVICE] {
-            server
-                .next(Method::GET, path)
-                .await
-                .fail(404, "NotFound", "not found");
-        }
-        server
-            .next(Method::GET, HPA)
-            .await
-            .respond(StatusCode::OK, &left_over_hpa);
+        server.read_names(Some(&left_over_hpa)).await;
         server.apply_deployment(FIELD_MANAGER, 1, 1).await;
         server.apply_services().await;
         let call = server.next(Method::DELETE, HPA).await;
@@ -816,67 +814,63 @@ fn someone_elses(api_version: &str, kind: &str) -> Value {
     })
 }
 
-/// Checks the status and Warning of a Function refused because `object` is in the way.
-async fn assert_reported_not_owned(server: &mut ApiServer, expected: &Function, object: &str) {
-    let status = server.apply_status(expected).await;
-    let condition = ready(&status);
-    assert_eq!(condition["status"], "False");
-    assert_eq!(condition["reason"], "NotOwned");
+/// Reconciles `function` (new) whose read of `taken` (the Deployment, a Service or the
+/// HPA) finds `found`, made by someone else, and checks that nothing is applied or
+/// deleted and that only the status and a Warning name `object`.
+async fn assert_not_owned(function: Function, taken: &str, found: Value, object: &'static str) {
+    let (ctx, _metrics, mut server) = context();
+    let expected = function.clone();
+    let taken = taken.to_owned();
+    let verifier = tokio::spawn(async move {
+        for path in [DEPLOYMENT, SERVICE, PODS_SERVICE, HPA] {
+            let call = server.next(Method::GET, path).await;
+            if path == taken {
+                call.respond(StatusCode::OK, &found);
+                break;
+            }
+            call.fail(404, "NotFound", "not found");
+        }
+        let status = server.apply_status(&expected).await;
+        let condition = ready(&status);
+        assert_eq!(condition["status"], "False");
+        assert_eq!(condition["reason"], "NotOwned");
+        assert_eq!(
+            condition["message"],
+            format!(
+                "{object} already exists and is not managed by this Function: \
+                 delete or rename it, or rename the Function"
+            )
+        );
+        let event = server.event().await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "NotOwned");
+        server.done().await;
+    });
+
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
     assert_eq!(
-        condition["message"],
-        format!(
-            "{object} already exists and is not managed by this Function: \
-             delete or rename it, or rename the Function"
-        )
+        result.expect("a taken name is reported, not an error"),
+        Action::requeue(NOT_OWNED_RETRY)
     );
-    let event = server.event().await;
-    assert_eq!(event["type"], "Warning");
-    assert_eq!(event["reason"], "NotOwned");
 }
 
 #[tokio::test]
 async fn deployment_of_the_same_name_made_by_someone_else_is_left_alone() {
-    let (ctx, _metrics, mut server) = context();
-    let function = Function::test("hello");
-    let expected = function.clone();
-    let verifier = tokio::spawn(async move {
-        server
-            .get_deployment(Some(someone_elses("apps/v1", "Deployment")))
-            .await;
-        // No apply, no delete: only the status and the Event say why.
-        assert_reported_not_owned(&mut server, &expected, "Deployment hello").await;
-        server.done().await;
-    });
-
-    let result = reconcile(Arc::new(function), ctx).await;
-    verified(verifier).await;
-    assert_eq!(
-        result.expect("a taken name is reported, not an error"),
-        Action::requeue(NOT_OWNED_RETRY)
-    );
+    let found = someone_elses("apps/v1", "Deployment");
+    assert_not_owned(
+        Function::test("hello"),
+        DEPLOYMENT,
+        found,
+        "Deployment hello",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn service_of_the_same_name_made_by_someone_else_is_left_alone() {
-    let (ctx, _metrics, mut server) = context();
-    let function = Function::test("hello");
-    let expected = function.clone();
-    let verifier = tokio::spawn(async move {
-        server.get_deployment(None).await;
-        server
-            .next(Method::GET, SERVICE)
-            .await
-            .respond(StatusCode::OK, &someone_elses("v1", "Service"));
-        assert_reported_not_owned(&mut server, &expected, "Service hello").await;
-        server.done().await;
-    });
-
-    let result = reconcile(Arc::new(function), ctx).await;
-    verified(verifier).await;
-    assert_eq!(
-        result.expect("a taken name is reported, not an error"),
-        Action::requeue(NOT_OWNED_RETRY)
-    );
+    let found = someone_elses("v1", "Service");
+    assert_not_owned(Function::test("hello"), SERVICE, found, "Service hello").await;
 }
 
 #[tokio::test]
@@ -890,16 +884,7 @@ async fn someone_elses_hpa_is_in_the_way_only_of_a_function_that_needs_one() {
     let hpa = foreign_hpa.clone();
     let verifier = tokio::spawn(async move {
         server.get_deployment(Some(stored)).await;
-        for path in [SERVICE, PODS_SERVICE] {
-            server
-                .next(Method::GET, path)
-                .await
-                .fail(404, "NotFound", "not found");
-        }
-        server
-            .next(Method::GET, HPA)
-            .await
-            .respond(StatusCode::OK, &hpa);
+        server.read_names(Some(&hpa)).await;
         server.apply_deployment(FIELD_MANAGER, 1, 1).await;
         server.apply_services().await;
         server.apply_status(&expected).await;
@@ -910,30 +895,8 @@ async fn someone_elses_hpa_is_in_the_way_only_of_a_function_that_needs_one() {
     assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
 
     // Scaled on CPU: it would be taken over, so the Function is refused.
-    let (ctx, _metrics, mut server) = context();
     let function = Function::test("hello").cpu("250m");
-    let expected = function.clone();
-    let verifier = tokio::spawn(async move {
-        server.get_deployment(None).await;
-        for path in [SERVICE, PODS_SERVICE] {
-            server
-                .next(Method::GET, path)
-                .await
-                .fail(404, "NotFound", "not found");
-        }
-        server
-            .next(Method::GET, HPA)
-            .await
-            .respond(StatusCode::OK, &foreign_hpa);
-        assert_reported_not_owned(&mut server, &expected, "HorizontalPodAutoscaler hello").await;
-        server.done().await;
-    });
-    let result = reconcile(Arc::new(function), ctx).await;
-    verified(verifier).await;
-    assert_eq!(
-        result.expect("a taken name is reported, not an error"),
-        Action::requeue(NOT_OWNED_RETRY)
-    );
+    assert_not_owned(function, HPA, foreign_hpa, "HorizontalPodAutoscaler hello").await;
 }
 
 /// Reconciles `function`, whose spec is invalid at `field`, and checks that only its

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::runtime::wait::{await_condition, conditions};
@@ -83,20 +84,38 @@ async fn await_status(functions: &Api<Function>, name: &str) -> anyhow::Result<F
     Ok(function)
 }
 
+/// Runs `body` (given a client and the namespace's name) in a temporary namespace of the
+/// test cluster, with the CRD installed; without a cluster, says why `test` is skipped.
+async fn with_cluster<F, Fut>(test: &str, prefix: &str, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let Some(client) = cluster_client(test).await? else {
+        return Ok(());
+    };
+    install_crd(&client).await?;
+    in_temporary_namespace(&client, prefix, body).await
+}
+
+/// The Function's Ready condition, which the test expects to be there.
+fn ready_condition(function: &Function) -> Condition {
+    function
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_condition())
+        .cloned()
+        .expect("ready condition")
+}
+
 fn function(name: &str, spec: FunctionSpec) -> Function {
     Function::new(name, spec)
 }
 
 #[tokio::test]
 async fn operator_builds_every_child_with_owner_references_and_status() -> anyhow::Result<()> {
-    let Some(client) =
-        cluster_client("operator_builds_every_child_with_owner_references_and_status").await?
-    else {
-        return Ok(());
-    };
-    install_crd(&client).await?;
-    in_temporary_namespace(
-        &client,
+    with_cluster(
+        "operator_builds_every_child_with_owner_references_and_status",
         "zeroscale-children",
         |client, namespace| async move {
             let _controller = start_controller(&client, &namespace)?;
@@ -169,13 +188,8 @@ async fn operator_builds_every_child_with_owner_references_and_status() -> anyho
 
 #[tokio::test]
 async fn replicas_set_by_the_autoscaler_survive_a_respec() -> anyhow::Result<()> {
-    let Some(client) = cluster_client("replicas_set_by_the_autoscaler_survive_a_respec").await?
-    else {
-        return Ok(());
-    };
-    install_crd(&client).await?;
-    in_temporary_namespace(
-        &client,
+    with_cluster(
+        "replicas_set_by_the_autoscaler_survive_a_respec",
         "zeroscale-replicas",
         |client, namespace| async move {
             let _controller = start_controller(&client, &namespace)?;
@@ -233,14 +247,8 @@ async fn replicas_set_by_the_autoscaler_survive_a_respec() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Result<()> {
-    let Some(client) =
-        cluster_client("invalid_specs_are_refused_or_reported_and_build_nothing").await?
-    else {
-        return Ok(());
-    };
-    install_crd(&client).await?;
-    in_temporary_namespace(
-        &client,
+    with_cluster(
+        "invalid_specs_are_refused_or_reported_and_build_nothing",
         "zeroscale-invalid",
         |client, namespace| async move {
             let _controller = start_controller(&client, &namespace)?;
@@ -287,12 +295,7 @@ async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Re
                 .create(&PostParams::default(), &function("cron", cron))
                 .await?;
             let function = await_status(&functions, "cron").await?;
-            let ready = function
-                .status
-                .as_ref()
-                .and_then(|s| s.ready_condition())
-                .cloned()
-                .expect("ready condition");
+            let ready = ready_condition(&function);
             assert_eq!(ready.status, "False");
             assert_eq!(ready.reason, "InvalidSpec");
             assert!(
@@ -323,14 +326,8 @@ async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Re
 
 #[tokio::test]
 async fn a_deployment_made_by_someone_else_is_never_taken_over() -> anyhow::Result<()> {
-    let Some(client) =
-        cluster_client("a_deployment_made_by_someone_else_is_never_taken_over").await?
-    else {
-        return Ok(());
-    };
-    install_crd(&client).await?;
-    in_temporary_namespace(
-        &client,
+    with_cluster(
+        "a_deployment_made_by_someone_else_is_never_taken_over",
         "zeroscale-not-owned",
         |client, namespace| async move {
             let _controller = start_controller(&client, &namespace)?;
@@ -369,12 +366,7 @@ async fn a_deployment_made_by_someone_else_is_never_taken_over() -> anyhow::Resu
                 )
                 .await?;
             let function = await_status(&functions, "taken").await?;
-            let ready = function
-                .status
-                .as_ref()
-                .and_then(|s| s.ready_condition())
-                .cloned()
-                .expect("ready condition");
+            let ready = ready_condition(&function);
             assert_eq!(ready.status, "False");
             assert_eq!(ready.reason, "NotOwned");
             assert!(
@@ -441,117 +433,117 @@ impl StatsSource for FakeActivator {
 
 #[tokio::test]
 async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> anyhow::Result<()> {
-    let Some(client) =
-        cluster_client("idle_function_scales_to_zero_and_a_wake_request_brings_it_back").await?
-    else {
-        return Ok(());
-    };
-    install_crd(&client).await?;
-    in_temporary_namespace(&client, "zeroscale-zero", |client, namespace| async move {
-        let registry = prometheus::Registry::new();
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            Config::test(),
-            Metrics::register(&registry)?,
-            Reporter {
-                controller: "zeroscale-tests".into(),
-                instance: None,
-            },
-        ));
-        let holding = Arc::new(AtomicBool::new(false));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let until_stopped = move || {
-            let mut stopped = stopped.clone();
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            }
-        };
-        {
-            let (ctx, namespace, until_stopped) =
-                (ctx.clone(), namespace.clone(), until_stopped.clone());
-            tokio::spawn(async move {
-                controller::run(ctx, Some(&namespace), until_stopped()).await;
-            });
-        }
-        {
-            let config = AutoscalerConfig {
-                tick: Duration::from_millis(200),
-                activator_service: "zeroscale-activator.zeroscale-system".into(),
-                activator_admin_port: 9090,
-                scrape_timeout: Duration::from_millis(500),
-                namespaces: vec![namespace.clone()],
+    with_cluster(
+        "idle_function_scales_to_zero_and_a_wake_request_brings_it_back",
+        "zeroscale-zero",
+        |client, namespace| async move {
+            let registry = prometheus::Registry::new();
+            let ctx = Arc::new(Context::new(
+                client.clone(),
+                Config::test(),
+                Metrics::register(&registry)?,
+                Reporter {
+                    controller: "zeroscale-tests".into(),
+                    instance: None,
+                },
+            ));
+            let holding = Arc::new(AtomicBool::new(false));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let until_stopped = move || {
+                let mut stopped = stopped.clone();
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                }
             };
-            let (ctx, until_stopped) = (ctx.clone(), until_stopped.clone());
-            let stats = FakeActivator {
-                namespace: namespace.clone(),
-                holding: Arc::clone(&holding),
+            {
+                let (ctx, namespace, until_stopped) =
+                    (ctx.clone(), namespace.clone(), until_stopped.clone());
+                tokio::spawn(async move {
+                    controller::run(ctx, Some(&namespace), until_stopped()).await;
+                });
+            }
+            {
+                let config = AutoscalerConfig {
+                    tick: Duration::from_millis(200),
+                    activator_service: "zeroscale-activator.zeroscale-system".into(),
+                    activator_admin_port: 9090,
+                    scrape_timeout: Duration::from_millis(500),
+                    namespaces: vec![namespace.clone()],
+                };
+                let (ctx, until_stopped) = (ctx.clone(), until_stopped.clone());
+                let stats = FakeActivator {
+                    namespace: namespace.clone(),
+                    holding: Arc::clone(&holding),
+                };
+                tokio::spawn(async move {
+                    autoscaler::run(ctx, config, stats, until_stopped()).await;
+                });
+            }
+
+            let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+            let mut spec = FunctionSpec::with_image("registry.k8s.io/pause:3.10");
+            spec.scaling.scale_to_zero_grace_period = Some("1s".into());
+            functions
+                .create(&PostParams::default(), &function("idle", spec))
+                .await?;
+
+            let at = |replicas: i32| {
+                move |deployment: Option<&Deployment>| {
+                    deployment.and_then(|d| d.spec.as_ref()?.replicas) == Some(replicas)
+                }
             };
-            tokio::spawn(async move {
-                autoscaler::run(ctx, config, stats, until_stopped()).await;
-            });
-        }
-
-        let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-        let mut spec = FunctionSpec::with_image("registry.k8s.io/pause:3.10");
-        spec.scaling.scale_to_zero_grace_period = Some("1s".into());
-        functions
-            .create(&PostParams::default(), &function("idle", spec))
-            .await?;
-
-        let at = |replicas: i32| {
-            move |deployment: Option<&Deployment>| {
-                deployment.and_then(|d| d.spec.as_ref()?.replicas) == Some(replicas)
-            }
-        };
-        // Created at its initial scale (it may already be on its way to zero).
-        tokio::time::timeout(
-            WAIT,
-            await_condition(deployments.clone(), "idle", conditions::is_created()),
-        )
-        .await??;
-        // The replicas are applied first, the Function's status after them: wait for both.
-        let last_scale = |reason: &'static str| {
-            move |function: Option<&Function>| {
-                function
-                    .and_then(|f| f.status.as_ref())
-                    .is_some_and(|status| {
-                        status.last_scale_time.is_some()
-                            && status.last_scale_reason.as_deref() == Some(reason)
-                    })
-            }
-        };
-        tokio::time::timeout(WAIT, await_condition(deployments.clone(), "idle", at(0))).await??;
-        let function = tokio::time::timeout(
-            WAIT,
-            await_condition(functions.clone(), "idle", last_scale("ScaleToZero: 1 -> 0")),
-        )
-        .await??
-        .ok_or_else(|| anyhow::anyhow!("the Function is gone"))?;
-        // Cleared before the replicas were applied.
-        assert!(!function.annotations().contains_key(keys::WAKE_REQUESTED_AT));
-
-        // What an activator does when a request finds no pod: hold it, and ask.
-        holding.store(true, Ordering::SeqCst);
-        functions
-            .patch(
-                "idle",
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
-                    keys::WAKE_REQUESTED_AT: "2026-11-24T10:00:00Z"
-                }}})),
+            // Created at its initial scale (it may already be on its way to zero).
+            tokio::time::timeout(
+                WAIT,
+                await_condition(deployments.clone(), "idle", conditions::is_created()),
             )
-            .await?;
-        tokio::time::timeout(WAIT, await_condition(deployments.clone(), "idle", at(1))).await??;
-        // The reconcile of the annotation or the next tick's held request, whichever
-        // comes first, wakes it; both record the same reason.
-        tokio::time::timeout(
-            WAIT,
-            await_condition(functions.clone(), "idle", last_scale("Wake: 0 -> 1")),
-        )
-        .await??;
-        let _ = stop.send(true);
-        Ok(())
-    })
+            .await??;
+            // The replicas are applied first, the Function's status after them: wait for both.
+            let last_scale = |reason: &'static str| {
+                move |function: Option<&Function>| {
+                    function
+                        .and_then(|f| f.status.as_ref())
+                        .is_some_and(|status| {
+                            status.last_scale_time.is_some()
+                                && status.last_scale_reason.as_deref() == Some(reason)
+                        })
+                }
+            };
+            tokio::time::timeout(WAIT, await_condition(deployments.clone(), "idle", at(0)))
+                .await??;
+            let function = tokio::time::timeout(
+                WAIT,
+                await_condition(functions.clone(), "idle", last_scale("ScaleToZero: 1 -> 0")),
+            )
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("the Function is gone"))?;
+            // Cleared before the replicas were applied.
+            assert!(!function.annotations().contains_key(keys::WAKE_REQUESTED_AT));
+
+            // What an activator does when a request finds no pod: hold it, and ask.
+            holding.store(true, Ordering::SeqCst);
+            functions
+                .patch(
+                    "idle",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                        keys::WAKE_REQUESTED_AT: "2026-11-24T10:00:00Z"
+                    }}})),
+                )
+                .await?;
+            tokio::time::timeout(WAIT, await_condition(deployments.clone(), "idle", at(1)))
+                .await??;
+            // The reconcile of the annotation or the next tick's held request, whichever
+            // comes first, wakes it; both record the same reason.
+            tokio::time::timeout(
+                WAIT,
+                await_condition(functions.clone(), "idle", last_scale("Wake: 0 -> 1")),
+            )
+            .await??;
+            let _ = stop.send(true);
+            Ok(())
+        },
+    )
     .await
 }
