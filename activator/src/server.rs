@@ -56,27 +56,16 @@ impl Activator {
         }
     }
 
-    /// Answers one request that came in on `listener` from `client` over `scheme`.
+    /// Answers one request that came in on `listener` from `client` over `scheme`, on a
+    /// client connection with `affinity` (see [`Affinity`]): its own connection to the
+    /// pod its requests go to.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         listener: Listener,
         client: SocketAddr,
         scheme: &'static str,
-    ) -> ActivatorResponse {
-        self.handle_via(request, listener, client, scheme, None)
-            .await
-    }
-
-    /// [`Activator::handle`] for a request on a client connection with `affinity`
-    /// (see [`Affinity`]): its own connection to the pod its requests go to.
-    pub async fn handle_via(
-        &self,
-        request: Request<Incoming>,
-        listener: Listener,
-        client: SocketAddr,
-        scheme: &'static str,
-        affinity: Option<&Affinity>,
+        affinity: &Affinity,
     ) -> ActivatorResponse {
         let arrived = Instant::now();
         let host = request
@@ -115,7 +104,7 @@ impl Activator {
         client: SocketAddr,
         scheme: &'static str,
         arrived: Instant,
-        affinity: Option<&Affinity>,
+        affinity: &Affinity,
     ) -> Result<ActivatorResponse, ActivatorError> {
         let settings = function.settings();
         // One deadline from arrival bounds waiting for a pod and waiting for the pod's
@@ -126,7 +115,7 @@ impl Activator {
             outbound = outbound.with_body_limit(limit)?;
         }
         let deadline = (arrived + settings.max_queue_wait).min(ends);
-        let near = affinity.and_then(Affinity::pod);
+        let near = affinity.pod();
         let mut permit = self.acquire(function, deadline, near).await?;
         let mut attempt = 1;
         loop {
@@ -136,10 +125,11 @@ impl Activator {
             outbound = outbound.with_response_start_timeout(remaining);
             // Boxed: the exchange's state is large, and a request held at zero should
             // not carry room for it while it waits.
-            let sent = Box::pin(
-                self.forwarder
-                    .send_via(outbound, pod, protocol, permit, affinity),
-            );
+            let sent =
+                Box::pin(
+                    self.forwarder
+                        .send_via(outbound, pod, protocol, permit, Some(affinity)),
+                );
             match sent.await {
                 Ok(response) => return Ok(response),
                 Err(SendError {
@@ -275,7 +265,7 @@ pub async fn serve(
             async move {
                 Ok::<_, std::convert::Infallible>(
                     activator
-                        .handle_via(request, exposure, client, "http", Some(&affinity))
+                        .handle(request, exposure, client, "http", &affinity)
                         .await,
                 )
             }
@@ -300,12 +290,18 @@ pub async fn serve(
 /// Binds a listener with a backlog deep enough for a burst of new connections at a cold
 /// start (the default of 128 drops the rest, and their clients retry only after 1 s).
 pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    listen(address, false)
+}
+
+/// [`bind`], with `SO_REUSEPORT` when `shared`, so that more listeners can join the port.
+fn listen(address: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(shared)?;
     socket.bind(address)?;
     socket.listen(4096)
 }
@@ -360,16 +356,8 @@ where
     let mut listeners = Vec::new();
     let mut local_addr = address;
     for _ in 0..threads.max(1) {
-        let socket = if address.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
         // Port 0 is chosen by the first bind; the others join it.
-        socket.bind(local_addr)?;
-        let listener = socket.listen(4096)?;
+        let listener = listen(local_addr, true)?;
         local_addr = listener.local_addr()?;
         // Registered with this thread's runtime by `listen`; moved to its own below.
         listeners.push(listener.into_std()?);
