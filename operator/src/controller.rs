@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -519,7 +519,7 @@ async fn write_status(function: &Function, ctx: &Context, status: FunctionStatus
     if let Some(ready) = status.ready_condition()
         && previous_reason.as_deref() != Some(ready.reason.as_str())
     {
-        publish_transition(function, ctx, &ready.reason, &ready.message).await;
+        publish_transition(function, ctx, ready).await;
     }
     Ok(())
 }
@@ -536,24 +536,18 @@ fn truncate_bytes(text: &str, limit: usize) -> &str {
     &text[..end]
 }
 
-/// Publishes the Ready transition as an Event; a failure to publish is logged, not fatal.
-async fn publish_transition(function: &Function, ctx: &Context, reason: &str, message: &str) {
-    let warning = [
-        Reason::InvalidSpec,
-        Reason::DeploymentFailed,
-        Reason::Unschedulable,
-        Reason::NotOwned,
-    ]
-    .iter()
-    .any(|r| r.as_str() == reason);
+/// Publishes the Ready transition as an Event, a Warning when the Function cannot serve
+/// (`False`) or waits for a node; a failure to publish is logged, not fatal.
+async fn publish_transition(function: &Function, ctx: &Context, ready: &Condition) {
+    let warning = ready.status == "False" || ready.reason == Reason::Unschedulable.as_str();
     let event = Event {
         type_: if warning {
             EventType::Warning
         } else {
             EventType::Normal
         },
-        reason: reason.to_owned(),
-        note: Some(truncate_bytes(message, EVENT_NOTE_LIMIT).to_owned()),
+        reason: ready.reason.clone(),
+        note: Some(truncate_bytes(&ready.message, EVENT_NOTE_LIMIT).to_owned()),
         action: "Reconcile".into(),
         secondary: None,
     };
