@@ -52,37 +52,33 @@ struct Cli {
     #[arg(long, env = "ZEROSCALE_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
     /// Time between rounds of active probes of starting pods; 0 turns probing off.
-    #[arg(long, env = "ZEROSCALE_PROBE_PERIOD", default_value = "25ms", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_PROBE_PERIOD", default_value = "25ms", value_parser = zeroscale_api::duration::parse)]
     probe_period: Duration,
     /// Longest one active probe may take.
-    #[arg(long, env = "ZEROSCALE_PROBE_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_PROBE_TIMEOUT", default_value = "500ms", value_parser = zeroscale_api::duration::parse)]
     probe_timeout: Duration,
     /// Longest connecting to a pod may take.
-    #[arg(long, env = "ZEROSCALE_CONNECT_TIMEOUT", default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_CONNECT_TIMEOUT", default_value = "2s", value_parser = zeroscale_api::duration::parse)]
     connect_timeout: Duration,
     /// Longest a client may take to send a request's headers.
-    #[arg(long, env = "ZEROSCALE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = zeroscale_api::duration::parse)]
     header_read_timeout: Duration,
     /// Largest request head in bytes (431 beyond it).
     #[arg(long, env = "ZEROSCALE_MAX_HEADER_BYTES", default_value_t = 65536)]
     max_header_bytes: usize,
     /// After SIGTERM: how long to keep accepting while the activator leaves the
     /// Service's endpoints (readiness fails at once).
-    #[arg(long, env = "ZEROSCALE_DRAIN_DELAY", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_DRAIN_DELAY", default_value = "5s", value_parser = zeroscale_api::duration::parse)]
     drain_delay: Duration,
     /// After that: longest to wait for requests in flight and held to finish.
-    #[arg(long, env = "ZEROSCALE_DRAIN_PERIOD", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_DRAIN_PERIOD", default_value = "30s", value_parser = zeroscale_api::duration::parse)]
     drain_period: Duration,
     /// How often each Function's concurrency is sampled for the autoscaler.
-    #[arg(long, env = "ZEROSCALE_SAMPLE_PERIOD", default_value = "100ms", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_SAMPLE_PERIOD", default_value = "100ms", value_parser = zeroscale_api::duration::parse)]
     sample_period: Duration,
     /// Log format.
     #[arg(long, env = "ZEROSCALE_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text)]
     log_format: LogFormatArg,
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
 }
 
 #[tokio::main]

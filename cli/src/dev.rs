@@ -46,18 +46,14 @@ pub struct DevConfig {
     #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Time between autoscaler decisions.
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, default_value = "1s", value_parser = zeroscale_api::duration::parse)]
     pub autoscaler_tick: Duration,
     /// Time between checks of the manifests for changes.
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, default_value = "1s", value_parser = zeroscale_api::duration::parse)]
     pub reload_period: Duration,
     /// After Ctrl-C or SIGTERM: longest to wait for requests in flight and held.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = zeroscale_api::duration::parse)]
     pub drain_period: Duration,
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// The domain under which every Function is reachable: `<fn>.<ns>.localhost`, which

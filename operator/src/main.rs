@@ -86,14 +86,14 @@ struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// Time between autoscaler decisions.
-    #[arg(long, env = "ZEROSCALE_AUTOSCALER_TICK", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_AUTOSCALER_TICK", default_value = "1s", value_parser = zeroscale_api::duration::parse)]
     autoscaler_tick: Duration,
     /// Port of the activators' admin server, where they serve /stats.
     #[arg(long, env = "ZEROSCALE_ACTIVATOR_ADMIN_PORT", default_value_t = 9090)]
     activator_admin_port: u16,
     /// Longest one activator may take to report its stats; a missing report holds
     /// every Function's scale.
-    #[arg(long, env = "ZEROSCALE_STATS_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_STATS_TIMEOUT", default_value = "500ms", value_parser = zeroscale_api::duration::parse)]
     stats_timeout: Duration,
     #[command(flatten)]
     scaling: ScalingDefaultsArgs,
@@ -112,10 +112,10 @@ struct ScalingDefaultsArgs {
     #[arg(long, env = "ZEROSCALE_DEFAULT_TARGET_CPU", default_value_t = 80, value_parser = clap::value_parser!(i32).range(1..=100000))]
     default_target_cpu: i32,
     /// Idle time before a Function scales to zero.
-    #[arg(long, env = "ZEROSCALE_DEFAULT_SCALE_TO_ZERO_GRACE_PERIOD", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_DEFAULT_SCALE_TO_ZERO_GRACE_PERIOD", default_value = "30s", value_parser = zeroscale_api::duration::parse)]
     default_scale_to_zero_grace_period: Duration,
     /// How long lower load must last before scaling down.
-    #[arg(long, env = "ZEROSCALE_DEFAULT_SCALE_DOWN_DELAY", default_value = "0s", value_parser = duration)]
+    #[arg(long, env = "ZEROSCALE_DEFAULT_SCALE_DOWN_DELAY", default_value = "0s", value_parser = zeroscale_api::duration::parse)]
     default_scale_down_delay: Duration,
     /// Averaging window of normal decisions (6s to 1h).
     #[arg(long, env = "ZEROSCALE_DEFAULT_STABLE_WINDOW", default_value = "60s", value_parser = stable_window)]
@@ -152,7 +152,7 @@ impl From<&ScalingDefaultsArgs> for ScalingDefaults {
 }
 
 fn stable_window(text: &str) -> Result<Duration, String> {
-    let window = duration(text)?;
+    let window = zeroscale_api::duration::parse(text).map_err(|e| e.to_string())?;
     let (shortest, longest) = zeroscale_api::validate::STABLE_WINDOW_RANGE;
     if (shortest..=longest).contains(&window) {
         Ok(window)
@@ -166,10 +166,6 @@ fn rate(text: &str) -> Result<f64, String> {
         Ok(rate) if (1.0..=10000.0).contains(&rate) => Ok(rate),
         _ => Err(format!("{text:?} is not a factor between 1 and 10000")),
     }
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    zeroscale_api::duration::parse(text).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
