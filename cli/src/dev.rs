@@ -286,13 +286,11 @@ impl Manifests {
                     continue;
                 }
             };
-            for skipped in &manifest.skipped {
-                if first {
-                    console::event(format_args!(
-                        "{}: skipping {skipped} (not a Function)",
-                        file.display()
-                    ));
-                }
+            for skipped in manifest.skipped.iter().filter(|_| first) {
+                console::event(format_args!(
+                    "{}: skipping {skipped} (not a Function)",
+                    file.display()
+                ));
             }
             let mut kept = Vec::new();
             for function in manifest.functions {
