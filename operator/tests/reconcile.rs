@@ -422,6 +422,19 @@ impl ApiServer {
         call.respond(StatusCode::CREATED, &event);
         event
     }
+
+    /// Expects the status of a Function refused with `reason` (`Ready=False`) and the
+    /// Warning that announces it. Returns the status and the Event.
+    async fn refusal(&mut self, function: &Function, reason: &str) -> (Value, Value) {
+        let status = self.apply_status(function).await;
+        let condition = ready(&status);
+        assert_eq!(condition["status"], "False");
+        assert_eq!(condition["reason"], reason);
+        let event = self.event().await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], reason);
+        (status, event)
+    }
 }
 
 impl Call {
@@ -780,18 +793,11 @@ async fn image_pull_failure_of_a_new_function_is_reported_with_a_warning() {
             .list_pods(vec![waiting_pod("ImagePullBackOff", &pull_error)])
             .await;
 
-        let status = server.apply_status(&expected).await;
-        let condition = ready(&status);
+        let (status, event) = server.refusal(&expected, "DeploymentFailed").await;
         let message = format!(
             "pod hello-5d8f7c9b4-x2x4z: container function: ImagePullBackOff: {pull_error}"
         );
-        assert_eq!(condition["status"], "False");
-        assert_eq!(condition["reason"], "DeploymentFailed");
-        assert_eq!(condition["message"], message.as_str());
-
-        let event = server.event().await;
-        assert_eq!(event["type"], "Warning");
-        assert_eq!(event["reason"], "DeploymentFailed");
+        assert_eq!(ready(&status)["message"], message.as_str());
         assert_eq!(event["note"], message.as_str());
         server.done().await;
     });
@@ -830,20 +836,14 @@ async fn assert_not_owned(function: Function, taken: &str, found: Value, object:
             }
             call.fail(404, "NotFound", "not found");
         }
-        let status = server.apply_status(&expected).await;
-        let condition = ready(&status);
-        assert_eq!(condition["status"], "False");
-        assert_eq!(condition["reason"], "NotOwned");
+        let (status, _) = server.refusal(&expected, "NotOwned").await;
         assert_eq!(
-            condition["message"],
+            ready(&status)["message"],
             format!(
                 "{object} already exists and is not managed by this Function: \
                  delete or rename it, or rename the Function"
             )
         );
-        let event = server.event().await;
-        assert_eq!(event["type"], "Warning");
-        assert_eq!(event["reason"], "NotOwned");
         server.done().await;
     });
 
@@ -906,20 +906,15 @@ async fn assert_reported_invalid_without_children(function: Function, field: &'s
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
         // The status comes first: no Deployment, Service or HPA request at all.
-        let status = server.apply_status(&expected).await;
-        let condition = ready(&status);
-        assert_eq!(condition["status"], "False");
-        assert_eq!(condition["reason"], "InvalidSpec");
-        let message = condition["message"].as_str().expect("message is a string");
+        let (status, event) = server.refusal(&expected, "InvalidSpec").await;
+        let message = ready(&status)["message"]
+            .as_str()
+            .expect("message is a string");
         assert!(
             message.starts_with(&format!("{field}: ")),
             "message names {field}: {message}"
         );
         assert_eq!(status["observedGeneration"], 1);
-
-        let event = server.event().await;
-        assert_eq!(event["type"], "Warning");
-        assert_eq!(event["reason"], "InvalidSpec");
         assert_eq!(event["note"], message);
         server.done().await;
     });
@@ -966,14 +961,8 @@ async fn deployment_refused_on_create_makes_the_function_invalid_and_builds_noth
         call.fail(422, "Invalid", refusal);
 
         // No Service: the status says what the API server refused.
-        let status = server.apply_status(&expected).await;
-        let condition = ready(&status);
-        assert_eq!(condition["status"], "False");
-        assert_eq!(condition["reason"], "InvalidSpec");
-        assert_eq!(condition["message"], refusal);
-        let event = server.event().await;
-        assert_eq!(event["type"], "Warning");
-        assert_eq!(event["reason"], "InvalidSpec");
+        let (status, _) = server.refusal(&expected, "InvalidSpec").await;
+        assert_eq!(ready(&status)["message"], refusal);
         server.done().await;
     });
 

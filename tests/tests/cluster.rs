@@ -25,6 +25,9 @@ use zeroscale_tests::{cluster_client, in_temporary_namespace};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// An image whose container does nothing: the tests need pods, not what they serve.
+const PAUSE: &str = "registry.k8s.io/pause:3.10";
+
 async fn install_crd(client: &Client) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = zeroscale_api::crd();
@@ -198,10 +201,7 @@ async fn replicas_set_by_the_autoscaler_survive_a_respec() -> anyhow::Result<()>
             functions
                 .create(
                     &PostParams::default(),
-                    &function(
-                        "hello",
-                        FunctionSpec::with_image("registry.k8s.io/pause:3.10"),
-                    ),
+                    &function("hello", FunctionSpec::with_image(PAUSE)),
                 )
                 .await?;
             await_status(&functions, "hello").await?;
@@ -255,7 +255,7 @@ async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Re
             let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
 
             // What the schema can check, the API server refuses.
-            let mut bounds = FunctionSpec::with_image("registry.k8s.io/pause:3.10");
+            let mut bounds = FunctionSpec::with_image(PAUSE);
             bounds.scaling.min_replicas = 5;
             bounds.scaling.max_replicas = 2;
             let refused = functions
@@ -271,16 +271,13 @@ async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Re
             let refused = functions
                 .create(
                     &PostParams::default(),
-                    &function(
-                        "x-pods",
-                        FunctionSpec::with_image("registry.k8s.io/pause:3.10"),
-                    ),
+                    &function("x-pods", FunctionSpec::with_image(PAUSE)),
                 )
                 .await;
             assert!(matches!(refused, Err(kube::Error::Api(status)) if status.code == 422));
 
             // What only the operator can check ends as Ready=False, InvalidSpec.
-            let mut cron = FunctionSpec::with_image("registry.k8s.io/pause:3.10");
+            let mut cron = FunctionSpec::with_image(PAUSE);
             cron.triggers.schedules = vec![Schedule {
                 name: "tick".into(),
                 cron: "61 * * * *".into(),
@@ -342,7 +339,7 @@ async fn a_deployment_made_by_someone_else_is_never_taken_over() -> anyhow::Resu
                     "template": {
                         "metadata": {"labels": {"app": "theirs"}},
                         "spec": {"containers": [
-                            {"name": "app", "image": "registry.k8s.io/pause:3.10"}
+                            {"name": "app", "image": PAUSE}
                         ]},
                     },
                 },
@@ -359,10 +356,7 @@ async fn a_deployment_made_by_someone_else_is_never_taken_over() -> anyhow::Resu
             functions
                 .create(
                     &PostParams::default(),
-                    &function(
-                        "taken",
-                        FunctionSpec::with_image("registry.k8s.io/pause:3.10"),
-                    ),
+                    &function("taken", FunctionSpec::with_image(PAUSE)),
                 )
                 .await?;
             let function = await_status(&functions, "taken").await?;
@@ -482,7 +476,7 @@ async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> any
 
             let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
             let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-            let mut spec = FunctionSpec::with_image("registry.k8s.io/pause:3.10");
+            let mut spec = FunctionSpec::with_image(PAUSE);
             spec.scaling.scale_to_zero_grace_period = Some("1s".into());
             functions
                 .create(&PostParams::default(), &function("idle", spec))
