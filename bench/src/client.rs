@@ -19,18 +19,23 @@ pub struct Answer {
     pub done: Instant,
 }
 
-fn request(host: &str) -> String {
+fn request(host: &str, target: &str) -> String {
     format!(
-        "GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: zeroscale-bench\r\nConnection: close\r\n\r\n"
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: zeroscale-bench\r\nConnection: close\r\n\r\n"
     )
 }
 
 /// Connects to `addr` and sends one request for `host`, without reading the answer.
 pub async fn send(addr: SocketAddr, host: &str) -> anyhow::Result<TcpStream> {
+    send_to(addr, host, "/").await
+}
+
+/// [`send`] of `GET target`.
+async fn send_to(addr: SocketAddr, host: &str, target: &str) -> anyhow::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await.context("connecting")?;
     stream.set_nodelay(true)?;
     stream
-        .write_all(request(host).as_bytes())
+        .write_all(request(host, target).as_bytes())
         .await
         .context("sending the request")?;
     Ok(stream)
@@ -66,5 +71,10 @@ pub async fn read_answer(mut stream: TcpStream) -> anyhow::Result<Answer> {
 
 /// `GET /` from `host` at `addr`.
 pub async fn get(addr: SocketAddr, host: &str) -> anyhow::Result<Answer> {
-    read_answer(send(addr, host).await?).await
+    get_target(addr, host, "/").await
+}
+
+/// `GET target` from `host` at `addr`.
+pub async fn get_target(addr: SocketAddr, host: &str, target: &str) -> anyhow::Result<Answer> {
+    read_answer(send_to(addr, host, target).await?).await
 }

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -258,7 +257,7 @@ async fn load_step(zeroscale: &Path, dir: &Path, clients: usize) -> anyhow::Resu
             let (running, addr) = (Arc::clone(&running), dev.addr);
             tokio::spawn(async move {
                 while running.load(Ordering::Relaxed) {
-                    let _ = slow_get(addr).await;
+                    let _ = client::get_target(addr, "hello.default", "/?sleep=0.5").await;
                 }
             })
         })
@@ -281,15 +280,4 @@ async fn load_step(zeroscale: &Path, dir: &Path, clients: usize) -> anyhow::Resu
         replicas: clients,
         ready_ms: (last_ready - step).as_secs_f64() * 1000.0,
     })
-}
-
-/// `GET /?sleep=0.5` from hello, read to the end.
-async fn slow_get(addr: SocketAddr) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream
-        .write_all(b"GET /?sleep=0.5 HTTP/1.1\r\nHost: hello.default\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut sink = Vec::new();
-    stream.read_to_end(&mut sink).await?;
-    Ok(())
 }
