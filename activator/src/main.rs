@@ -85,6 +85,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     process::init_tracing(cli.log_format.into(), "info");
+    let terminated = process::termination_signal().context("listening for SIGTERM and SIGINT")?;
     let started = tokio::time::Instant::now();
     let instance = format!(
         "{}-{}-{}",
@@ -221,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
         servers.push(server);
     }
 
-    process::termination_signal().await;
+    terminated.await;
     tracing::info!(delay = ?cli.drain_delay, "terminating: failing readiness, then draining");
     readiness.set_not_ready("shutting down");
     tokio::time::sleep(cli.drain_delay).await;

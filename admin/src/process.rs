@@ -23,21 +23,19 @@ pub fn init_tracing(format: LogFormat, default_filter: &str) {
     }
 }
 
-/// Resolves when the process gets SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// Listens for SIGTERM and SIGINT from this call on, and returns a future that
+/// resolves on the first of them.
+///
+/// Call it before binding any listener: until the handlers are installed, a SIGTERM
+/// kills the process at once and drops the requests it has accepted.
+pub fn termination_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = terminate => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
+    })
 }

@@ -62,6 +62,7 @@ const LOCAL_DOMAIN: &str = "localhost";
 
 /// Runs until SIGTERM or Ctrl-C, then drains requests and stops every replica.
 pub async fn run(config: DevConfig) -> Result<()> {
+    let terminated = process::termination_signal().map_err(Error::Signal)?;
     let started = Instant::now();
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new()?;
@@ -160,7 +161,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
 
     let mut reloads = tokio::time::interval(config.reload_period);
     reloads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut terminated = std::pin::pin!(process::termination_signal());
+    let mut terminated = std::pin::pin!(terminated);
     loop {
         tokio::select! {
             () = &mut terminated => break,

@@ -23,6 +23,8 @@ pub enum Error {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("listening for SIGTERM and SIGINT: {0}")]
+    Signal(std::io::Error),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }

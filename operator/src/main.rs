@@ -182,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     process::init_tracing(args.log_format.into(), "info");
+    let terminated = process::termination_signal().context("listening for SIGTERM and SIGINT")?;
     let identity = args
         .identity
         .clone()
@@ -200,7 +201,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // One signal, observed by everything that must stop.
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        process::termination_signal().await;
+        terminated.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
