@@ -16,8 +16,8 @@ use zeroscale_api::{Function, keys};
 
 use crate::endpoints::{EndpointSet, function_of_slice, pod_endpoints};
 use crate::functions::Functions;
-use crate::routing::FunctionKey;
 use crate::wake::Wake;
+use zeroscale_api::routing::FunctionKey;
 
 /// Least time between two wake requests for one Function: the operator acts on the first,
 /// later ones would only add API writes.
@@ -251,12 +251,12 @@ impl Wake for KubeWake {
 mod tests {
     use super::*;
     use crate::functions::Listener;
-    use crate::routing::Domains;
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
     use kube::api::ObjectMeta;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, Ordering};
     use zeroscale_api::FunctionSpec;
+    use zeroscale_api::routing::Domains;
 
     fn function(name: &str) -> Function {
         let mut function = Function::new(name, FunctionSpec::with_image("example.com/f:1"));

@@ -18,7 +18,7 @@ use http::{Response, StatusCode};
 
 use crate::capacity::CapacityError;
 use crate::forward::ResponseBody;
-use crate::routing::RouteError;
+use zeroscale_api::routing::RouteError;
 
 /// Any error, boxed: the cause of a failure talking to a pod, kept for logs.
 pub type BoxError = Box<dyn StdError + Send + Sync>;

@@ -18,7 +18,7 @@ use zeroscale_api::{Function, Protocol, RequestsSpec};
 use crate::capacity::{Capacity, Limits};
 use crate::endpoints::{EndpointSet, PodProtocol};
 use crate::metrics::{FunctionMetrics, Metrics};
-use crate::routing::{Domains, FunctionKey, RouteError, RouteSpec, RoutingTable};
+use zeroscale_api::routing::{Domains, FunctionKey, RouteError, RouteSpec, RoutingTable};
 
 /// Which listener a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

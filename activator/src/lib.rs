@@ -1,8 +1,9 @@
 //! The zeroscale activator: every request to a Function passes through it. The pipeline,
-//! one module per step: route (Host and path to a Function) -> count (stats for the
-//! autoscaler) -> wait for capacity (bounded queue with a deadline while the Function is
-//! at zero or its pods are full) -> pick a pod (least loaded, per-pod concurrency) ->
-//! forward (pooled client, streaming bodies).
+//! one module per step: route (Host and path to a Function, by the rules in
+//! `zeroscale_api::routing`) -> count (stats for the autoscaler) -> wait for capacity
+//! (bounded queue with a deadline while the Function is at zero or its pods are full) ->
+//! pick a pod (least loaded, per-pod concurrency) -> forward (pooled client, streaming
+//! bodies).
 pub mod capacity;
 pub mod cluster;
 pub mod endpoints;
@@ -11,6 +12,5 @@ pub mod forward;
 pub mod functions;
 pub mod metrics;
 pub mod probe;
-pub mod routing;
 pub mod server;
 pub mod wake;

@@ -439,7 +439,7 @@ mod tests {
     use super::*;
     use crate::endpoints::{EndpointSet, EndpointState, PodEndpoint, PodProtocol};
     use crate::forward::ForwarderConfig;
-    use crate::routing::{Domains, FunctionKey};
+    use zeroscale_api::routing::{Domains, FunctionKey};
 
     struct NoWake;
 

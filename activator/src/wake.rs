@@ -2,7 +2,7 @@
 //! how that reaches the control plane is behind [`Wake`], so the same proxy runs with
 //! the Kubernetes implementation or a local process runtime.
 
-use crate::routing::FunctionKey;
+use zeroscale_api::routing::FunctionKey;
 
 /// Asks the control plane for capacity. Called on the slow path only (a request found no
 /// ready pod); implementations must not block and may coalesce repeated calls.

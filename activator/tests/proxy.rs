@@ -21,9 +21,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use zeroscale_activator::endpoints::EndpointState::{NotReady, Ready, Terminating};
 use zeroscale_activator::functions::Listener;
-use zeroscale_activator::routing::FunctionKey;
 use zeroscale_activator::server::{self, ServerLimits};
 use zeroscale_api::Function;
+use zeroscale_api::routing::FunctionKey;
 
 fn key(name: &str) -> FunctionKey {
     FunctionKey::new(common::NAMESPACE, name)

@@ -1,6 +1,7 @@
 //! Types shared by the zeroscale operator, activator and CLI: the `Function` custom
 //! resource, the labels and annotations zeroscale puts on objects, the names of the
-//! objects it derives from a Function, and duration parsing for spec fields.
+//! objects it derives from a Function, the routing rules (which Function answers a Host
+//! and path, and whose claim on a host wins), and duration parsing for spec fields.
 //!
 //! This crate has no client and no runtime so that every component can read Functions
 //! without depending on the operator.
@@ -10,6 +11,7 @@ pub mod duration;
 pub mod function;
 pub mod keys;
 pub mod names;
+pub mod routing;
 pub mod stats;
 pub mod validate;
 

@@ -21,10 +21,10 @@ use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
 use zeroscale_activator::metrics::Metrics;
 use zeroscale_activator::probe::ProbeConfig;
-use zeroscale_activator::routing::{Domains, FunctionKey};
 use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_admin::process;
 use zeroscale_admin::{AdminState, Readiness};
+use zeroscale_api::routing::{Domains, FunctionKey};
 use zeroscale_api::stats::StatsReport;
 use zeroscale_operator::autoscaler::run::{StatsSource, drive};
 

@@ -32,8 +32,8 @@ use tokio::sync::{oneshot, watch};
 use zeroscale_activator::cluster::{KubeWake, watch_endpoint_slices, watch_functions};
 use zeroscale_activator::functions::{Functions, Listener};
 use zeroscale_activator::metrics::Metrics as ActivatorMetrics;
-use zeroscale_activator::routing::{Domains, FunctionKey};
 use zeroscale_activator::wake::Wake;
+use zeroscale_api::routing::{Domains, FunctionKey};
 use zeroscale_api::stats::{FunctionStats, StatsReport};
 use zeroscale_api::{Function, FunctionSpec, Metric, ScalingDefaults, keys};
 use zeroscale_operator::autoscaler::run::{

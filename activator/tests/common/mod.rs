@@ -29,10 +29,10 @@ use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
 use zeroscale_activator::metrics::Metrics;
 use zeroscale_activator::probe::ProbeConfig;
-use zeroscale_activator::routing::{Domains, FunctionKey};
 use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_activator::wake::Wake;
 use zeroscale_api::conditions::Reason;
+use zeroscale_api::routing::{Domains, FunctionKey};
 use zeroscale_api::stats::FunctionStats;
 use zeroscale_api::{Function, FunctionSpec, FunctionStatus, Visibility};
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use zeroscale_activator::routing::FunctionKey;
 use zeroscale_api::conditions::Reason;
+use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::{Function, Protocol, ScalingDefaults, Visibility, keys};
 use zeroscale_operator::autoscaler::ScalingPolicy;
 

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeroscale_activator::functions::Functions;
-use zeroscale_activator::routing::FunctionKey;
 use zeroscale_activator::wake::Wake;
+use zeroscale_api::routing::FunctionKey;
 use zeroscale_operator::autoscaler::run::Runtime;
 use zeroscale_operator::autoscaler::{Decision, FunctionId, Reason, Replicas, Target};
 

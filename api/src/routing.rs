@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use zeroscale_api::{Function, Visibility};
+use crate::{Function, Visibility};
 
 /// Longest DNS name, in bytes, without the trailing dot.
 const MAX_HOST_LEN: usize = 253;
@@ -544,6 +544,9 @@ fn normalize_prefix(prefix: Option<&str>) -> Option<String> {
 }
 
 /// Whether `path` is `prefix` or lies below it. `prefix` has no trailing `/`.
+// `#[inline]` here and on `normalize_host`: both run on every request, in the activator's
+// crate, and release builds have no LTO to inline across crates.
+#[inline]
 fn prefix_matches(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
@@ -552,6 +555,7 @@ fn prefix_matches(path: &str, prefix: &str) -> bool {
 /// The host of a Host header as the table keys it: without port or trailing dot, in
 /// lowercase (copied into `buffer` only when it has uppercase letters). `None` when it
 /// cannot name a Function: empty, too long, an IP-literal (`[::1]`) or a malformed port.
+#[inline]
 fn normalize_host<'a>(host: &'a str, buffer: &'a mut [u8; MAX_HOST_LEN]) -> Option<&'a str> {
     if host.starts_with('[') {
         return None;
@@ -1037,7 +1041,7 @@ mod tests {
 
     #[test]
     fn route_spec_comes_from_function_metadata_and_routing() {
-        let mut function = Function::new("hello", zeroscale_api::FunctionSpec::with_image("img"));
+        let mut function = Function::new("hello", crate::FunctionSpec::with_image("img"));
         assert_eq!(RouteSpec::from_function(&function), None);
         function.metadata.namespace = Some("team".to_owned());
         function.spec.routing.hosts = vec!["hello.example.com".to_owned()];
