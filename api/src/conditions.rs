@@ -1,5 +1,8 @@
-//! The `Ready` condition of a Function and the reasons it carries. The activator reads
+//! The conditions of a Function. `Ready` says whether it can serve; the activator reads
 //! it too: `False` means the Function cannot start, so held requests fail fast.
+//! `HostsClaimed` says whether every host in `spec.routing.hosts` routes to it; a claim
+//! another Function wins leaves `Ready` alone, since the Function still answers on its
+//! own addresses.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -7,6 +10,17 @@ use crate::function::FunctionStatus;
 
 /// Type of the condition that says whether a Function can serve.
 pub const READY: &str = "Ready";
+
+/// Type of the condition that says whether every own host routes to the Function; set
+/// only when it has own hosts.
+pub const HOSTS_CLAIMED: &str = "HostsClaimed";
+
+/// `HostsClaimed=True`: every own host and path prefix routes to the Function.
+pub const ALL_HOSTS_CLAIMED: &str = "AllHostsClaimed";
+
+/// `HostsClaimed=False`: another Function keeps at least one of the claims; the message
+/// says which and why.
+pub const HOST_CONFLICT: &str = "HostConflict";
 
 /// Why a Function is, or is not, ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,11 +69,15 @@ impl Reason {
 impl FunctionStatus {
     /// The `Ready` condition, if set.
     pub fn ready_condition(&self) -> Option<&Condition> {
-        self.conditions.iter().find(|c| c.type_ == READY)
+        self.condition(READY)
     }
 
-    /// Sets `Ready` to what `reason` implies. The transition time moves only when the
-    /// status changes, as the API conventions require.
+    /// The condition of `type_`, if set.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Sets `Ready` to what `reason` implies.
     pub fn set_ready(
         &mut self,
         reason: Reason,
@@ -67,20 +85,40 @@ impl FunctionStatus {
         generation: Option<i64>,
         now: Time,
     ) {
-        let status = reason.status();
-        let last_transition_time = match self.ready_condition() {
+        self.set_condition(
+            READY,
+            reason.status(),
+            reason.as_str(),
+            message,
+            generation,
+            now,
+        );
+    }
+
+    /// Sets the condition of `type_`, replacing any before it. The transition time moves
+    /// only when the status changes, as the API conventions require.
+    pub fn set_condition(
+        &mut self,
+        type_: &str,
+        status: &str,
+        reason: &str,
+        message: String,
+        generation: Option<i64>,
+        now: Time,
+    ) {
+        let last_transition_time = match self.condition(type_) {
             Some(previous) if previous.status == status => previous.last_transition_time.clone(),
             _ => now,
         };
         let condition = Condition {
-            type_: READY.to_owned(),
+            type_: type_.to_owned(),
             status: status.to_owned(),
-            reason: reason.as_str().to_owned(),
+            reason: reason.to_owned(),
             message,
             observed_generation: generation,
             last_transition_time,
         };
-        self.conditions.retain(|c| c.type_ != READY);
+        self.conditions.retain(|c| c.type_ != type_);
         self.conditions.push(condition);
     }
 }

@@ -34,7 +34,8 @@
 //!   on the same host and prefix are won by the lower [`FunctionKey`] (namespace, then
 //!   name).
 //!
-//! Every ignored claim is listed in [`RoutingTable::conflicts`] for the caller to log.
+//! Every ignored claim is listed in [`RoutingTable::conflicts`]: the activator logs them, and
+//! the operator reports each on its Function as `HostsClaimed=False`.
 //!
 //! # Paths
 //!

@@ -14,12 +14,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use tracing::Instrument;
-use zeroscale_api::conditions::Reason;
+use zeroscale_api::conditions::{HOSTS_CLAIMED, READY, Reason};
+use zeroscale_api::routing::{Conflict, Domains, RouteSpec, RoutingTable};
 use zeroscale_api::{Function, FunctionStatus, keys};
 
 use crate::autoscaler::run::record_scale;
@@ -44,6 +45,9 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// way are not the operator's, so no event of theirs reaches it.
 const NOT_OWNED_RETRY: Duration = Duration::from_secs(30);
 
+/// How soon a Function whose host claim is ignored looks again.
+const HOST_CONFLICT_RETRY: Duration = Duration::from_secs(30);
+
 /// Backoff of failed reconciles: doubles from the first delay up to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
 
@@ -59,6 +63,9 @@ pub struct Context {
     /// names once; empty at start, so a new leader checks each Function once. A deleted
     /// Function leaves its entry here.
     children: Mutex<HashMap<ObjectRef<Function>, Children>>,
+    /// The Functions each running controller watches (one per watched namespace, or one
+    /// for all): host claims are decided over all of them, as the activator decides.
+    watched: Mutex<Vec<Store<Function>>>,
 }
 
 /// A Function's children as the reconciler last left them.
@@ -77,7 +84,82 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             children: Mutex::new(HashMap::new()),
+            watched: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Adds the Functions a controller watches to those host claims are decided over.
+    pub fn watch(&self, functions: Store<Function>) {
+        self.watched().push(functions);
+    }
+
+    /// The claims of `function` on hosts that the routing rules ignore, because another
+    /// watched Function keeps the host or it is another Function's address. Decided by
+    /// the rules the activator routes by, over every watched Function and `function` as
+    /// given; empty when it has no own hosts.
+    pub fn host_conflicts(&self, function: &Function) -> Vec<Conflict> {
+        if function.spec.routing.hosts.is_empty() {
+            return Vec::new();
+        }
+        let Some(claimant) = RouteSpec::from_function(function) else {
+            return Vec::new();
+        };
+        let watched: Vec<Arc<Function>> = self.watched().iter().flat_map(Store::state).collect();
+        let domains = Domains {
+            cluster_domain: self.config.cluster_domain.clone(),
+            public_domain: self.config.public_domain.clone(),
+        };
+        // The key given last counts, so `function` replaces its own copy in a store.
+        let routes = watched
+            .iter()
+            .filter_map(|other| RouteSpec::from_function(other))
+            .chain(std::iter::once(claimant.clone()))
+            .map(|route| (route, ()));
+        RoutingTable::build(routes, &domains)
+            .conflicts()
+            .iter()
+            .filter(|conflict| conflict.ignored == claimant.key)
+            .cloned()
+            .collect()
+    }
+
+    /// Watched Functions whose claims `changed` may win or give up: those claiming one
+    /// of its own hosts, its bare name, or a name derived from it (`<name>.<namespace>`
+    /// and below). A superset of those whose conflicts change, which costs a reconcile.
+    fn claims_near(&self, changed: &Function) -> Vec<ObjectRef<Function>> {
+        let name = changed.name_any();
+        let base = format!("{name}.{}", changed.namespace().unwrap_or_default());
+        let below_base = format!("{base}.");
+        let own: Vec<String> = changed
+            .spec
+            .routing
+            .hosts
+            .iter()
+            .map(|h| host_key(h))
+            .collect();
+        let changed_ref = ObjectRef::from_obj(changed);
+        self.watched()
+            .iter()
+            .flat_map(Store::state)
+            .filter(|other| {
+                other.spec.routing.hosts.iter().any(|host| {
+                    let host = host_key(host);
+                    host == name
+                        || host == base
+                        || host.starts_with(&below_base)
+                        || own.contains(&host)
+                })
+            })
+            .map(|other| ObjectRef::from_obj(&*other))
+            .filter(|other| *other != changed_ref)
+            .collect()
+    }
+
+    fn watched(&self) -> std::sync::MutexGuard<'_, Vec<Store<Function>>> {
+        // A poisoned list still holds valid stores.
+        self.watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Function>, u32>> {
@@ -109,7 +191,16 @@ pub async fn run(
         keys::MANAGED_BY
     ));
     let function_pods = watcher::Config::default().labels(keys::FUNCTION_LABEL);
-    Controller::new(functions, watcher::Config::default().any_semantic())
+    let controller = Controller::new(functions.clone(), watcher::Config::default().any_semantic());
+    ctx.watch(controller.store());
+    let claims = Arc::clone(&ctx);
+    controller
+        // A Function's change can win or give up a host that another one claims.
+        .watches(
+            functions,
+            watcher::Config::default().any_semantic(),
+            move |changed: Function| claims.claims_near(&changed),
+        )
         .owns(scoped::<Deployment>(&client, namespace), managed.clone())
         .owns(scoped::<Service>(&client, namespace), managed.clone())
         .owns(
@@ -135,6 +226,11 @@ pub async fn run(
         .await;
 }
 
+/// An own host as compared for [`Context::claims_near`]: lowercase, no trailing dot.
+fn host_key(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -154,6 +250,7 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
         Ok(Outcome::Applied) => "ok",
         Ok(Outcome::InvalidSpec) => "invalid_spec",
         Ok(Outcome::NotOwned) => "not_owned",
+        Ok(Outcome::HostConflict) => "host_conflict",
         Err(error) => {
             ctx.metrics
                 .reconcile_errors
@@ -174,6 +271,8 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
         // Nothing will change until the spec does.
         Outcome::InvalidSpec => Action::await_change(),
         Outcome::NotOwned => Action::requeue(NOT_OWNED_RETRY),
+        // The Function keeping the host may drop it without any event naming this one.
+        Outcome::HostConflict => Action::requeue(HOST_CONFLICT_RETRY),
     })
 }
 
@@ -206,6 +305,8 @@ enum Outcome {
     Applied,
     InvalidSpec,
     NotOwned,
+    /// Applied, but a claim on a host is ignored.
+    HostConflict,
 }
 
 async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcome> {
@@ -325,9 +426,15 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
         Vec::new()
     };
 
-    let status = status::observe(function, &deployment, &pods, &ctx.config, now());
+    let mut status = status::observe(function, &deployment, &pods, &ctx.config, now());
+    let conflicts = ctx.host_conflicts(function);
+    status::record_host_claims(&mut status, function, &conflicts, now());
     write_status(function, ctx, status).await?;
-    Ok(Outcome::Applied)
+    Ok(if conflicts.is_empty() {
+        Outcome::Applied
+    } else {
+        Outcome::HostConflict
+    })
 }
 
 /// The replica count to give the autoscaler, when its field manager does not own
@@ -490,11 +597,14 @@ async fn report_refused(
 /// Applies the status and publishes an Event when the Ready reason changed.
 async fn write_status(function: &Function, ctx: &Context, status: FunctionStatus) -> Result<()> {
     let name = function.name_any();
-    let previous_reason = function
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_condition())
-        .map(|c| c.reason.clone());
+    let previous = |type_: &str| {
+        function
+            .status
+            .as_ref()
+            .and_then(|s| s.condition(type_))
+            .map(|c| c.reason.clone())
+    };
+    let (previous_ready, previous_claims) = (previous(READY), previous(HOSTS_CLAIMED));
     let functions: Api<Function> = Api::namespaced(
         ctx.client.clone(),
         &function.namespace().unwrap_or_default(),
@@ -517,9 +627,16 @@ async fn write_status(function: &Function, ctx: &Context, status: FunctionStatus
         })?;
 
     if let Some(ready) = status.ready_condition()
-        && previous_reason.as_deref() != Some(ready.reason.as_str())
+        && previous_ready.as_deref() != Some(ready.reason.as_str())
     {
         publish_transition(function, ctx, ready).await;
+    }
+    // A conflict is news, and so is its end; hosts claimed from the start are not.
+    if let Some(claims) = status.condition(HOSTS_CLAIMED)
+        && previous_claims.as_deref() != Some(claims.reason.as_str())
+        && (claims.status == "False" || previous_claims.is_some())
+    {
+        publish_transition(function, ctx, claims).await;
     }
     Ok(())
 }
@@ -536,18 +653,19 @@ fn truncate_bytes(text: &str, limit: usize) -> &str {
     &text[..end]
 }
 
-/// Publishes the Ready transition as an Event, a Warning when the Function cannot serve
-/// (`False`) or waits for a node; a failure to publish is logged, not fatal.
-async fn publish_transition(function: &Function, ctx: &Context, ready: &Condition) {
-    let warning = ready.status == "False" || ready.reason == Reason::Unschedulable.as_str();
+/// Publishes a condition's transition as an Event, a Warning when it turned `False`
+/// (the Function cannot serve, or a host claim is ignored) or the Function waits for a
+/// node; a failure to publish is logged, not fatal.
+async fn publish_transition(function: &Function, ctx: &Context, condition: &Condition) {
+    let warning = condition.status == "False" || condition.reason == Reason::Unschedulable.as_str();
     let event = Event {
         type_: if warning {
             EventType::Warning
         } else {
             EventType::Normal
         },
-        reason: ready.reason.clone(),
-        note: Some(truncate_bytes(&ready.message, EVENT_NOTE_LIMIT).to_owned()),
+        reason: condition.reason.clone(),
+        note: Some(truncate_bytes(&condition.message, EVENT_NOTE_LIMIT).to_owned()),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -567,6 +685,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::DeploymentSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
     use kube::api::ObjectMeta;
+    use zeroscale_api::routing::{ConflictReason, FunctionKey};
 
     fn deployment(replicas: i32, managers: &[(&str, serde_json::Value)]) -> Deployment {
         Deployment {
@@ -672,6 +791,112 @@ mod tests {
         assert_eq!(cut.len(), 1024);
         assert_eq!(truncate_bytes("short", EVENT_NOTE_LIMIT), "short");
         assert_eq!(truncate_bytes("aé", 2), "a");
+    }
+
+    /// A Function `namespace/name` claiming `hosts`.
+    fn claiming(namespace: &str, name: &str, hosts: &[&str]) -> Function {
+        let mut function = Function::new(
+            name,
+            zeroscale_api::FunctionSpec::with_image("example.com/a:1"),
+        );
+        function.metadata.namespace = Some(namespace.into());
+        function.spec.routing.hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+        function
+    }
+
+    /// A context whose client is never called, watching `functions` in two stores, as
+    /// two controllers of two watched namespaces would.
+    fn watching(functions: &[Function]) -> Context {
+        let (service, _server) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let registry = prometheus::Registry::new();
+        let ctx = Context::new(
+            Client::new(service, "default"),
+            Config::test(),
+            Metrics::register(&registry).expect("metrics register"),
+            Reporter::from("zeroscale-operator"),
+        );
+        for half in functions.chunks(functions.len().div_ceil(2).max(1)) {
+            let (store, mut writer) = kube::runtime::reflector::store();
+            for function in half {
+                writer.apply_watcher_event(&watcher::Event::Apply(function.clone()));
+            }
+            ctx.watch(store);
+        }
+        ctx
+    }
+
+    #[tokio::test]
+    async fn host_claims_are_decided_over_every_watched_namespace_by_the_routing_rules() {
+        let ctx = watching(&[
+            claiming("a", "api", &["api.example.com"]),
+            claiming("b", "web", &[]),
+            claiming("c", "squatter", &["web.b.svc.cluster.local"]),
+        ]);
+        // `b/api` loses to `a/api`, a lower key in another namespace's store.
+        let conflicts = ctx.host_conflicts(&claiming("b", "api", &["API.example.com."]));
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].host, "api.example.com");
+        assert_eq!(
+            conflicts[0].reason,
+            ConflictReason::SameHostAndPrefix {
+                kept: FunctionKey::new("a", "api")
+            }
+        );
+        // The winner, as given, has none; nor has a Function without own hosts.
+        assert!(
+            ctx.host_conflicts(&claiming("a", "api", &["api.example.com"]))
+                .is_empty()
+        );
+        assert!(ctx.host_conflicts(&claiming("b", "web", &[])).is_empty());
+        // An address of another Function is never taken.
+        let squatter = ctx.host_conflicts(&claiming("c", "squatter", &["web.b.svc.cluster.local"]));
+        assert_eq!(
+            squatter.iter().map(|c| &c.reason).collect::<Vec<_>>(),
+            [&ConflictReason::DerivedHostOf {
+                owner: FunctionKey::new("b", "web")
+            }]
+        );
+        // The Function as given replaces its stored copy: a claim given up is no conflict.
+        assert!(
+            ctx.host_conflicts(&claiming("c", "squatter", &["free.example.com"]))
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_to_a_function_reaches_the_functions_whose_claims_it_can_decide() {
+        let ctx = watching(&[
+            claiming("a", "api", &["api.example.com"]),
+            claiming("b", "api", &["API.Example.com."]),
+            claiming("c", "squatter", &["web.b.svc", "other.example.com"]),
+            claiming("d", "bare", &["web"]),
+            claiming("e", "unrelated", &["web.example.org", "web.bb"]),
+            claiming("f", "web", &[]),
+        ]);
+        let near = |function: &Function| {
+            let mut refs: Vec<String> = ctx
+                .claims_near(function)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            refs.sort();
+            refs
+        };
+        // A shared own host, whatever its case or trailing dot; never the Function itself.
+        let api = claiming("a", "api", &["api.example.com"]);
+        assert_eq!(near(&api), ["Function.v1alpha1.zeroscale.dev/api.b"]);
+        // A new `b/web` decides claims on its bare name and on names derived from it.
+        assert_eq!(
+            near(&claiming("b", "web", &[])),
+            [
+                "Function.v1alpha1.zeroscale.dev/bare.d",
+                "Function.v1alpha1.zeroscale.dev/squatter.c"
+            ]
+        );
+        assert!(near(&claiming("g", "nobody", &["nothing.example.com"])).is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use prometheus::{
 /// The reconciler's metrics, registered in one [`Registry`].
 #[derive(Clone)]
 pub struct Metrics {
-    /// Reconciles by result (`ok`, `invalid_spec`, `not_owned`, `error`).
+    /// Reconciles by result (`ok`, `invalid_spec`, `not_owned`, `host_conflict`, `error`).
     pub reconciles: IntCounterVec,
     /// Failed reconciles by the operation that failed.
     pub reconcile_errors: IntCounterVec,

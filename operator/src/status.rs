@@ -1,12 +1,14 @@
-//! What a Function's status says, computed from its Deployment and pods: a pure
-//! function so every reason (serving, scaled to zero, deploying, unschedulable, failed
-//! to start) is tested with plain values.
+//! What a Function's status says, computed from its Deployment and pods, and from the
+//! host claims the routing rules ignore: pure functions so every reason (serving, scaled
+//! to zero, deploying, unschedulable, failed to start, a host conflict) is tested with
+//! plain values.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use zeroscale_api::conditions::Reason;
+use zeroscale_api::conditions::{ALL_HOSTS_CLAIMED, HOST_CONFLICT, HOSTS_CLAIMED, Reason};
+use zeroscale_api::routing::Conflict;
 use zeroscale_api::{Function, FunctionStatus};
 
 use crate::resources::{self, Config};
@@ -142,6 +144,47 @@ pub fn refused(function: &Function, reason: Reason, message: String, now: Time) 
     status
 }
 
+/// Sets `HostsClaimed` from the claims of `function` that the routing rules ignore
+/// (`conflicts`, all of them its own): `False` with every conflict in the message, else
+/// `True`. A Function without own hosts has no such condition.
+pub fn record_host_claims(
+    status: &mut FunctionStatus,
+    function: &Function,
+    conflicts: &[Conflict],
+    now: Time,
+) {
+    if function.spec.routing.hosts.is_empty() {
+        status.conditions.retain(|c| c.type_ != HOSTS_CLAIMED);
+        return;
+    }
+    let generation = function.metadata.generation;
+    if conflicts.is_empty() {
+        let message = "every host in spec.routing.hosts routes to this Function".to_owned();
+        status.set_condition(
+            HOSTS_CLAIMED,
+            "True",
+            ALL_HOSTS_CLAIMED,
+            message,
+            generation,
+            now,
+        );
+    } else {
+        let listed: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+        let message = format!(
+            "{}. It still answers on its own addresses and its other hosts.",
+            listed.join("; ")
+        );
+        status.set_condition(
+            HOSTS_CLAIMED,
+            "False",
+            HOST_CONFLICT,
+            message,
+            generation,
+            now,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +194,7 @@ mod tests {
         ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
     };
     use kube::api::ObjectMeta;
+    use zeroscale_api::routing::{ConflictReason, FunctionKey};
 
     fn deployment(desired: i32, ready: i32) -> Deployment {
         Deployment {
@@ -288,6 +332,70 @@ mod tests {
             ("True", "Serving")
         );
         assert_eq!(ready.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn host_claims_are_a_condition_of_their_own_set_only_for_own_hosts() {
+        let later = Time(jiff::Timestamp::from_second(2_000_000_000).expect("valid"));
+        let mut function = Function::test("api");
+        function.spec.routing.hosts = vec!["api.example.com".into()];
+        let conflict = Conflict {
+            host: "api.example.com".into(),
+            path_prefix: None,
+            ignored: FunctionKey::new("default", "api"),
+            reason: ConflictReason::SameHostAndPrefix {
+                kept: FunctionKey::new("billing", "api"),
+            },
+        };
+        let mut status = observe(&function, &deployment(1, 1), &[], &Config::test(), now());
+
+        record_host_claims(
+            &mut status,
+            &function,
+            std::slice::from_ref(&conflict),
+            now(),
+        );
+        let claims = status.condition(HOSTS_CLAIMED).expect("set").clone();
+        assert_eq!(
+            (claims.status.as_str(), claims.reason.as_str()),
+            ("False", HOST_CONFLICT)
+        );
+        assert!(
+            claims.message.starts_with(
+                "default/api and billing/api both claim api.example.com; billing/api keeps it"
+            ),
+            "{}",
+            claims.message
+        );
+        assert_eq!(claims.observed_generation, Some(1));
+        let ready = status.ready_condition().expect("ready");
+        assert_eq!(
+            ready.status, "True",
+            "the Function still serves on its own addresses"
+        );
+
+        // Still in conflict later: the transition time stays.
+        record_host_claims(&mut status, &function, &[conflict], later.clone());
+        assert_eq!(
+            status
+                .condition(HOSTS_CLAIMED)
+                .expect("set")
+                .last_transition_time,
+            now()
+        );
+
+        record_host_claims(&mut status, &function, &[], later.clone());
+        let claims = status.condition(HOSTS_CLAIMED).expect("set");
+        assert_eq!(
+            (claims.status.as_str(), claims.reason.as_str()),
+            ("True", ALL_HOSTS_CLAIMED)
+        );
+        assert_eq!(claims.last_transition_time, later);
+
+        function.spec.routing.hosts.clear();
+        record_host_claims(&mut status, &function, &[], later);
+        assert!(status.condition(HOSTS_CLAIMED).is_none());
+        assert_eq!(status.conditions.len(), 1, "Ready stays");
     }
 
     #[test]

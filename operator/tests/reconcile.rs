@@ -1274,3 +1274,132 @@ async fn wake_request_on_a_function_at_zero_scales_it_up_in_the_same_reconcile()
     verified(verifier).await;
     assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
 }
+
+// ---------------------------------------------------------------------------------------
+// Host claims
+
+/// The condition of `type_` in an applied status.
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .expect("status has conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// `ctx` watching one more Function, as if its controller had listed it.
+fn also_watched(ctx: &Context, function: Function) {
+    let (store, mut writer) = kube::runtime::reflector::store();
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(function));
+    ctx.watch(store);
+}
+
+#[tokio::test]
+async fn a_host_another_function_keeps_is_reported_with_a_warning_and_ready_left_alone() {
+    let (ctx, _metrics, mut server) = context();
+    let mut keeper = Function::test("api");
+    keeper.metadata.namespace = Some("billing".into());
+    keeper.spec.routing.hosts = vec!["api.example.com".into()];
+    also_watched(&ctx, keeper);
+    let mut function = Function::test("hello").serving();
+    function.spec.routing.hosts = vec!["API.example.com.".into(), "hello.example.com".into()];
+    let stored = deployment_in_cluster(&function, 1, 1);
+    let expected = function.clone();
+    let verifier = tokio::spawn(async move {
+        server.get_deployment(Some(stored)).await;
+        server.names_free().await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        let status = server.apply_status(&expected).await;
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&json!("True"), &json!("Serving"))
+        );
+        let claims = condition(&status, "HostsClaimed");
+        assert_eq!(claims["status"], "False");
+        assert_eq!(claims["reason"], "HostConflict");
+        let message = claims["message"].as_str().expect("message");
+        assert!(
+            message.contains("billing/api keeps it") && !message.contains("hello.example.com"),
+            "{message}"
+        );
+        let event = server.event().await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "HostConflict");
+        server.done().await;
+    });
+
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    assert_eq!(
+        result.expect("reconcile succeeds"),
+        Action::requeue(Duration::from_secs(30)),
+        "looks again soon: the keeper may give the host up without an event naming this one"
+    );
+}
+
+#[tokio::test]
+async fn the_end_of_a_host_conflict_is_announced_and_the_resync_returns_to_normal() {
+    let (ctx, _metrics, mut server) = context();
+    let mut function = Function::test("hello").serving();
+    function.spec.routing.hosts = vec!["api.example.com".into()];
+    if let Some(status) = function.status.as_mut() {
+        status.set_condition(
+            "HostsClaimed",
+            "False",
+            "HostConflict",
+            "billing/api keeps it".into(),
+            Some(1),
+            earlier(),
+        );
+    }
+    let stored = deployment_in_cluster(&function, 1, 1);
+    let expected = function.clone();
+    let verifier = tokio::spawn(async move {
+        server.get_deployment(Some(stored)).await;
+        server.names_free().await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        let status = server.apply_status(&expected).await;
+        let claims = condition(&status, "HostsClaimed");
+        assert_eq!(
+            (&claims["status"], &claims["reason"]),
+            (&json!("True"), &json!("AllHostsClaimed"))
+        );
+        let event = server.event().await;
+        assert_eq!(event["type"], "Normal");
+        assert_eq!(event["reason"], "AllHostsClaimed");
+        server.done().await;
+    });
+
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn hosts_claimed_from_the_start_are_recorded_without_an_event() {
+    let (ctx, _metrics, mut server) = context();
+    let mut function = Function::test("hello").serving();
+    function.spec.routing.hosts = vec!["api.example.com".into()];
+    let stored = deployment_in_cluster(&function, 1, 1);
+    let expected = function.clone();
+    let verifier = tokio::spawn(async move {
+        server.get_deployment(Some(stored)).await;
+        server.names_free().await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        let status = server.apply_status(&expected).await;
+        assert_eq!(
+            condition(&status, "HostsClaimed")["reason"],
+            "AllHostsClaimed"
+        );
+        server.done().await;
+    });
+
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}

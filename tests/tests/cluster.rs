@@ -11,10 +11,11 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
+use zeroscale_api::conditions::HOSTS_CLAIMED;
 use zeroscale_api::stats::{FunctionStats, StatsReport};
 use zeroscale_api::{Function, FunctionSpec, Metric, Schedule, keys};
 use zeroscale_operator::autoscaler::run::{self as autoscaler, AutoscalerConfig, StatsSource};
@@ -394,6 +395,76 @@ async fn a_deployment_made_by_someone_else_is_never_taken_over() -> anyhow::Resu
                 .get_opt("taken")
                 .await?;
             assert!(service.is_none(), "nothing else is built");
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Waits until the Function's `HostsClaimed` condition has `reason`; returns the Function.
+async fn await_host_claims(
+    functions: &Api<Function>,
+    name: &str,
+    reason: &'static str,
+) -> anyhow::Result<Function> {
+    let claimed = move |function: Option<&Function>| {
+        function
+            .and_then(|f| f.status.as_ref())
+            .and_then(|s| s.condition(HOSTS_CLAIMED))
+            .is_some_and(|c| c.reason == reason)
+    };
+    tokio::time::timeout(WAIT, await_condition(functions.clone(), name, claimed))
+        .await
+        .map_err(|_| anyhow::anyhow!("{name}: HostsClaimed never became {reason}"))??
+        .ok_or_else(|| anyhow::anyhow!("Function {name} disappeared"))
+}
+
+#[tokio::test]
+async fn a_host_two_functions_claim_goes_to_one_and_the_other_is_told_until_it_is_free()
+-> anyhow::Result<()> {
+    with_cluster(
+        "a_host_two_functions_claim_goes_to_one_and_the_other_is_told_until_it_is_free",
+        "zeroscale-hosts",
+        |client, namespace| async move {
+            let _controller = start_controller(&client, &namespace)?;
+            let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
+            let host = format!("shared.{namespace}.example.com");
+            let claiming = |name: &str| {
+                let mut spec = FunctionSpec::with_image(PAUSE);
+                spec.scaling.initial_replicas = Some(0);
+                spec.routing.hosts = vec![host.clone()];
+                function(name, spec)
+            };
+            functions
+                .create(&PostParams::default(), &claiming("second"))
+                .await?;
+            await_host_claims(&functions, "second", "AllHostsClaimed").await?;
+
+            // `first` sorts lower, so it keeps the host; `second` is told without waiting
+            // for its own resync.
+            functions
+                .create(&PostParams::default(), &claiming("first"))
+                .await?;
+            let second = await_host_claims(&functions, "second", "HostConflict").await?;
+            let status = second.status.unwrap_or_default();
+            let claims = status.condition(HOSTS_CLAIMED).expect("awaited");
+            assert_eq!(claims.status, "False");
+            assert!(
+                claims
+                    .message
+                    .contains(&format!("{namespace}/first keeps it")),
+                "{}",
+                claims.message
+            );
+            let ready = status.ready_condition().expect("ready condition");
+            assert_ne!(
+                ready.status, "False",
+                "it still serves on its own addresses: {ready:?}"
+            );
+            await_host_claims(&functions, "first", "AllHostsClaimed").await?;
+
+            functions.delete("first", &DeleteParams::default()).await?;
+            await_host_claims(&functions, "second", "AllHostsClaimed").await?;
             Ok(())
         },
     )
