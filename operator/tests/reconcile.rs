@@ -407,6 +407,16 @@ impl ApiServer {
         status
     }
 
+    /// Expects the reconcile of a Function with one ready pod whose Deployment is `stored`
+    /// up to its status: the names free, the children re-applied. Returns the status.
+    async fn reapply_serving(&mut self, stored: Value, function: &Function) -> Value {
+        self.get_deployment(Some(stored)).await;
+        self.names_free().await;
+        self.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        self.apply_services().await;
+        self.apply_status(function).await
+    }
+
     /// Expects an Event about the Function and answers that it was created. Returns it.
     async fn event(&mut self) -> Value {
         let call = self.next(Method::POST, EVENTS).await;
@@ -1307,11 +1317,7 @@ async fn a_host_another_function_keeps_is_reported_with_a_warning_and_ready_left
     let stored = deployment_in_cluster(&function, 1, 1);
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
-        server.get_deployment(Some(stored)).await;
-        server.names_free().await;
-        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
-        server.apply_services().await;
-        let status = server.apply_status(&expected).await;
+        let status = server.reapply_serving(stored, &expected).await;
         let ready = condition(&status, "Ready");
         assert_eq!(
             (&ready["status"], &ready["reason"]),
@@ -1358,11 +1364,7 @@ async fn the_end_of_a_host_conflict_is_announced_and_the_resync_returns_to_norma
     let stored = deployment_in_cluster(&function, 1, 1);
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
-        server.get_deployment(Some(stored)).await;
-        server.names_free().await;
-        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
-        server.apply_services().await;
-        let status = server.apply_status(&expected).await;
+        let status = server.reapply_serving(stored, &expected).await;
         let claims = condition(&status, "HostsClaimed");
         assert_eq!(
             (&claims["status"], &claims["reason"]),
@@ -1387,11 +1389,7 @@ async fn hosts_claimed_from_the_start_are_recorded_without_an_event() {
     let stored = deployment_in_cluster(&function, 1, 1);
     let expected = function.clone();
     let verifier = tokio::spawn(async move {
-        server.get_deployment(Some(stored)).await;
-        server.names_free().await;
-        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
-        server.apply_services().await;
-        let status = server.apply_status(&expected).await;
+        let status = server.reapply_serving(stored, &expected).await;
         assert_eq!(
             condition(&status, "HostsClaimed")["reason"],
             "AllHostsClaimed"
