@@ -594,7 +594,7 @@ async fn report_refused(
     write_status(function, ctx, status).await
 }
 
-/// Applies the status and publishes an Event when the Ready reason changed.
+/// Applies the status and publishes an Event when the Ready or HostsClaimed reason changed.
 async fn write_status(function: &Function, ctx: &Context, status: FunctionStatus) -> Result<()> {
     let name = function.name_any();
     let previous = |type_: &str| {
