@@ -122,13 +122,17 @@ fn cpu(mut function: Function) -> Function {
     function
 }
 
-/// A Function's Deployment as the API server stores it, at `replicas` pods.
-fn deployment(function: &Function, replicas: i32) -> Value {
-    let mut deployment =
-        serde_json::to_value(resources::deployment(function).expect("valid spec")).expect("json");
-    deployment["spec"]["replicas"] = json!(replicas);
-    deployment["metadata"]["namespace"] = json!("default");
-    deployment
+/// `function` with a wake requested by an activator.
+fn woken(mut function: Function) -> Function {
+    function
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            keys::WAKE_REQUESTED_AT.into(),
+            "2026-11-24T09:00:00Z".into(),
+        );
+    function
 }
 
 async fn reconcile_paths(api: &FakeApi, ctx: &Arc<Context>) {
@@ -168,23 +172,9 @@ async fn reconcile_paths(api: &FakeApi, ctx: &Arc<Context>) {
     ));
 
     // A wake request on a Function at zero: replicas handed to the autoscaler, scale recorded.
-    let mut sleepy = function("sleepy");
-    sleepy
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(
-            keys::WAKE_REQUESTED_AT.into(),
-            "2026-11-24T09:00:00Z".into(),
-        );
+    let sleepy = woken(function("sleepy"));
     api.put_function(&sleepy);
-    api.put(
-        "/apis/apps/v1",
-        "default",
-        "deployments",
-        "sleepy",
-        deployment(&sleepy, 0),
-    );
+    api.put_deployment(&sleepy, 0);
     controller::reconcile(Arc::new(sleepy), ctx.clone())
         .await
         .expect("reconcile a wake request");
@@ -262,29 +252,10 @@ impl StatsSource for FakeStats {
 async fn autoscaler_paths(api: &FakeApi, ctx: &Arc<Context>) {
     let zeroed = function("zeroed");
     api.put_function(&zeroed);
-    api.put(
-        "/apis/apps/v1",
-        "default",
-        "deployments",
-        "zeroed",
-        deployment(&zeroed, 0),
-    );
-    let mut idle = function("idle");
-    idle.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(
-            keys::WAKE_REQUESTED_AT.into(),
-            "2026-11-24T09:00:00Z".into(),
-        );
+    api.put_deployment(&zeroed, 0);
+    let idle = woken(function("idle"));
     api.put_function(&idle);
-    api.put(
-        "/apis/apps/v1",
-        "default",
-        "deployments",
-        "idle",
-        deployment(&idle, 1),
-    );
+    api.put_deployment(&idle, 1);
 
     let config = AutoscalerConfig {
         tick: Duration::from_millis(50),
@@ -800,6 +771,18 @@ impl FakeApi {
         self.lock()
             .objects
             .insert(key(prefix, namespace, resource, name), object);
+    }
+
+    /// Stores the Deployment of `function` (in `default`) as the API server would, at
+    /// `replicas` pods.
+    fn put_deployment(&self, function: &Function, replicas: i32) {
+        let mut deployment =
+            serde_json::to_value(resources::deployment(function).expect("valid spec"))
+                .expect("json");
+        deployment["spec"]["replicas"] = json!(replicas);
+        deployment["metadata"]["namespace"] = json!("default");
+        let name = function.metadata.name.clone().unwrap_or_default();
+        self.put("/apis/apps/v1", "default", "deployments", &name, deployment);
     }
 
     /// Stores `function` in its namespace, as the API server would return it.
