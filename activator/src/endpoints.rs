@@ -42,6 +42,15 @@ pub enum PodProtocol {
     H2c,
 }
 
+impl From<zeroscale_api::Protocol> for PodProtocol {
+    fn from(protocol: zeroscale_api::Protocol) -> Self {
+        match protocol {
+            zeroscale_api::Protocol::Http1 => Self::Http1,
+            zeroscale_api::Protocol::H2c => Self::H2c,
+        }
+    }
+}
+
 /// Whether a pod may take requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EndpointState {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use zeroscale_api::conditions::READY;
 use zeroscale_api::stats::FunctionStats;
-use zeroscale_api::{Function, Protocol, RequestsSpec};
+use zeroscale_api::{Function, RequestsSpec};
 
 use crate::capacity::{Capacity, Limits};
 use crate::endpoints::{EndpointSet, PodProtocol};
@@ -59,10 +59,7 @@ impl Settings {
                 .max_body_bytes
                 .and_then(|bytes| u64::try_from(bytes).ok()),
             readiness_path: spec.readiness_path.clone(),
-            protocol: match spec.protocol {
-                Protocol::Http1 => PodProtocol::Http1,
-                Protocol::H2c => PodProtocol::H2c,
-            },
+            protocol: spec.protocol.into(),
         };
         let limits = Limits {
             container_concurrency: usize::try_from(spec.scaling.container_concurrency).unwrap_or(0),

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use zeroscale_api::conditions::Reason;
 use zeroscale_api::routing::FunctionKey;
-use zeroscale_api::{Function, Protocol, ScalingDefaults, Visibility, keys};
+use zeroscale_api::{Function, ScalingDefaults, Visibility, keys};
 use zeroscale_operator::autoscaler::ScalingPolicy;
 
-use super::replica::{Launch, Readiness, ReplicaConfig};
+use super::replica::{Launch, ReplicaConfig};
 
 /// One Function loaded from a manifest.
 #[derive(Debug, Clone)]
@@ -83,14 +83,11 @@ fn plan(function: &Function, dir: &Path, setpriv: Option<&Path>) -> Result<Plan,
         .validate()
         .map_err(|invalid| (Reason::InvalidSpec, invalid.to_string()))?;
     let launch = launch(function, dir).map_err(|reason| (Reason::DeploymentFailed, reason))?;
-    let readiness = match (&spec.readiness_path, spec.protocol) {
-        (Some(path), Protocol::Http1) => Readiness::Http(path.clone()),
-        _ => Readiness::Tcp,
-    };
     Ok(Plan {
         replica: ReplicaConfig {
             launch: Arc::new(launch),
-            readiness,
+            readiness_path: spec.readiness_path.clone(),
+            protocol: spec.protocol.into(),
             grace: Duration::from_secs(
                 u64::try_from(spec.termination_grace_period_seconds).unwrap_or(0),
             ),

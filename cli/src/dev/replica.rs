@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+
+use zeroscale_activator::endpoints::PodProtocol;
+use zeroscale_activator::probe::probe;
 
 use super::console;
 
@@ -30,20 +32,14 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
 }
 
-/// How a replica shows it can take requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
-    /// An HTTP GET of this path answers 2xx or 3xx, as a kubelet probe expects.
-    Http(String),
-    /// A TCP connection is accepted.
-    Tcp,
-}
-
 /// What a replica needs besides its launch: identity for output, probing, shutdown.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
     pub launch: Arc<Launch>,
-    pub readiness: Readiness,
+    /// Probed by HTTP GET when set and the replica speaks HTTP/1.1, else by TCP
+    /// connect, as the activator probes pods.
+    pub readiness_path: Option<String>,
+    pub protocol: PodProtocol,
     /// SIGTERM to SIGKILL.
     pub grace: Duration,
     /// When set, the process is started through `setpriv --pdeathsig KILL`, so it dies
@@ -128,7 +124,8 @@ impl Replica {
         let watched = Watched {
             child,
             addr,
-            readiness: config.readiness.clone(),
+            readiness_path: config.readiness_path.clone(),
+            protocol: config.protocol,
             grace: config.grace,
             output: Output { relays, last_line },
         };
@@ -196,7 +193,8 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 struct Watched {
     child: Child,
     addr: SocketAddr,
-    readiness: Readiness,
+    readiness_path: Option<String>,
+    protocol: PodProtocol,
     grace: Duration,
     output: Output,
 }
@@ -225,7 +223,8 @@ impl Watched {
                 status = self.child.wait() => break describe(status),
                 _ = &mut stopped => break terminate(&mut self.child, self.grace).await,
                 _ = probes.tick(), if !ready => {
-                    if probe(self.addr, &self.readiness).await {
+                    let path = self.readiness_path.as_deref();
+                    if probe(self.addr, self.protocol, path, PROBE_TIMEOUT).await {
                         ready = true;
                         reporter.report(Event::Ready { after: started.elapsed() }).await;
                     }
@@ -267,29 +266,4 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
         Ok(status) => status.to_string(),
         Err(error) => format!("unknown status: {error}"),
     }
-}
-
-/// One readiness check.
-async fn probe(addr: SocketAddr, readiness: &Readiness) -> bool {
-    let check = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let Readiness::Http(path) = readiness else {
-            return Some(true);
-        };
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: zeroscale-dev\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut status_line = String::new();
-        BufReader::new(stream)
-            .read_line(&mut status_line)
-            .await
-            .ok()?;
-        let code: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
-        Some((200..400).contains(&code))
-    };
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, check).await,
-        Ok(Some(true))
-    )
 }

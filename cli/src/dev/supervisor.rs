@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 use zeroscale_activator::endpoints::{EndpointSet, EndpointState, PodEndpoint, PodProtocol};
 use zeroscale_activator::functions::Functions;
+use zeroscale_api::FunctionStatus;
 use zeroscale_api::conditions::Reason;
-use zeroscale_api::{FunctionStatus, Protocol};
 
 use super::console;
 use super::local::LocalFunction;
@@ -269,10 +269,7 @@ impl Supervisor {
     /// Gives the activator the replicas: ready ones take requests, starting ones are
     /// probed while requests wait, stopping ones get nothing new.
     fn publish_endpoints(&self) {
-        let protocol = match self.function.routed.spec.protocol {
-            Protocol::Http1 => PodProtocol::Http1,
-            Protocol::H2c => PodProtocol::H2c,
-        };
+        let protocol = PodProtocol::from(self.function.routed.spec.protocol);
         let endpoints = self
             .replicas
             .iter()
