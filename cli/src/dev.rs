@@ -11,7 +11,7 @@ mod supervisor;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -198,10 +198,7 @@ impl StatsSource for LocalStats {
 
 /// `setpriv` from util-linux when this machine has it (see [`replica::ReplicaConfig`]).
 fn setpriv() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("setpriv"))
-        .find(|path| path.is_file())
+    local::resolve("setpriv", Path::new("."))
 }
 
 /// Prints how to call a Function: its local-domain URL and the curl with a Host header,
@@ -296,8 +293,9 @@ impl Manifests {
             let mut kept = Vec::new();
             for function in manifest.functions {
                 let local = LocalFunction::new(function, &file, self.setpriv.as_deref());
-                if let Some(other) = runtime.source_of(&local.key)
-                    && other != file
+                let source = runtime.source_of(&local.key);
+                if let Some(other) = &source
+                    && *other != file
                 {
                     console::event(format_args!(
                         "{}: {} is already defined in {}; ignored",
@@ -314,15 +312,17 @@ impl Manifests {
                         reason.as_str()
                     ));
                 }
-                kept.push(local.key.clone());
                 let key = local.key.clone();
-                let existed = runtime.source_of(&key).is_some();
-                match (runtime.upsert(local.clone()), existed) {
-                    (true, false) => added.push(local),
-                    (true, true) => {
-                        console::event(format_args!("{key}: reloaded from {}", file.display()))
+                kept.push(key.clone());
+                match source {
+                    None => {
+                        added.push(local.clone());
+                        runtime.upsert(local);
                     }
-                    (false, _) => {}
+                    Some(_) if runtime.upsert(local) => {
+                        console::event(format_args!("{key}: reloaded from {}", file.display()));
+                    }
+                    Some(_) => {}
                 }
             }
             for key in runtime.keys_from(&file) {

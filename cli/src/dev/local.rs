@@ -61,6 +61,11 @@ impl LocalFunction {
         }
     }
 
+    /// Why the Function cannot run as its manifest stands, if it cannot.
+    pub fn plan_failure(&self) -> Option<&str> {
+        self.plan.as_ref().err().map(|(_, reason)| reason.as_str())
+    }
+
     /// Whether `other` runs differently: a changed spec or local command.
     pub fn differs_from(&self, other: &LocalFunction) -> bool {
         let annotation = |f: &LocalFunction| {
@@ -70,10 +75,7 @@ impl LocalFunction {
                 .as_ref()
                 .and_then(|a| a.get(keys::LOCAL_COMMAND).cloned())
         };
-        serde_json::to_value(&self.routed.spec).ok()
-            != serde_json::to_value(&other.routed.spec).ok()
-            || annotation(self) != annotation(other)
-            || self.source != other.source
+        self.routed.spec != other.routed.spec || annotation(self) != annotation(other)
     }
 }
 
@@ -161,7 +163,7 @@ fn launch(function: &Function, dir: &Path) -> Result<Launch, String> {
 
 /// A program path as a shell would find it: with a slash, relative to `dir`; without,
 /// on `PATH`. None when no such file exists.
-fn resolve(program: &str, dir: &Path) -> Option<PathBuf> {
+pub(super) fn resolve(program: &str, dir: &Path) -> Option<PathBuf> {
     if program.contains('/') {
         let path = dir.join(program);
         return path.is_file().then_some(path);

@@ -26,11 +26,18 @@ pub struct ProcessRuntime {
 }
 
 struct Entry {
-    function: Arc<LocalFunction>,
+    /// The Function as last loaded, sent to its supervisor.
     updates: watch::Sender<Arc<LocalFunction>>,
     desired: watch::Sender<i32>,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
+}
+
+impl Entry {
+    /// The Function as last loaded.
+    fn function(&self) -> Arc<LocalFunction> {
+        Arc::clone(&self.updates.borrow())
+    }
 }
 
 impl ProcessRuntime {
@@ -50,12 +57,11 @@ impl ProcessRuntime {
     /// Returns false when nothing changed.
     pub fn upsert(&self, function: LocalFunction) -> bool {
         let mut entries = self.entries();
-        if let Some(entry) = entries.get_mut(&function.key) {
-            if !entry.function.differs_from(&function) {
+        if let Some(entry) = entries.get(&function.key) {
+            if !entry.updates.borrow().differs_from(&function) {
                 return false;
             }
-            entry.function = Arc::new(function);
-            entry.updates.send_replace(Arc::clone(&entry.function));
+            entry.updates.send_replace(Arc::new(function));
             return true;
         }
         let initial = match &function.plan {
@@ -63,21 +69,13 @@ impl ProcessRuntime {
             Err(_) => 0,
         };
         // Routed before this returns, so a request right after the load finds it.
-        supervisor::publish_status(
-            &self.functions,
-            &function,
-            function
-                .plan
-                .as_ref()
-                .err()
-                .map(|(_, reason)| reason.as_str()),
-        );
+        supervisor::publish_status(&self.functions, &function, function.plan_failure());
         let function = Arc::new(function);
         let (updates, updates_rx) = watch::channel(Arc::clone(&function));
         let (desired, desired_rx) = watch::channel(initial);
         let shared = Arc::new(Shared {
             ready: AtomicI32::new(0),
-            failed: AtomicBool::new(false),
+            failed: AtomicBool::new(function.plan.is_err()),
         });
         let task = tokio::spawn(Supervisor::run(
             updates_rx,
@@ -88,7 +86,6 @@ impl ProcessRuntime {
         entries.insert(
             function.key.clone(),
             Entry {
-                function,
                 updates,
                 desired,
                 shared,
@@ -127,8 +124,9 @@ impl ProcessRuntime {
     pub fn keys_from(&self, source: &std::path::Path) -> Vec<FunctionKey> {
         self.entries()
             .values()
-            .filter(|entry| entry.function.source == source)
-            .map(|entry| entry.function.key.clone())
+            .map(Entry::function)
+            .filter(|function| function.source == source)
+            .map(|function| function.key.clone())
             .collect()
     }
 
@@ -136,7 +134,7 @@ impl ProcessRuntime {
     pub fn source_of(&self, key: &FunctionKey) -> Option<std::path::PathBuf> {
         self.entries()
             .get(key)
-            .map(|entry| entry.function.source.clone())
+            .map(|entry| entry.function().source.clone())
     }
 }
 
@@ -146,12 +144,10 @@ impl Runtime for ProcessRuntime {
             .values()
             .filter(|entry| !entry.shared.failed.load(Ordering::Relaxed))
             .filter_map(|entry| {
-                let plan = entry.function.plan.as_ref().ok()?;
+                let function = entry.function();
+                let plan = function.plan.as_ref().ok()?;
                 Some(Target {
-                    id: (
-                        entry.function.key.namespace.clone(),
-                        entry.function.key.name.clone(),
-                    ),
+                    id: (function.key.namespace.clone(), function.key.name.clone()),
                     policy: plan.policy.clone(),
                     replicas: Replicas {
                         desired: *entry.desired.borrow(),
@@ -168,8 +164,9 @@ impl Runtime for ProcessRuntime {
             return Ok(());
         };
         entry.desired.send_replace(decision.desired);
+        let function = entry.function();
         let why = match decision.reason {
-            Reason::ScaleToZero => match &entry.function.plan {
+            Reason::ScaleToZero => match &function.plan {
                 Ok(plan) => format!(
                     "idle {}",
                     console::duration(plan.policy.scale_to_zero_grace_period)
@@ -187,7 +184,7 @@ impl Runtime for ProcessRuntime {
         };
         console::event(format_args!(
             "{}: {from} -> {} ({why})",
-            entry.function.label, decision.desired
+            function.label, decision.desired
         ));
         Ok(())
     }
@@ -199,13 +196,14 @@ impl Wake for ProcessRuntime {
         let Some(entry) = entries.get(function) else {
             return;
         };
-        let Ok(plan) = &entry.function.plan else {
+        let function = entry.function();
+        let Ok(plan) = &function.plan else {
             return;
         };
         if entry.shared.failed.load(Ordering::Relaxed) {
             return;
         }
-        let to = plan.policy.initial_replicas.max(1);
+        let to = plan.policy.wake_scale();
         let woke = entry.desired.send_if_modified(|desired| {
             let wake = *desired == 0;
             if wake {
@@ -214,7 +212,7 @@ impl Wake for ProcessRuntime {
             wake
         });
         if woke {
-            console::event(format_args!("{}: 0 -> {to} (wake)", entry.function.label));
+            console::event(format_args!("{}: 0 -> {to} (wake)", function.label));
         }
     }
 }

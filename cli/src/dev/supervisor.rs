@@ -74,11 +74,7 @@ impl Supervisor {
         let (events, mut received) = mpsc::channel(64);
         let function = Arc::clone(&updates.borrow_and_update());
         let mut supervisor = Supervisor {
-            failure: function
-                .plan
-                .as_ref()
-                .err()
-                .map(|(_, reason)| reason.clone()),
+            failure: function.plan_failure().map(str::to_owned),
             function,
             functions,
             shared,
@@ -88,7 +84,7 @@ impl Supervisor {
             next_id: 0,
             failed_starts: 0,
         };
-        supervisor.publish_status();
+        // The runtime published the status before it started this task.
         supervisor.reconcile();
         loop {
             tokio::select! {
@@ -131,11 +127,7 @@ impl Supervisor {
         for (replica, _) in &mut self.replicas {
             replica.stop();
         }
-        self.failure = function
-            .plan
-            .as_ref()
-            .err()
-            .map(|(_, reason)| reason.clone());
+        self.failure = function.plan_failure().map(str::to_owned);
         self.failed_starts = 0;
         self.function = function;
         self.publish_status();
@@ -242,7 +234,9 @@ impl Supervisor {
                         "{label}[{}] exited unexpectedly ({status}); starting a replacement",
                         replica.slot
                     ));
+                    // Publishes the endpoints too.
                     self.reconcile();
+                    return;
                 }
             }
         }
