@@ -531,7 +531,7 @@ fn normalize_domain(domain: &str) -> Option<&str> {
 
 /// An own host as lookups see it: lowercase, without trailing dot; `None` when no
 /// request can name it.
-fn normalize_own_host(host: &str) -> Option<String> {
+pub fn normalize_own_host(host: &str) -> Option<String> {
     let host = host.strip_suffix('.').unwrap_or(host);
     (!host.is_empty() && host.len() <= MAX_HOST_LEN).then(|| host.to_ascii_lowercase())
 }

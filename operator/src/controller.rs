@@ -20,7 +20,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use tracing::Instrument;
 use zeroscale_api::conditions::{HOSTS_CLAIMED, READY, Reason};
-use zeroscale_api::routing::{Conflict, Domains, RouteSpec, RoutingTable};
+use zeroscale_api::routing::{Conflict, Domains, RouteSpec, RoutingTable, normalize_own_host};
 use zeroscale_api::{Function, FunctionStatus, keys};
 
 use crate::autoscaler::run::record_scale;
@@ -135,7 +135,7 @@ impl Context {
             .routing
             .hosts
             .iter()
-            .map(|h| host_key(h))
+            .filter_map(|h| normalize_own_host(h))
             .collect();
         let changed_ref = ObjectRef::from_obj(changed);
         self.watched()
@@ -143,7 +143,10 @@ impl Context {
             .flat_map(Store::state)
             .filter(|other| {
                 other.spec.routing.hosts.iter().any(|host| {
-                    let host = host_key(host);
+                    // A host no request can name claims nothing.
+                    let Some(host) = normalize_own_host(host) else {
+                        return false;
+                    };
                     host == name
                         || host == base
                         || host.starts_with(&below_base)
@@ -224,11 +227,6 @@ pub async fn run(
             }
         })
         .await;
-}
-
-/// An own host as compared for [`Context::claims_near`]: lowercase, no trailing dot.
-fn host_key(host: &str) -> String {
-    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
