@@ -262,20 +262,23 @@ impl Capacity {
             {
                 return Err(CapacityError::CannotStart(reason.clone()));
             }
-            if queue.waiters.len() >= shared.max_queued.load(Ordering::Acquire) {
+            let max_queued = shared.max_queued.load(Ordering::Acquire);
+            if queue.waiters.len() >= max_queued {
                 // The queue may be full of requests a free slot could serve right now.
                 shared.dispatch(&mut queue);
-                if queue.waiters.len() >= shared.max_queued.load(Ordering::Acquire) {
-                    if queue.waiters.is_empty() && shared.pods.load().is_empty() {
-                        return Err(CapacityError::NotHeldWhileStarting);
-                    }
-                    return Err(CapacityError::QueueFull);
-                }
+            }
+            let first_with_no_pods = queue.waiters.is_empty() && shared.pods.load().is_empty();
+            if queue.waiters.len() >= max_queued {
+                return Err(if first_with_no_pods {
+                    CapacityError::NotHeldWhileStarting
+                } else {
+                    CapacityError::QueueFull
+                });
             }
             let (sender, reply) = oneshot::channel();
             let id = queue.next_id;
             queue.next_id += 1;
-            let queued = if queue.waiters.is_empty() && shared.pods.load().is_empty() {
+            let queued = if first_with_no_pods {
                 Queued::FirstWithNoPods
             } else {
                 Queued::Behind

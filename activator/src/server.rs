@@ -149,6 +149,12 @@ impl Activator {
         }
     }
 
+    /// Asks for the Function to be woken, and counts it.
+    fn request_wake(&self, function: &FunctionState) {
+        function.metrics.wakes.inc();
+        self.wake.wake(&function.key);
+    }
+
     /// A slot on one of the Function's pods, waiting (and waking it) if none is free;
     /// `near` is the pod the client connection already has a connection to.
     async fn acquire(
@@ -163,8 +169,7 @@ impl Activator {
             .capacity
             .acquire_near(deadline, near, |queued| {
                 if queued == Queued::FirstWithNoPods {
-                    function.metrics.wakes.inc();
-                    self.wake.wake(&function.key);
+                    self.request_wake(function);
                 }
                 probe::start(function, self.probe, &self.metrics.probes);
                 waited = Some(queued);
@@ -172,8 +177,7 @@ impl Activator {
             .await
             .inspect_err(|error| {
                 if *error == CapacityError::NotHeldWhileStarting {
-                    function.metrics.wakes.inc();
-                    self.wake.wake(&function.key);
+                    self.request_wake(function);
                 }
             })?;
         if let Some(queued) = waited {
