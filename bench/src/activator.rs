@@ -30,6 +30,7 @@ use zeroscale_api::routing::{Domains, FunctionKey};
 use zeroscale_api::{Function, FunctionSpec};
 
 use crate::procs::{self, SelfChild};
+use crate::upstream::Pod;
 
 /// The namespace of every bench Function.
 pub const NAMESPACE: &str = "bench";
@@ -312,4 +313,38 @@ impl ActivatorProcess {
             .context("no wake came")?
             .context("the activator exited")
     }
+
+    /// Plays `pod` starting for Function `name` once requests wake it: listed as
+    /// starting at the wake, listening `delay` after it, and Ready at the first kubelet
+    /// probe (every `kubelet_period` from the wake) after that. The caller marks it
+    /// ready at [`PodStart::kubelet_ready`].
+    pub async fn start_pod(
+        &mut self,
+        name: &str,
+        pod: &mut Pod,
+        delay: Duration,
+        kubelet_period: Duration,
+    ) -> anyhow::Result<PodStart> {
+        let (_, woke) = self.next_wake(Duration::from_secs(10)).await?;
+        self.command(&format!("starting {name} {}", pod.addr))
+            .await?;
+        tokio::time::sleep_until(woke + delay).await;
+        let listening = pod.listen()?;
+        let mut kubelet_ready = woke;
+        while kubelet_ready < listening {
+            kubelet_ready += kubelet_period;
+        }
+        Ok(PodStart {
+            woke,
+            listening,
+            kubelet_ready,
+        })
+    }
+}
+
+/// When a simulated pod start ([`ActivatorProcess::start_pod`]) happened.
+pub struct PodStart {
+    pub woke: Instant,
+    pub listening: Instant,
+    pub kubelet_ready: Instant,
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::activator::{self, ActivatorProcess};
+use crate::activator::{self, ActivatorProcess, PodStart};
 use crate::client;
 use crate::procs;
 use crate::report::{Goal, Row, Section, kib};
@@ -61,7 +61,8 @@ pub async fn run(config: &BurstConfig) -> anyhow::Result<Section> {
 }
 
 async fn one(size: usize, config: &BurstConfig) -> anyhow::Result<Outcome> {
-    let mut activator = ActivatorProcess::start(None, Duration::from_millis(25)).await?;
+    let mut activator =
+        ActivatorProcess::start(None, Duration::from_millis(crate::PROBE_PERIOD_MS)).await?;
     let name = "burst";
     activator
         .command(&format!("fn {name} {} 60s", size.max(1000) * 2))
@@ -75,17 +76,18 @@ async fn one(size: usize, config: &BurstConfig) -> anyhow::Result<Outcome> {
         let host = host.clone();
         requests.spawn(async move { client::get(addr, &host).await });
     }
-    let (_, woke) = activator.next_wake(Duration::from_secs(10)).await?;
-    activator
-        .command(&format!("starting {name} {}", pod.addr))
+    let PodStart {
+        listening,
+        kubelet_ready: kubelet,
+        ..
+    } = activator
+        .start_pod(
+            name,
+            &mut pod,
+            Duration::from_millis(config.delay_ms),
+            Duration::from_millis(config.kubelet_period_ms),
+        )
         .await?;
-    tokio::time::sleep_until(woke + Duration::from_millis(config.delay_ms)).await;
-    let listening = pod.listen()?;
-    let period = Duration::from_millis(config.kubelet_period_ms);
-    let mut kubelet = woke;
-    while kubelet < listening {
-        kubelet += period;
-    }
     let mut kubelet_done = false;
     let (mut ok, mut errors, mut error_samples, mut last) = (0, 0, Vec::new(), started);
     let deadline = started + BOUND;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::activator::{self, ActivatorProcess};
+use crate::activator::{self, ActivatorProcess, PodStart};
 use crate::client;
 use crate::report::{Goal, Row, Section, median, percentile};
 use crate::upstream::Pod;
@@ -80,17 +80,18 @@ async fn one(
     let (addr, host) = (activator.addr(), activator::host(name));
     let sent = Instant::now();
     let mut request = tokio::spawn(async move { client::get(addr, &host).await });
-    let (_, woke) = activator.next_wake(Duration::from_secs(10)).await?;
-    activator
-        .command(&format!("starting {name} {}", pod.addr))
+    let PodStart {
+        woke,
+        listening,
+        kubelet_ready: kubelet,
+    } = activator
+        .start_pod(
+            name,
+            &mut pod,
+            delay,
+            Duration::from_millis(kubelet_period_ms),
+        )
         .await?;
-    tokio::time::sleep_until(woke + delay).await;
-    let listening = pod.listen()?;
-    let period = Duration::from_millis(kubelet_period_ms);
-    let mut kubelet = woke;
-    while kubelet < listening {
-        kubelet += period;
-    }
     let answer = tokio::select! {
         answer = &mut request => answer,
         () = tokio::time::sleep_until(kubelet) => {

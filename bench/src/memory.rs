@@ -26,7 +26,8 @@ pub struct MemoryConfig {
 const OPENING: usize = 256;
 
 pub async fn run(config: &MemoryConfig) -> anyhow::Result<Section> {
-    let mut activator = ActivatorProcess::start(None, Duration::from_millis(25)).await?;
+    let mut activator =
+        ActivatorProcess::start(None, Duration::from_millis(crate::PROBE_PERIOD_MS)).await?;
     let pid = activator.pid();
     // Let the runtime's threads start and settle.
     tokio::time::sleep(Duration::from_millis(500)).await;

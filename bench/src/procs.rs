@@ -71,16 +71,21 @@ fn clock_ticks() -> f64 {
     })
 }
 
-/// User plus system CPU seconds `pid` has used (all its threads).
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+/// The fields of `/proc/<pid>/stat` after the command name, which is in parentheses and
+/// may hold spaces: the process state first, then its parent.
+fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The command name is in parentheses and may hold spaces: count fields after it.
     let after = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .context("malformed stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
+    Ok(after.split_whitespace().map(str::to_owned).collect())
+}
+
+/// User plus system CPU seconds `pid` has used (all its threads).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let fields = stat_fields(pid)?;
     // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the name.
     let ticks = |index: usize| -> anyhow::Result<f64> {
         fields
@@ -133,12 +138,9 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&candidate| {
-            std::fs::read_to_string(format!("/proc/{candidate}/stat"))
+            stat_fields(candidate)
                 .ok()
-                .and_then(|stat| {
-                    let after = stat.rsplit_once(')')?.1.to_owned();
-                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
+                .and_then(|fields| fields.get(1)?.parse::<u32>().ok())
                 == Some(pid)
         })
         .collect()

@@ -71,14 +71,14 @@ impl Row {
         };
         let off_by_percent = (!pass && limit != 0.0)
             .then(|| ((measured - limit) / limit * 1000.0).round() / 10.0)
-            .or((!pass).then_some(f64::INFINITY));
+            .filter(|percent| percent.is_finite());
         Self {
             section: section.to_owned(),
             measurement: measurement.to_owned(),
             value: value.into(),
             target: target.into(),
             result: if pass { Verdict::Pass } else { Verdict::Miss },
-            off_by_percent: off_by_percent.filter(|p| p.is_finite()),
+            off_by_percent,
         }
     }
 

@@ -51,10 +51,14 @@ struct Measured {
 
 pub async fn run(config: &WarmConfig, dir: &Path) -> anyhow::Result<Section> {
     let upstream = procs::spawn_self(&["serve-upstream".to_owned()]).await?;
-    let activator = ActivatorProcess::start(Some(upstream.addr), Duration::from_millis(25)).await?;
+    let activator = ActivatorProcess::start(
+        Some(upstream.addr),
+        Duration::from_millis(crate::PROBE_PERIOD_MS),
+    )
+    .await?;
     let shared_runtime = ActivatorProcess::start_with(
         Some(upstream.addr),
-        Duration::from_millis(25),
+        Duration::from_millis(crate::PROBE_PERIOD_MS),
         Runtime::MultiThread,
     )
     .await?;
