@@ -5,7 +5,8 @@
 //! (h2c), so connections to a pod are reused across requests. A keep-alive HTTP/1.1
 //! client connection also gets its own connection to its pod ([`Affinity`]) from its
 //! second request on: its requests then pass between two connections with no pool
-//! lookups, locks or copied heads on the way. Bodies stream both ways
+//! lookups or copied heads on the way, and only the client connection's own lock, which
+//! its one-at-a-time requests never contend. Bodies stream both ways
 //! frame by frame and are never collected. On the way through, both messages lose their
 //! hop-by-hop headers and the request gains `X-Forwarded-For`, `-Proto` and `-Host`.
 //! An upgrade (WebSocket) is sent to the pod over HTTP/1.1; when the pod switches
@@ -112,8 +113,9 @@ impl Default for ForwarderConfig {
 pub struct Forwarder {
     http1: Client<HttpConnector, RequestBody>,
     h2c: Client<HttpConnector, RequestBody>,
+    /// The pools' connector, for client connections' own pod connections too.
+    connector: HttpConnector,
     response_start_timeout: Duration,
-    connect_timeout: Duration,
 }
 
 impl fmt::Debug for Forwarder {
@@ -143,13 +145,13 @@ impl Forwarder {
             .http2_only(true)
             .http2_keep_alive_interval(H2_PING_INTERVAL)
             .http2_keep_alive_timeout(H2_PING_TIMEOUT);
-        let h2c = builder.build(connector);
+        let h2c = builder.build(connector.clone());
 
         Self {
             http1,
             h2c,
+            connector,
             response_start_timeout: config.response_start_timeout,
-            connect_timeout: config.connect_timeout,
         }
     }
 
@@ -212,17 +214,13 @@ impl Forwarder {
             && outbound.parts.version <= Version::HTTP_11
         {
             match self.send_dedicated(outbound, pod, affinity).await {
-                Dedicated::Answered(Ok(response)) => {
-                    return finish(response, None, guard).map_err(|error| SendError {
-                        error,
-                        unsent: None,
-                    });
-                }
-                Dedicated::Answered(Err(error)) => {
-                    return Err(SendError {
-                        error,
-                        unsent: None,
-                    });
+                Dedicated::Answered(answer) => {
+                    return answer
+                        .and_then(|response| finish(response, None, guard))
+                        .map_err(|error| SendError {
+                            error,
+                            unsent: None,
+                        });
                 }
                 Dedicated::ConnectFailed(error, request) => {
                     let unsent = request.retry_unsent.then_some(Unsent { request, guard });
@@ -364,30 +362,17 @@ impl Forwarder {
         }
     }
 
-    /// Opens an HTTP/1.1 connection to `pod`, its driver running in a task of its own.
+    /// Opens an HTTP/1.1 connection to `pod` with the pools' connector (its timeout and
+    /// socket options), its driver running in a task of its own.
     async fn open_dedicated(
         &self,
         pod: SocketAddr,
     ) -> Result<http1::SendRequest<RequestBody>, ActivatorError> {
-        let connect = async {
-            let stream = tokio::net::TcpStream::connect(pod).await?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        };
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(ActivatorError::UpstreamConnect(error.into())),
-            Err(_elapsed) => {
-                return Err(ActivatorError::UpstreamConnect(
-                    format!(
-                        "connecting to {pod} took longer than {:?}",
-                        self.connect_timeout
-                    )
-                    .into(),
-                ));
-            }
-        };
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        let uri = pod_uri(pod, PathAndQuery::from_static("/"))?;
+        let stream = tower_service::Service::call(&mut self.connector.clone(), uri)
+            .await
+            .map_err(|error| ActivatorError::UpstreamConnect(error.into()))?;
+        let (sender, connection) = http1::handshake(stream)
             .await
             .map_err(|error| ActivatorError::UpstreamConnect(error.into()))?;
         tokio::spawn(async move {
@@ -455,7 +440,8 @@ pub struct Affinity {
 
 #[derive(Debug, Default)]
 struct AffinityState {
-    requests: u64,
+    /// The client connection has sent a request before.
+    seen_one: bool,
     connection: Option<(SocketAddr, http1::SendRequest<RequestBody>)>,
 }
 
@@ -470,14 +456,14 @@ impl Affinity {
     /// another pod is still open (that request goes through the pool).
     fn take(&self, pod: SocketAddr) -> (Option<http1::SendRequest<RequestBody>>, bool) {
         let mut state = lock(&self.state);
-        state.requests += 1;
+        let repeat = std::mem::replace(&mut state.seen_one, true);
         match state.connection.take() {
             Some((to, sender)) if to == pod && !sender.is_closed() => (Some(sender), false),
             Some((to, sender)) if !sender.is_closed() => {
                 state.connection = Some((to, sender));
                 (None, false)
             }
-            _ => (None, state.requests > 1),
+            _ => (None, repeat),
         }
     }
 
