@@ -340,8 +340,9 @@ impl PerCoreServer {
 /// Why: a client connection, the tasks serving its requests and (with [`Affinity`]) its
 /// connection to the pod then stay on one thread, as in nginx's workers, instead of
 /// hopping between the worker threads of one work-stealing runtime. On the warm path
-/// that cost about 15-30% of the throughput (docs/performance.md). The rest of the
-/// process (watches, admin server, probing of pods) can stay on the main runtime.
+/// that cost about 15-30% of the throughput (docs/performance.md). Watches and the admin
+/// server stay on the main runtime; what a request starts (probing of a Function's
+/// starting pods, a wake) runs on the thread of the request that started it.
 ///
 /// `shutdown` is called once per thread; each thread stops accepting when its future
 /// resolves, then drains as [`serve`] does. Must be called within a tokio runtime.
