@@ -64,7 +64,8 @@ pub struct Context {
     /// Function leaves its entry here.
     children: Mutex<HashMap<ObjectRef<Function>, Children>>,
     /// The Functions each running controller watches (one per watched namespace, or one
-    /// for all): host claims are decided over all of them, as the activator decides.
+    /// for all): host claims are decided over all of them, as the activator decides, and
+    /// the autoscaler scales them without watches of its own.
     watched: Mutex<Vec<Store<Function>>>,
 }
 
@@ -88,9 +89,22 @@ impl Context {
         }
     }
 
-    /// Adds the Functions a controller watches to those host claims are decided over.
+    /// Adds the Functions a controller watches to those host claims are decided over and
+    /// the autoscaler scales.
     pub fn watch(&self, functions: Store<Function>) {
         self.watched().push(functions);
+    }
+
+    /// Every Function the running controllers watch, as their stores hold it now.
+    pub fn watched_functions(&self) -> Vec<Arc<Function>> {
+        self.watched().iter().flat_map(Store::state).collect()
+    }
+
+    /// The watched Function `key`, if a controller's store holds it.
+    pub fn watched_function(&self, key: &ObjectRef<Function>) -> Option<Arc<Function>> {
+        self.watched()
+            .iter()
+            .find_map(|functions| functions.get(key))
     }
 
     /// The claims of `function` on hosts that the routing rules ignore, because another
@@ -104,7 +118,7 @@ impl Context {
         let Some(claimant) = RouteSpec::from_function(function) else {
             return Vec::new();
         };
-        let watched: Vec<Arc<Function>> = self.watched().iter().flat_map(Store::state).collect();
+        let watched = self.watched_functions();
         let domains = Domains {
             cluster_domain: self.config.cluster_domain.clone(),
             public_domain: self.config.public_domain.clone(),
@@ -138,9 +152,8 @@ impl Context {
             .filter_map(|h| normalize_own_host(h))
             .collect();
         let changed_ref = ObjectRef::from_obj(changed);
-        self.watched()
-            .iter()
-            .flat_map(Store::state)
+        self.watched_functions()
+            .into_iter()
             .filter(|other| {
                 other.spec.routing.hosts.iter().any(|host| {
                     // A host no request can name claims nothing.

@@ -256,6 +256,13 @@ async fn autoscaler_paths(api: &FakeApi, ctx: &Arc<Context>) {
     let idle = woken(function("idle"));
     api.put_function(&idle);
     api.put_deployment(&idle, 1);
+    // The autoscaler scales the Functions the controllers watch. Those of
+    // `controller_watches` have stopped, so a store stands in for theirs.
+    let (functions, mut writer) = kube::runtime::reflector::store();
+    for function in [&zeroed, &idle] {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(function.clone()));
+    }
+    ctx.watch(functions);
 
     let config = AutoscalerConfig {
         tick: Duration::from_millis(50),

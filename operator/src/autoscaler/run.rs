@@ -218,57 +218,44 @@ pub async fn drive(
     }
 }
 
-/// Functions and their Deployments in a cluster, from watches; scaling patches the
+/// Functions and their Deployments in a cluster: the Functions the controllers watch
+/// (through `ctx`), the Deployments from watches of its own; scaling patches the
 /// Deployment under the autoscaler's field manager.
 pub struct KubeRuntime {
     ctx: Arc<Context>,
-    /// One pair of stores per watched namespace, or one for all namespaces: a watch of
+    /// One store per watched namespace, or one for all namespaces: a watch of
     /// everything would need cluster-wide read access the operator otherwise lacks.
-    scopes: Vec<(Store<Function>, Store<Deployment>)>,
+    deployments: Vec<Store<Deployment>>,
 }
 
 impl KubeRuntime {
-    /// Starts watching Functions and zeroscale's Deployments in each of `namespaces`
-    /// (all namespaces when empty).
+    /// Starts watching zeroscale's Deployments in each of `namespaces` (all namespaces
+    /// when empty). The controllers of the same namespaces run on `ctx`.
     pub fn watch(ctx: Arc<Context>, namespaces: &[String]) -> Self {
         let scopes: Vec<Option<&str>> = match namespaces {
             [] => vec![None],
             namespaces => namespaces.iter().map(|n| Some(n.as_str())).collect(),
         };
-        let deployments_config = watcher::Config::default().labels(&format!(
-            "app.kubernetes.io/managed-by={}",
-            keys::MANAGED_BY
-        ));
-        let scopes = scopes
+        let deployments = scopes
             .into_iter()
-            .map(|scope| {
-                (
-                    reflected::<Function>(&ctx.client, scope, watcher::Config::default()),
-                    reflected::<Deployment>(&ctx.client, scope, deployments_config.clone()),
-                )
-            })
+            .map(|scope| watched_deployments(&ctx.client, scope))
             .collect();
-        Self { ctx, scopes }
+        Self { ctx, deployments }
     }
 }
 
 impl Runtime for KubeRuntime {
     fn targets(&self) -> Vec<Target> {
-        self.scopes
-            .iter()
-            .flat_map(|(functions, deployments)| {
-                targets(functions, deployments, &self.ctx.config.scaling)
-            })
-            .collect()
+        targets(
+            &self.ctx.watched_functions(),
+            &self.deployments,
+            &self.ctx.config.scaling,
+        )
     }
 
     async fn scale(&self, id: &FunctionId, from: i32, decision: Decision) -> Result<(), String> {
         let key = ObjectRef::new(&id.1).within(&id.0);
-        let Some(function) = self
-            .scopes
-            .iter()
-            .find_map(|(functions, _)| functions.get(&key))
-        else {
+        let Some(function) = self.ctx.watched_function(&key) else {
             return Ok(());
         };
         scale(&self.ctx, &function, from, decision)
@@ -277,7 +264,8 @@ impl Runtime for KubeRuntime {
     }
 }
 
-/// Runs the Kubernetes autoscaler until `shutdown` resolves.
+/// Runs the Kubernetes autoscaler until `shutdown` resolves, over the Functions of the
+/// controllers running on `ctx` (see [`KubeRuntime`]).
 pub async fn run(
     ctx: Arc<Context>,
     config: AutoscalerConfig,
@@ -288,22 +276,17 @@ pub async fn run(
     drive(config.tick, stats, &runtime, &ctx.metrics, shutdown).await;
 }
 
-/// A store of `K` (in `namespace`, or everywhere) kept current by a background watch.
-fn reflected<K>(client: &kube::Client, namespace: Option<&str>, config: watcher::Config) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
+/// zeroscale's Deployments in `namespace` (or everywhere), kept current by a background
+/// watch.
+fn watched_deployments(client: &kube::Client, namespace: Option<&str>) -> Store<Deployment> {
     let api = match namespace {
-        Some(namespace) => Api::<K>::namespaced(client.clone(), namespace),
-        None => Api::<K>::all(client.clone()),
+        Some(namespace) => Api::<Deployment>::namespaced(client.clone(), namespace),
+        None => Api::<Deployment>::all(client.clone()),
     };
+    let config = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        keys::MANAGED_BY
+    ));
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
@@ -314,18 +297,18 @@ where
 
 /// Every valid Function whose Deployment exists, with its policy and replicas.
 fn targets(
-    functions: &Store<Function>,
-    deployments: &Store<Deployment>,
+    functions: &[Arc<Function>],
+    deployments: &[Store<Deployment>],
     defaults: &ScalingDefaults,
 ) -> Vec<Target> {
     functions
-        .state()
         .iter()
         .filter_map(|function| {
             let durations = function.spec.validate().ok()?;
             let namespace = function.namespace()?;
             let name = function.name_any();
-            let deployment = deployments.get(&ObjectRef::new(&name).within(&namespace))?;
+            let key = ObjectRef::new(&name).within(&namespace);
+            let deployment = deployments.iter().find_map(|store| store.get(&key))?;
             let replicas = Replicas {
                 desired: deployment.spec.as_ref()?.replicas.unwrap_or(1),
                 ready: deployment
