@@ -513,19 +513,23 @@ impl Failing {
     }
 
     /// Records a failure for `cause`, logging it unless the last attempt failed the
-    /// same way.
-    fn failed(&mut self, lease: &str, cause: &str) {
-        if self.cause.as_deref() != Some(cause) {
+    /// same way; says whether it logged.
+    fn failed(&mut self, lease: &str, cause: &str) -> bool {
+        let new = self.cause.as_deref() != Some(cause);
+        if new {
             tracing::warn!(%lease, error = %cause, "{} failed; retrying", self.what);
             self.cause = Some(cause.to_owned());
         }
+        new
     }
 
-    /// Records a success, logging it if it ends a failure.
-    fn succeeded(&mut self, lease: &str) {
-        if self.cause.take().is_some() {
+    /// Records a success, logging it if it ends a failure; says whether it logged.
+    fn succeeded(&mut self, lease: &str) -> bool {
+        let ended = self.cause.take().is_some();
+        if ended {
             tracing::info!(%lease, "{} works again", self.what);
         }
+        ended
     }
 }
 
@@ -721,6 +725,22 @@ mod tests {
         assert_eq!(whole_seconds(Duration::MAX), i32::MAX);
     }
 
+    #[test]
+    fn a_repeated_failure_is_logged_when_it_starts_changes_and_ends() {
+        let mut failing = Failing::new("renewing the Lease");
+        let logged: Vec<bool> = vec![
+            failing.succeeded(LEASE),
+            failing.failed(LEASE, "503"),
+            failing.failed(LEASE, "503"),
+            failing.failed(LEASE, "connection refused"),
+            failing.failed(LEASE, "connection refused"),
+            failing.succeeded(LEASE),
+            failing.succeeded(LEASE),
+            failing.failed(LEASE, "connection refused"),
+        ];
+        assert_eq!(logged, [false, true, false, true, false, true, false, true]);
+    }
+
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
     /// The API server side of a mocked client: receives each request in turn.
@@ -912,6 +932,38 @@ mod tests {
                 ),
                 "{acquired:?}"
             );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_namespace_is_named_as_the_cause_until_creating_the_lease_works() {
+        let (elector, mut server) = elector();
+        let readiness = Readiness::not_ready("starting");
+        let elector = elector
+            .with_renew_period(Duration::from_millis(10))
+            .with_readiness(readiness.clone());
+        within_a_second(async {
+            let acquired = tokio::spawn(async move { elector.acquire().await });
+            server.get_lease(None).await;
+            let (_, respond) = server.expect(Method::POST, LEASES).await;
+            respond.send_response(status_response(404, "NotFound"));
+            // The retry's read comes after the failure was reported.
+            server.get_lease(None).await;
+            let reason = readiness.reason().unwrap_or_default();
+            assert!(
+                reason.starts_with(
+                    "cannot reach the leader Lease: the Lease's namespace \"default\" does not \
+                     exist: creating Lease zeroscale-operator: "
+                ),
+                "{reason}"
+            );
+            assert!(reason.contains("NotFound (test)"), "{reason}");
+
+            let (created, respond) = server.expect(Method::POST, LEASES).await;
+            respond.send_response(json_response(StatusCode::CREATED, &created));
+            acquired.await.expect("acquire ran").expect("leadership");
+            assert_eq!(readiness.reason(), None);
         })
         .await;
     }
