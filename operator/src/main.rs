@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use zeroscale_admin::process::{self, LogFormat};
 use zeroscale_admin::{self as admin, AdminState, Readiness};
 use zeroscale_api::ScalingDefaults;
-use zeroscale_operator::autoscaler::run::{self as autoscaler, ActivatorStats, AutoscalerConfig};
+use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
@@ -196,6 +196,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
         .context("registering process metrics")?;
     let metrics = Metrics::register(&registry).context("registering metrics")?;
+    let autoscaler_metrics = zeroscale_autoscaler::Metrics::register(&registry)
+        .context("registering the autoscaler's metrics")?;
     let readiness = Readiness::not_ready("connecting to the Kubernetes API");
 
     // One signal, observed by everything that must stop.
@@ -260,7 +262,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: "zeroscale-operator".into(),
         instance: Some(identity),
     };
-    let ctx = Arc::new(Context::new(client, config, metrics, reporter));
+    let scaling = config.scaling.clone();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        metrics,
+        reporter.clone(),
+    ));
+    let autoscaler_ctx = autoscaler::Context::new(
+        client,
+        scaling,
+        autoscaler_metrics,
+        reporter,
+        Arc::clone(ctx.watched()),
+    );
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
         vec![None]
     } else {
@@ -271,7 +286,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|namespace| controller::run(ctx.clone(), namespace.as_deref(), stopped())),
     );
-    let autoscaling = autoscaler::run(ctx.clone(), autoscaler_config, stats, stopped());
+    let autoscaling = autoscaler::run(autoscaler_ctx, autoscaler_config, stats, stopped());
 
     let lost = async {
         match &leadership {
