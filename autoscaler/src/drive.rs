@@ -108,3 +108,130 @@ async fn step(
         .tick_duration
         .observe(started.elapsed().as_secs_f64());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::sync::watch;
+    use zeroscale_api::stats::FunctionStats;
+    use zeroscale_api::{FunctionSpec, ScalingDefaults};
+
+    use crate::{Error, Reason, ScalingPolicy};
+
+    /// No activator at the first scrape; from the second on, one that holds a request
+    /// for `default/zeroed`.
+    struct Stats {
+        scrapes: AtomicU32,
+    }
+
+    impl StatsSource for Stats {
+        async fn scrape(&self) -> Result<Vec<StatsReport>> {
+            let scrape = self.scrapes.fetch_add(1, Ordering::Relaxed);
+            if scrape == 0 {
+                return Err(Error::NoActivator);
+            }
+            Ok(vec![StatsReport {
+                instance: "activator-0".into(),
+                uptime_seconds: f64::from(scrape),
+                functions: vec![FunctionStats {
+                    namespace: "default".into(),
+                    name: "zeroed".into(),
+                    queued: 1,
+                    ..FunctionStats::default()
+                }],
+            }])
+        }
+    }
+
+    /// `default/zeroed` at zero and `default/idle` at one pod; records every scale and
+    /// counts them in `scaled`.
+    struct Fixed {
+        scales: Mutex<Vec<(FunctionKey, i32, i32, Reason)>>,
+        scaled: watch::Sender<usize>,
+    }
+
+    impl Runtime for Fixed {
+        fn targets(&self) -> Vec<Target> {
+            let spec = FunctionSpec::with_image("example.com/hello:1");
+            let durations = spec.validate().expect("valid spec");
+            let policy =
+                ScalingPolicy::from_spec(&spec.scaling, &durations, &ScalingDefaults::default());
+            [("zeroed", 0), ("idle", 1)]
+                .into_iter()
+                .map(|(name, replicas)| Target {
+                    key: FunctionKey::new("default", name),
+                    policy: policy.clone(),
+                    replicas: Replicas {
+                        desired: replicas,
+                        ready: replicas,
+                    },
+                })
+                .collect()
+        }
+
+        async fn scale(&self, function: &FunctionKey, from: i32, decision: Decision) -> Result<()> {
+            self.scales.lock().expect("not poisoned").push((
+                function.clone(),
+                from,
+                decision.desired,
+                decision.reason,
+            ));
+            self.scaled.send_modify(|scaled| *scaled += 1);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_holds_without_stats_then_applies_only_decisions_that_change_replicas() {
+        let (scaled, mut scales) = watch::channel(0);
+        let runtime = Arc::new(Fixed {
+            scales: Mutex::new(Vec::new()),
+            scaled,
+        });
+        let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics register");
+        let stats = Stats {
+            scrapes: AtomicU32::new(0),
+        };
+        let shutdown = async move {
+            let _ = scales.wait_for(|scaled| *scaled > 0).await;
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            drive(
+                Duration::from_secs(1),
+                stats,
+                Arc::clone(&runtime),
+                metrics.clone(),
+                shutdown,
+            ),
+        )
+        .await
+        .expect("the loop wakes `zeroed` and stops");
+
+        let scales = runtime.scales.lock().expect("not poisoned").clone();
+        assert_eq!(
+            scales,
+            [(FunctionKey::new("default", "zeroed"), 0, 1, Reason::Wake)],
+            "`idle` keeps its pod within the grace period, so it is not written"
+        );
+        let decided = |reason: Reason| {
+            metrics
+                .scaling_decisions
+                .with_label_values(&[reason.metric_label()])
+                .get()
+        };
+        assert_eq!(decided(Reason::Wake), 1);
+        assert_eq!(decided(Reason::HoldingForGracePeriod), 1);
+        assert_eq!(
+            metrics
+                .desired_replicas
+                .with_label_values(&["default", "zeroed"])
+                .get(),
+            1
+        );
+    }
+}

@@ -51,14 +51,17 @@ mod metrics;
 mod policy;
 mod window;
 
-pub use decide::{Decision, DecisionState, Reason, Replicas, decide};
+pub use decide::{Decision, Reason, Replicas};
 pub use drive::{Runtime, StatsSource, drive};
 pub use error::{Error, Result};
 pub use fleet::{Fleet, Target};
-pub use meter::{LoadMeter, Observed};
+pub use meter::Observed;
 pub use metrics::Metrics;
-pub use policy::{MIN_PANIC_WINDOW, ScalingPolicy};
-pub use window::{Load, Window};
+pub use policy::ScalingPolicy;
+
+use decide::{DecisionState, decide};
+use meter::LoadMeter;
+use window::Window;
 
 #[cfg(test)]
 mod tests;
