@@ -1,6 +1,6 @@
-//! The autoscaler in a cluster: [`zeroscale_autoscaler::drive`] over [`KubeRuntime`]
+//! The autoscaler in a cluster: [`zeroscale_autoscaler::drive`] over `KubeRuntime`
 //! (the Functions the controllers watch, their Deployments from watches of its own,
-//! replicas written through [`ReplicaWriter`]) and [`ActivatorStats`] (the activators'
+//! replicas written through `ReplicaWriter`) and [`ActivatorStats`] (the activators'
 //! `/stats`). Only the leader runs it. The decision itself is in `zeroscale-autoscaler`.
 
 mod stats;
@@ -73,7 +73,7 @@ impl Context {
 }
 
 /// Runs the Kubernetes autoscaler until `shutdown` resolves, over the Functions of
-/// `ctx` (see [`KubeRuntime`]).
+/// `ctx` and their Deployments.
 pub async fn run(
     ctx: Context,
     config: AutoscalerConfig,

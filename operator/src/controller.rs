@@ -1,5 +1,5 @@
 //! The Function controller: an I/O shell around the pure builders in [`resources`] and
-//! [`status`]. Each reconcile validates the spec, builds every desired object, applies
+//! `status`. Each reconcile validates the spec, builds every desired object, applies
 //! them with server-side apply under one field manager, and writes the status.
 
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
 //! The one writer of Function Deployments' `spec.replicas`. Replicas belong to the
 //! autoscaler's field manager: the reconciler creates a Deployment at its initial scale
-//! and hands replicas over here ([`ReplicaWriter::hand_over`]), wakes a Function an activator
-//! asked for ([`ReplicaWriter::wake`]), and the autoscaler loop applies its decisions
-//! ([`ReplicaWriter::scale`]). Every write that changes the scale records it on the Function
+//! and hands replicas over here (`ReplicaWriter::hand_over`), wakes a Function an activator
+//! asked for (`ReplicaWriter::wake`), and the autoscaler loop applies its decisions
+//! (`ReplicaWriter::scale`). Every write that changes the scale records it on the Function
 //! (`lastScaleTime`, `lastScaleReason`) and as an Event.
 
 use k8s_openapi::api::apps::v1::Deployment;
