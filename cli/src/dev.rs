@@ -26,7 +26,7 @@ use zeroscale_admin::process;
 use zeroscale_admin::{AdminState, Readiness};
 use zeroscale_api::routing::Domains;
 use zeroscale_api::stats::StatsReport;
-use zeroscale_operator::autoscaler::run::{StatsSource, drive};
+use zeroscale_autoscaler::{StatsSource, drive};
 
 use crate::error::{Error, Result};
 use crate::manifest;
@@ -72,7 +72,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new()?;
     metrics.register(&registry)?;
-    let autoscaler_metrics = zeroscale_operator::metrics::Metrics::register(&registry)?;
+    let autoscaler_metrics = zeroscale_autoscaler::Metrics::register(&registry)?;
     let functions = Arc::new(Functions::new(
         Domains {
             cluster_domain: "cluster.local".into(),
@@ -126,18 +126,16 @@ pub async fn run(config: DevConfig) -> Result<()> {
         Duration::from_millis(100),
         stopped(),
     ));
-    let autoscaler = {
-        let runtime = Arc::clone(&runtime);
-        let stats = LocalStats {
+    let autoscaler = tokio::spawn(drive(
+        config.autoscaler_tick,
+        LocalStats {
             activator: Arc::clone(&activator),
             started,
-        };
-        let shutdown = stopped();
-        let tick = config.autoscaler_tick;
-        tokio::spawn(async move {
-            drive(tick, stats, &*runtime, &autoscaler_metrics, shutdown).await;
-        })
-    };
+        },
+        Arc::clone(&runtime),
+        autoscaler_metrics,
+        stopped(),
+    ));
     if let Some(admin_address) = config.admin_listen {
         let admin_listener =
             tokio::net::TcpListener::bind(admin_address)
@@ -189,7 +187,7 @@ struct LocalStats {
 }
 
 impl StatsSource for LocalStats {
-    async fn scrape(&self) -> Result<Vec<StatsReport>, String> {
+    async fn scrape(&self) -> zeroscale_autoscaler::Result<Vec<StatsReport>> {
         Ok(vec![
             self.activator
                 .stats("zeroscale-dev", self.started.elapsed()),

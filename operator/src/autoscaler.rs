@@ -1,54 +1,195 @@
-//! The autoscaler's decision core: how many pods a Function should run, from the load
-//! the activators saw. Pure and synchronous: no client, no clock, no loop. Time is
-//! passed in (`now`), so tests drive it with a fake clock and the loop that scrapes the
-//! activators and patches Deployments stays a thin shell around [`decide`].
-//!
-//! The behaviour follows Knative's KPA. Each tick the loop records one [`Window`] sample
-//! (the summed load of all activators), then calls [`decide`], which applies these
-//! rules in order (defaults in brackets):
-//!
-//! 1. **No data**: no sample within the stable window keeps the current scale
-//!    ([`Reason::NoData`]); it never scales to zero on missing stats.
-//! 2. **Stable**: desired = ceil(stable-window average / target) [window 60 s,
-//!    target 100 in flight, 200 rps, or 70% of containerConcurrency].
-//! 3. **Rates**: desired stays within floor(ready / maxScaleDownRate) [2] and
-//!    ceil(ready × maxScaleUpRate) [1000], counting at least one ready pod.
-//! 4. **Panic**: when panic-window average / target >= ready × panicThreshold [200%]
-//!    (ready > 0), the larger of the panic and stable estimates is used and the scale
-//!    never goes down until a whole stable window passes without crossing the threshold
-//!    again [panic window 10% of the stable window, at least 1 s]. A new
-//!    [`DecisionState`] above one pod starts in panic mode, so an operator restart (or a
-//!    new Function at its initial scale) does not scale down on a history it lacks.
-//! 5. **Wake**: load or a held request while no pod is ready, or while scaled to zero,
-//!    asks for at least max(1, initialReplicas), never less than the load needs nor the
-//!    pods already starting; a held request always means at least one pod.
-//! 6. **Scale to zero**: with minReplicas 0 [0], no request for the whole
-//!    scaleToZeroGracePeriod [30 s] and nothing held, desired is 0 (over the panic hold
-//!    and the scale-down rate: idle has no load to protect); otherwise a Function the
-//!    load would put at zero keeps one pod ([`Reason::HoldingForGracePeriod`]).
-//! 7. **Scale-down delay**: desired is the largest value the rules above chose during
-//!    the last scaleDownDelay [0 s, off], so a lower scale (zero included) applies only
-//!    once it has been wanted that long.
-//! 8. **Bounds**: minReplicas and maxReplicas [10] apply last ([`Reason::AtMin`],
-//!    [`Reason::AtMax`]).
-//!
-//! `metric: cpu` Functions are scaled 1..N by their HorizontalPodAutoscaler; for them the
-//! core only moves between 0 and the wake scale (rules 1, 5, 6, 7, 8) and otherwise
-//! returns the current scale unchanged, so the loop must write only when the decision
-//! differs from what it read, and never fight the HPA.
+//! The autoscaler in a cluster: [`zeroscale_autoscaler::drive`] over `KubeRuntime`
+//! (the Functions the controllers watch, their Deployments from watches of its own,
+//! replicas written through `ReplicaWriter`) and [`ActivatorStats`] (the activators'
+//! `/stats`). Only the leader runs it. The decision itself is in `zeroscale-autoscaler`.
 
-mod decide;
-mod fleet;
-mod meter;
-mod policy;
-pub mod run;
-mod window;
+mod stats;
 
-pub use decide::{Decision, DecisionState, Reason, Replicas, decide};
-pub use fleet::{Fleet, Target};
-pub use meter::{FunctionId, LoadMeter, Observed};
-pub use policy::{MIN_PANIC_WINDOW, ScalingPolicy};
-pub use window::{Load, Window};
+use std::sync::Arc;
+use std::time::Duration;
 
-#[cfg(test)]
-mod tests;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use zeroscale_api::routing::FunctionKey;
+use zeroscale_api::{Function, ScalingDefaults, keys};
+use zeroscale_autoscaler::{
+    Decision, Metrics, Replicas, Runtime, ScalingPolicy, StatsSource, Target, drive,
+};
+
+use crate::replicas::ReplicaWriter;
+use crate::watched::{WatchTask, WatchedFunctions};
+
+pub use stats::ActivatorStats;
+
+/// How the loop finds activators and how often it runs.
+#[derive(Clone, Debug)]
+pub struct AutoscalerConfig {
+    /// Time between ticks.
+    pub tick: Duration,
+    /// Activator Service as `<name>.<namespace>`; its EndpointSlices list the replicas.
+    pub activator_service: String,
+    /// Port of the activators' admin server, which serves `/stats`.
+    pub activator_admin_port: u16,
+    /// Longest one activator may take to answer.
+    pub scrape_timeout: Duration,
+    /// Namespaces whose Functions are scaled; all when empty.
+    pub namespaces: Vec<String>,
+}
+
+/// What the autoscaler loop needs.
+pub struct Context {
+    client: Client,
+    /// Scaling settings for what a Function leaves unset.
+    defaults: ScalingDefaults,
+    metrics: Metrics,
+    replicas: ReplicaWriter,
+    /// The Functions the controllers watch: those the loop scales.
+    functions: Arc<WatchedFunctions>,
+}
+
+impl Context {
+    /// A context that scales `functions` (the controllers', see
+    /// [`crate::controller::Context::watched`]), its Events naming `reporter`.
+    pub fn new(
+        client: Client,
+        defaults: ScalingDefaults,
+        metrics: Metrics,
+        reporter: Reporter,
+        functions: Arc<WatchedFunctions>,
+    ) -> Self {
+        Self {
+            replicas: ReplicaWriter::new(client.clone(), reporter),
+            client,
+            defaults,
+            metrics,
+            functions,
+        }
+    }
+}
+
+/// Runs the Kubernetes autoscaler until `shutdown` resolves, over the Functions of
+/// `ctx` and their Deployments.
+pub async fn run(
+    ctx: Context,
+    config: AutoscalerConfig,
+    stats: impl StatsSource,
+    shutdown: impl Future<Output = ()>,
+) {
+    let metrics = ctx.metrics.clone();
+    let runtime = Arc::new(KubeRuntime::watch(ctx, &config.namespaces));
+    drive(config.tick, stats, runtime, metrics, shutdown).await;
+}
+
+/// Functions and their Deployments in a cluster: the Functions the controllers watch,
+/// the Deployments from watches of its own; scaling goes through [`ReplicaWriter`].
+struct KubeRuntime {
+    ctx: Context,
+    /// One store per watched namespace, or one for all namespaces: a watch of
+    /// everything would need cluster-wide read access the operator otherwise lacks.
+    deployments: Vec<Store<Deployment>>,
+    /// The watches feeding `deployments`, stopped with the loop.
+    _watches: Vec<WatchTask>,
+}
+
+impl KubeRuntime {
+    /// Starts watching zeroscale's Deployments in each of `namespaces` (all namespaces
+    /// when empty).
+    fn watch(ctx: Context, namespaces: &[String]) -> Self {
+        let scopes: Vec<Option<&str>> = match namespaces {
+            [] => vec![None],
+            namespaces => namespaces.iter().map(|n| Some(n.as_str())).collect(),
+        };
+        let (deployments, watches) = scopes
+            .into_iter()
+            .map(|scope| watched_deployments(&ctx.client, scope))
+            .unzip();
+        Self {
+            ctx,
+            deployments,
+            _watches: watches,
+        }
+    }
+}
+
+impl Runtime for KubeRuntime {
+    fn targets(&self) -> Vec<Target> {
+        targets(
+            &self.ctx.functions.all(),
+            &self.deployments,
+            &self.ctx.defaults,
+        )
+    }
+
+    async fn scale(
+        &self,
+        function: &FunctionKey,
+        from: i32,
+        decision: Decision,
+    ) -> zeroscale_autoscaler::Result<()> {
+        let key = ObjectRef::new(&function.name).within(&function.namespace);
+        let Some(watched) = self.ctx.functions.get(&key) else {
+            return Ok(());
+        };
+        self.ctx
+            .replicas
+            .scale(&watched, from, decision)
+            .await
+            .map_err(|error| zeroscale_autoscaler::Error::Scale {
+                function: function.clone(),
+                source: Box::new(error),
+            })
+    }
+}
+
+/// zeroscale's Deployments in `namespace` (or everywhere), kept current by a background
+/// watch that stops when its [`WatchTask`] is dropped.
+fn watched_deployments(client: &Client, namespace: Option<&str>) -> (Store<Deployment>, WatchTask) {
+    let api = match namespace {
+        Some(namespace) => Api::<Deployment>::namespaced(client.clone(), namespace),
+        None => Api::<Deployment>::all(client.clone()),
+    };
+    let config = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={}",
+        keys::MANAGED_BY
+    ));
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
+    (store, WatchTask::spawn(stream))
+}
+
+/// Every valid Function whose Deployment exists, with its policy and replicas.
+fn targets(
+    functions: &[Arc<Function>],
+    deployments: &[Store<Deployment>],
+    defaults: &ScalingDefaults,
+) -> Vec<Target> {
+    functions
+        .iter()
+        .filter_map(|function| {
+            let durations = function.spec.validate().ok()?;
+            let namespace = function.namespace()?;
+            let name = function.name_any();
+            let key = ObjectRef::new(&name).within(&namespace);
+            let deployment = deployments.iter().find_map(|store| store.get(&key))?;
+            let replicas = Replicas {
+                desired: deployment.spec.as_ref()?.replicas.unwrap_or(1),
+                ready: deployment
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0),
+            };
+            Some(Target {
+                key: FunctionKey::new(namespace, name),
+                policy: ScalingPolicy::from_spec(&function.spec.scaling, &durations, defaults),
+                replicas,
+            })
+        })
+        .collect()
+}

@@ -1,5 +1,5 @@
 //! The Function controller: an I/O shell around the pure builders in [`resources`] and
-//! [`status`]. Each reconcile validates the spec, builds every desired object, applies
+//! `status`. Each reconcile validates the spec, builds every desired object, applies
 //! them with server-side apply under one field manager, and writes the status.
 
 use std::collections::HashMap;
@@ -14,29 +14,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use tracing::Instrument;
+use zeroscale_admin::process::ErrorChain;
 use zeroscale_api::conditions::{HOSTS_CLAIMED, READY, Reason};
 use zeroscale_api::routing::{Conflict, Domains, RouteSpec, RoutingTable, normalize_own_host};
 use zeroscale_api::{Function, FunctionStatus, keys};
+use zeroscale_autoscaler::ScalingPolicy;
 
-use crate::autoscaler::run::record_scale;
 use crate::metrics::Metrics;
+use crate::replicas::{self, ReplicaWriter};
 use crate::resources::{self, Config};
 use crate::status;
+use crate::watched::WatchedFunctions;
 use crate::{Error, Result};
 
 /// Field manager of every object and status the reconciler applies.
 pub const FIELD_MANAGER: &str = "zeroscale-operator";
-
-/// Field manager that owns `spec.replicas` of Function Deployments: the autoscaler's.
-/// The reconciler uses it once per Deployment, to hand replicas over, so that its own
-/// applies (which leave replicas out) never reset the pod count: server-side apply
-/// removes a field when its only owner stops sending it.
-pub const AUTOSCALER_FIELD_MANAGER: &str = "zeroscale-autoscaler";
 
 /// How often a healthy Function is reconciled even when nothing changes.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -53,20 +50,21 @@ const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_se
 
 /// What every reconcile needs.
 pub struct Context {
-    pub client: Client,
-    pub config: Config,
-    pub recorder: Recorder,
-    pub metrics: Metrics,
+    client: Client,
+    config: Config,
+    recorder: Recorder,
+    metrics: Metrics,
+    /// The writer of replicas: hand-over and wake.
+    replicas: ReplicaWriter,
     /// Consecutive failures per Function, for backoff.
     failures: Mutex<HashMap<ObjectRef<Function>, u32>>,
     /// What this process knows of each Function's children since it checked their
     /// names once; empty at start, so a new leader checks each Function once. A deleted
     /// Function leaves its entry here.
     children: Mutex<HashMap<ObjectRef<Function>, Children>>,
-    /// The Functions each running controller watches (one per watched namespace, or one
-    /// for all): host claims are decided over all of them, as the activator decides, and
-    /// the autoscaler scales them without watches of its own.
-    watched: Mutex<Vec<Store<Function>>>,
+    /// The Functions every running controller watches: host claims are decided over
+    /// all of them. The autoscaler's context shares them.
+    watched: Arc<WatchedFunctions>,
 }
 
 /// A Function's children as the reconciler last left them.
@@ -77,48 +75,38 @@ struct Children {
 }
 
 impl Context {
+    /// A context whose Events name `reporter`; its controllers add the Functions they
+    /// watch to [`Context::watched`].
     pub fn new(client: Client, config: Config, metrics: Metrics, reporter: Reporter) -> Self {
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            replicas: ReplicaWriter::new(client.clone(), reporter),
             client,
             config,
             metrics,
             failures: Mutex::new(HashMap::new()),
             children: Mutex::new(HashMap::new()),
-            watched: Mutex::new(Vec::new()),
+            watched: Arc::default(),
         }
     }
 
-    /// Adds the Functions a controller watches to those host claims are decided over and
-    /// the autoscaler scales.
-    pub fn watch(&self, functions: Store<Function>) {
-        self.watched().push(functions);
-    }
-
-    /// Every Function the running controllers watch, as their stores hold it now.
-    pub fn watched_functions(&self) -> Vec<Arc<Function>> {
-        self.watched().iter().flat_map(Store::state).collect()
-    }
-
-    /// The watched Function `key`, if a controller's store holds it.
-    pub fn watched_function(&self, key: &ObjectRef<Function>) -> Option<Arc<Function>> {
-        self.watched()
-            .iter()
-            .find_map(|functions| functions.get(key))
+    /// The Functions the controllers running on this context watch, for the autoscaler.
+    pub fn watched(&self) -> &Arc<WatchedFunctions> {
+        &self.watched
     }
 
     /// The claims of `function` on hosts that the routing rules ignore, because another
     /// watched Function keeps the host or it is another Function's address. Decided by
     /// the rules the activator routes by, over every watched Function and `function` as
     /// given; empty when it has no own hosts.
-    pub fn host_conflicts(&self, function: &Function) -> Vec<Conflict> {
+    fn host_conflicts(&self, function: &Function) -> Vec<Conflict> {
         if function.spec.routing.hosts.is_empty() {
             return Vec::new();
         }
         let Some(claimant) = RouteSpec::from_function(function) else {
             return Vec::new();
         };
-        let watched = self.watched_functions();
+        let watched = self.watched.all();
         let domains = Domains {
             cluster_domain: self.config.cluster_domain.clone(),
             public_domain: self.config.public_domain.clone(),
@@ -152,7 +140,8 @@ impl Context {
             .filter_map(|h| normalize_own_host(h))
             .collect();
         let changed_ref = ObjectRef::from_obj(changed);
-        self.watched_functions()
+        self.watched
+            .all()
             .into_iter()
             .filter(|other| {
                 other.spec.routing.hosts.iter().any(|host| {
@@ -169,13 +158,6 @@ impl Context {
             .map(|other| ObjectRef::from_obj(&*other))
             .filter(|other| *other != changed_ref)
             .collect()
-    }
-
-    fn watched(&self) -> std::sync::MutexGuard<'_, Vec<Store<Function>>> {
-        // A poisoned list still holds valid stores.
-        self.watched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Function>, u32>> {
@@ -208,7 +190,7 @@ pub async fn run(
     ));
     let function_pods = watcher::Config::default().labels(keys::FUNCTION_LABEL);
     let controller = Controller::new(functions.clone(), watcher::Config::default().any_semantic());
-    ctx.watch(controller.store());
+    ctx.watched.add(controller.store());
     let claims = Arc::clone(&ctx);
     controller
         // A Function's change can win or give up a host that another one claims.
@@ -236,7 +218,7 @@ pub async fn run(
         .for_each(|result| async move {
             match result {
                 Ok((function, _)) => tracing::debug!(%function, "reconciled"),
-                Err(error) => tracing::warn!(error = %error, "reconcile failed"),
+                Err(error) => tracing::warn!(error = %ErrorChain(&error), "reconcile failed"),
             }
         })
         .await;
@@ -300,7 +282,7 @@ pub fn error_policy(function: Arc<Function>, error: &Error, ctx: Arc<Context>) -
     } else {
         BACKOFF.1
     };
-    tracing::warn!(function = %ObjectRef::from_obj(&*function), error = %error, retry_in = ?delay, "reconcile failed");
+    tracing::warn!(function = %ObjectRef::from_obj(&*function), error = %ErrorChain(error), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -327,12 +309,13 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     let now = || Time(jiff::Timestamp::now());
 
     // Build every desired object before touching any, so an invalid spec changes nothing.
-    let desired = function
-        .spec
-        .validate()
-        .and_then(|_| resources::deployment(function));
-    let deployment = match desired {
-        Ok(deployment) => deployment,
+    let desired = function.spec.validate().and_then(|durations| {
+        let policy =
+            ScalingPolicy::from_spec(&function.spec.scaling, &durations, &ctx.config.scaling);
+        Ok((resources::deployment(function)?, policy))
+    });
+    let (deployment, policy) = match desired {
+        Ok(desired) => desired,
         Err(invalid) => {
             report_refused(function, ctx, Reason::InvalidSpec, invalid.to_string()).await?;
             return Ok(Outcome::InvalidSpec);
@@ -376,7 +359,7 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     // Replicas are handed to the autoscaler once: the operator creates the Deployment
     // with its initial scale, then the autoscaler's field manager applies replicas alone,
     // so it owns that one field and nothing else. Later applies leave replicas out.
-    let handover = replicas_to_hand_over(existing.as_ref(), function);
+    let handover = replicas::to_hand_over(existing.as_ref(), function);
     let mut desired_deployment = deployment;
     if let (Some(replicas), Some(spec)) = (handover, desired_deployment.spec.as_mut()) {
         spec.replicas = Some(replicas);
@@ -389,13 +372,11 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
         other => other?,
     };
     if let Some(replicas) = handover {
-        deployment = hand_over_replicas(&deployments, &name, replicas).await?;
+        deployment = ctx.replicas.hand_over(function, replicas).await?;
     }
     // An activator holds requests for this Function: wake it now, not at the next tick.
-    if let Some(replicas) = wake_replicas(function, &deployment) {
-        deployment = hand_over_replicas(&deployments, &name, replicas).await?;
-        tracing::info!(function = %name, replicas, "woken by an activator");
-        record_scale(ctx, function, 0, replicas, "Wake").await?;
+    if let Some(woken) = ctx.replicas.wake(function, &policy, &deployment).await? {
+        deployment = woken;
     }
 
     apply(&services, &service, FIELD_MANAGER).await?;
@@ -446,67 +427,6 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     } else {
         Outcome::HostConflict
     })
-}
-
-/// The replica count to give the autoscaler, when its field manager does not own
-/// `spec.replicas` yet: the initial scale for a new Deployment, the current one for a
-/// Deployment whose handover was interrupted.
-fn replicas_to_hand_over(existing: Option<&Deployment>, function: &Function) -> Option<i32> {
-    let Some(existing) = existing else {
-        return Some(resources::initial_replicas(function));
-    };
-    let owned = existing.managed_fields().iter().any(|entry| {
-        entry.manager.as_deref() == Some(AUTOSCALER_FIELD_MANAGER)
-            && entry
-                .fields_v1
-                .as_ref()
-                .is_some_and(|fields| fields.0.pointer("/f:spec/f:replicas").is_some())
-    });
-    if owned {
-        return None;
-    }
-    Some(
-        existing
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.replicas)
-            .unwrap_or_else(|| resources::initial_replicas(function)),
-    )
-}
-
-/// The replicas to wake a Function to: when its Deployment is at zero and an activator
-/// has asked for capacity (the annotation is removed whenever the autoscaler scales to
-/// zero, so its presence at zero is always a fresh request).
-fn wake_replicas(function: &Function, deployment: &Deployment) -> Option<i32> {
-    let at_zero = deployment.spec.as_ref()?.replicas == Some(0);
-    let requested = function.annotations().contains_key(keys::WAKE_REQUESTED_AT);
-    (at_zero && requested).then(|| function.spec.scaling.effective_initial_replicas().max(1))
-}
-
-/// Applies `spec.replicas` alone under the autoscaler's field manager.
-pub(crate) async fn hand_over_replicas(
-    deployments: &Api<Deployment>,
-    name: &str,
-    replicas: i32,
-) -> Result<Deployment> {
-    let body = serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {"replicas": replicas},
-    });
-    deployments
-        .patch(
-            name,
-            &PatchParams::apply(AUTOSCALER_FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "Deployment".into(),
-            name: name.to_owned(),
-            source,
-        })
 }
 
 /// Server-side applies `object` under `manager`, taking ownership of conflicting fields.
@@ -685,7 +605,7 @@ async fn publish_transition(function: &Function, ctx: &Context, condition: &Cond
         .publish(&event, &function.object_ref(&()))
         .await
     {
-        tracing::warn!(error = %error, "publishing event failed");
+        tracing::warn!(error = %ErrorChain(&error), "publishing event failed");
     }
 }
 
@@ -693,107 +613,7 @@ async fn publish_transition(function: &Function, ctx: &Context, condition: &Cond
 mod tests {
     use super::*;
 
-    use k8s_openapi::api::apps::v1::DeploymentSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-    use kube::api::ObjectMeta;
     use zeroscale_api::routing::{ConflictReason, FunctionKey};
-
-    fn deployment(replicas: i32, managers: &[(&str, serde_json::Value)]) -> Deployment {
-        Deployment {
-            metadata: ObjectMeta {
-                managed_fields: Some(
-                    managers
-                        .iter()
-                        .map(|(manager, fields)| ManagedFieldsEntry {
-                            manager: Some((*manager).to_owned()),
-                            operation: Some("Apply".into()),
-                            fields_type: Some("FieldsV1".into()),
-                            fields_v1: Some(FieldsV1(fields.clone())),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            spec: Some(DeploymentSpec {
-                replicas: Some(replicas),
-                ..Default::default()
-            }),
-            status: None,
-        }
-    }
-
-    fn function(initial: Option<i32>) -> Function {
-        let mut function = Function::new(
-            "hello",
-            zeroscale_api::FunctionSpec::with_image("example.com/hello:1"),
-        );
-        function.spec.scaling.initial_replicas = initial;
-        function
-    }
-
-    #[test]
-    fn new_deployment_hands_over_its_initial_replicas() {
-        assert_eq!(replicas_to_hand_over(None, &function(None)), Some(1));
-        assert_eq!(replicas_to_hand_over(None, &function(Some(0))), Some(0));
-    }
-
-    #[test]
-    fn replicas_owned_by_the_autoscaler_are_left_alone() {
-        let existing = deployment(
-            4,
-            &[(
-                AUTOSCALER_FIELD_MANAGER,
-                serde_json::json!({"f:spec": {"f:replicas": {}}}),
-            )],
-        );
-        assert_eq!(
-            replicas_to_hand_over(Some(&existing), &function(None)),
-            None
-        );
-    }
-
-    #[test]
-    fn interrupted_handover_keeps_the_current_replicas() {
-        let existing = deployment(
-            3,
-            &[(
-                FIELD_MANAGER,
-                serde_json::json!({"f:spec": {"f:replicas": {}, "f:template": {}}}),
-            )],
-        );
-        assert_eq!(
-            replicas_to_hand_over(Some(&existing), &function(None)),
-            Some(3)
-        );
-    }
-
-    #[test]
-    fn wake_annotation_on_a_function_at_zero_wakes_it_to_its_initial_scale() {
-        let mut function = function(Some(3));
-        function.metadata.annotations = Some(std::collections::BTreeMap::from([(
-            keys::WAKE_REQUESTED_AT.to_owned(),
-            "2026-11-24T09:00:00Z".to_owned(),
-        )]));
-        assert_eq!(wake_replicas(&function, &deployment(0, &[])), Some(3));
-        assert_eq!(
-            wake_replicas(&function, &deployment(1, &[])),
-            None,
-            "already up"
-        );
-        function.spec.scaling.initial_replicas = Some(0);
-        assert_eq!(
-            wake_replicas(&function, &deployment(0, &[])),
-            Some(1),
-            "at least one pod"
-        );
-        function.metadata.annotations = None;
-        assert_eq!(
-            wake_replicas(&function, &deployment(0, &[])),
-            None,
-            "nobody asked"
-        );
-    }
 
     #[test]
     fn event_notes_are_cut_on_a_character_boundary_within_the_byte_limit() {
@@ -834,7 +654,7 @@ mod tests {
             for function in half {
                 writer.apply_watcher_event(&watcher::Event::Apply(function.clone()));
             }
-            ctx.watch(store);
+            ctx.watched.add(store);
         }
         ctx
     }

@@ -82,13 +82,13 @@ impl Error {
     /// Whether the API server rejected an object as invalid (422) or undecodable (400,
     /// e.g. a malformed quantity): the user's input, since the operator's own objects are
     /// valid by construction.
-    pub fn is_invalid(&self) -> bool {
+    pub(crate) fn is_invalid(&self) -> bool {
         self.api_status()
             .is_some_and(|status| matches!(status.code, 400 | 422))
     }
 
     /// The API server's message, or this error's own when there is none.
-    pub fn api_message(&self) -> String {
+    pub(crate) fn api_message(&self) -> String {
         match self.api_status() {
             Some(status) => status.message.clone(),
             None => self.to_string(),
@@ -96,7 +96,7 @@ impl Error {
     }
 
     /// A bounded label naming the operation that failed, for metrics.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Error::SerializeCrd { .. } => "serialize_crd",
             Error::Get { .. } => "get",

@@ -1,18 +1,22 @@
 //! The zeroscale operator: reconciles each `Function` into the objects that run it
-//! (Deployment, Services, HorizontalPodAutoscaler), reports its status, and holds the
+//! (Deployment, Services, HorizontalPodAutoscaler) and reports its status
+//! ([`controller`]), scales Functions through the autoscaler of `zeroscale-autoscaler`
+//! ([`autoscaler`]), with one writer of replicas for both ([`replicas`]), and holds the
 //! leader Lease so that only one replica acts at a time. Its admin server is
 //! `zeroscale-admin`.
 
 pub mod autoscaler;
+pub mod controller;
 pub mod crd;
 mod error;
-pub mod leader;
-pub mod lease;
-
-pub use error::{Error, Result};
-pub mod controller;
 #[cfg(test)]
 mod fixtures;
+pub mod leader;
+pub mod lease;
 pub mod metrics;
+pub mod replicas;
 pub mod resources;
-pub mod status;
+mod status;
+pub mod watched;
+
+pub use error::{Error, Result};

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use zeroscale_admin::process::{self, ErrorChain, LogFormat};
 use zeroscale_admin::{self as admin, AdminState, Liveness, Readiness};
 use zeroscale_api::ScalingDefaults;
-use zeroscale_operator::autoscaler::run::{self as autoscaler, ActivatorStats, AutoscalerConfig};
+use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::leader::{self, LeaderMetrics};
 use zeroscale_operator::lease::LeaderElector;
@@ -255,6 +255,8 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("zeroscale-operator-{}", std::process::id()));
     let metrics = Metrics::register(registry).context("registering metrics")?;
+    let autoscaler_metrics = zeroscale_autoscaler::Metrics::register(registry)
+        .context("registering the autoscaler's metrics")?;
     let leader_metrics = LeaderMetrics::register(registry).context("registering metrics")?;
 
     let client = kube::Client::try_default()
@@ -292,13 +294,21 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
             metrics.clone(),
             reporter.clone(),
         ));
+        let autoscaler_ctx = autoscaler::Context::new(
+            client.clone(),
+            config.scaling.clone(),
+            autoscaler_metrics.clone(),
+            reporter.clone(),
+            Arc::clone(ctx.watched()),
+        );
         let stats = ActivatorStats::watch(client.clone(), &autoscaler_config);
         let controllers = futures::future::join_all(
             namespaces
                 .iter()
                 .map(|namespace| controller::run(ctx.clone(), namespace.as_deref(), stopped())),
         );
-        let autoscaling = autoscaler::run(ctx.clone(), autoscaler_config.clone(), stats, stopped());
+        let autoscaling =
+            autoscaler::run(autoscaler_ctx, autoscaler_config.clone(), stats, stopped());
         async move {
             futures::future::join(controllers, autoscaling).await;
         }

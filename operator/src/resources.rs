@@ -36,7 +36,7 @@ pub struct Config {
 
 impl Config {
     /// The DNS name Function Services resolve to (the activator Service).
-    pub fn activator_host(&self) -> String {
+    pub(crate) fn activator_host(&self) -> String {
         format!("{}.svc.{}", self.activator_service, self.cluster_domain)
     }
 
@@ -52,16 +52,16 @@ impl Config {
 }
 
 /// Name of the function's container in its pods.
-pub const CONTAINER_NAME: &str = "function";
+pub(crate) const CONTAINER_NAME: &str = "function";
 
 /// Port of the Function's Service (callers use `http://<fn>.<ns>` on port 80).
-pub const SERVICE_PORT: i32 = 80;
+pub(crate) const SERVICE_PORT: i32 = 80;
 
 /// Seconds a Deployment may take to make progress before it counts as failed.
 const PROGRESS_DEADLINE_SECONDS: i32 = 180;
 
 /// Labels on every object of a Function, and on its pods.
-pub fn labels(function: &Function) -> BTreeMap<String, String> {
+pub(crate) fn labels(function: &Function) -> BTreeMap<String, String> {
     BTreeMap::from([
         (keys::FUNCTION_LABEL.to_owned(), function.name_any()),
         ("app.kubernetes.io/name".to_owned(), function.name_any()),
@@ -77,7 +77,7 @@ pub fn labels(function: &Function) -> BTreeMap<String, String> {
 }
 
 /// The label selector of a Function's pods (immutable once the Deployment exists).
-pub fn selector(function: &Function) -> BTreeMap<String, String> {
+pub(crate) fn selector(function: &Function) -> BTreeMap<String, String> {
     BTreeMap::from([(keys::FUNCTION_LABEL.to_owned(), function.name_any())])
 }
 
@@ -99,7 +99,7 @@ fn port_name(protocol: Protocol) -> &'static str {
 }
 
 /// The Deployment running the Function's container. `replicas` is left out: the
-/// autoscaler owns it (see [`initial_replicas`]).
+/// autoscaler owns it (see [`crate::replicas`]).
 pub fn deployment(function: &Function) -> Result<Deployment, InvalidSpec> {
     let spec = &function.spec;
     let mut env = Vec::with_capacity(spec.env.len() + 1);
@@ -206,14 +206,9 @@ pub fn deployment(function: &Function) -> Result<Deployment, InvalidSpec> {
     })
 }
 
-/// Pods a Function's Deployment is created with; afterwards only the autoscaler sets them.
-pub fn initial_replicas(function: &Function) -> i32 {
-    function.spec.scaling.effective_initial_replicas()
-}
-
 /// Service `<fn>`: the Function's stable address, a DNS alias (ExternalName) of the
 /// activator Service, which routes by Host.
-pub fn service(function: &Function, config: &Config) -> Service {
+pub(crate) fn service(function: &Function, config: &Config) -> Service {
     Service {
         metadata: metadata(function, names::service(&function.name_any())),
         spec: Some(ServiceSpec {
@@ -234,7 +229,7 @@ pub fn service(function: &Function, config: &Config) -> Service {
 /// Service `<fn>-pods`: headless, selecting the Function's pods; its EndpointSlices tell
 /// the activator which pods exist and which are ready. The port's appProtocol says
 /// whether the pods speak h2c.
-pub fn pods_service(function: &Function) -> Service {
+pub(crate) fn pods_service(function: &Function) -> Service {
     let spec = &function.spec;
     Service {
         metadata: metadata(function, names::pods_service(&function.name_any())),
@@ -263,7 +258,7 @@ pub fn pods_service(function: &Function) -> Service {
 
 /// The HorizontalPodAutoscaler of a `metric: cpu` Function (None for other metrics). It
 /// scales 1..max; the operator takes the Function between 0 and 1.
-pub fn hpa(function: &Function, config: &Config) -> Option<HorizontalPodAutoscaler> {
+pub(crate) fn hpa(function: &Function, config: &Config) -> Option<HorizontalPodAutoscaler> {
     let scaling = &function.spec.scaling;
     if scaling.metric != Metric::Cpu {
         return None;
@@ -298,7 +293,7 @@ pub fn hpa(function: &Function, config: &Config) -> Option<HorizontalPodAutoscal
 }
 
 /// In-cluster DNS name of the Function.
-pub fn address(function: &Function, config: &Config) -> String {
+pub(crate) fn address(function: &Function, config: &Config) -> String {
     names::cluster_address(
         &function.name_any(),
         &function.namespace().unwrap_or_default(),
@@ -308,7 +303,7 @@ pub fn address(function: &Function, config: &Config) -> String {
 
 /// Where callers reach the Function: its public URL when it is public and a public domain
 /// is configured, otherwise its in-cluster URL.
-pub fn url(function: &Function, config: &Config) -> String {
+pub(crate) fn url(function: &Function, config: &Config) -> String {
     match (&config.public_domain, function.spec.routing.visibility) {
         (Some(domain), Visibility::Public) => format!(
             "http://{}",
@@ -471,16 +466,6 @@ mod tests {
                 .average_utilization,
             Some(80)
         );
-    }
-
-    #[test]
-    fn initial_replicas_default_to_one_or_min() {
-        let mut function = Function::test("hello");
-        assert_eq!(initial_replicas(&function), 1);
-        function.spec.scaling.min_replicas = 3;
-        assert_eq!(initial_replicas(&function), 3);
-        function.spec.scaling.initial_replicas = Some(0);
-        assert_eq!(initial_replicas(&function), 0);
     }
 
     #[test]

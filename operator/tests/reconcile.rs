@@ -26,10 +26,9 @@ use tower_test::mock::{Handle, SendResponse};
 use zeroscale_api::conditions::Reason;
 use zeroscale_api::{Function, FunctionSpec, FunctionStatus, Metric};
 use zeroscale_operator::Error;
-use zeroscale_operator::controller::{
-    AUTOSCALER_FIELD_MANAGER, Context, FIELD_MANAGER, error_policy, reconcile,
-};
+use zeroscale_operator::controller::{Context, FIELD_MANAGER, error_policy, reconcile};
 use zeroscale_operator::metrics::Metrics;
+use zeroscale_operator::replicas::AUTOSCALER_FIELD_MANAGER;
 use zeroscale_operator::resources::{self, Config};
 
 const IMAGE: &str = "example.com/hello:1";
@@ -1302,7 +1301,7 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 fn also_watched(ctx: &Context, function: Function) {
     let (store, mut writer) = kube::runtime::reflector::store();
     writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(function));
-    ctx.watch(store);
+    ctx.watched().add(store);
 }
 
 #[tokio::test]

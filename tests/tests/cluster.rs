@@ -20,7 +20,8 @@ use kube::{Client, ResourceExt};
 use zeroscale_api::conditions::HOSTS_CLAIMED;
 use zeroscale_api::stats::{FunctionStats, StatsReport};
 use zeroscale_api::{Function, FunctionSpec, Metric, Schedule, keys};
-use zeroscale_operator::autoscaler::run::{self as autoscaler, AutoscalerConfig, StatsSource};
+use zeroscale_autoscaler::StatsSource;
+use zeroscale_operator::autoscaler::{self, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
@@ -484,7 +485,7 @@ struct FakeActivator {
 }
 
 impl StatsSource for FakeActivator {
-    async fn scrape(&self) -> Result<Vec<StatsReport>, String> {
+    async fn scrape(&self) -> zeroscale_autoscaler::Result<Vec<StatsReport>> {
         let held = self.holding.load(Ordering::SeqCst);
         Ok(vec![StatsReport {
             instance: "fake-activator".into(),
@@ -541,7 +542,17 @@ async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> any
                     scrape_timeout: Duration::from_millis(500),
                     namespaces: vec![namespace.clone()],
                 };
-                let (ctx, until_stopped) = (ctx.clone(), until_stopped.clone());
+                let ctx = autoscaler::Context::new(
+                    client.clone(),
+                    Config::test().scaling,
+                    zeroscale_autoscaler::Metrics::register(&registry)?,
+                    Reporter {
+                        controller: "zeroscale-tests".into(),
+                        instance: None,
+                    },
+                    Arc::clone(ctx.watched()),
+                );
+                let until_stopped = until_stopped.clone();
                 let stats = FakeActivator {
                     namespace: namespace.clone(),
                     holding: Arc::clone(&holding),

@@ -36,9 +36,8 @@ use zeroscale_activator::wake::Wake;
 use zeroscale_api::routing::{Domains, FunctionKey};
 use zeroscale_api::stats::{FunctionStats, StatsReport};
 use zeroscale_api::{Function, FunctionSpec, Metric, ScalingDefaults, keys};
-use zeroscale_operator::autoscaler::run::{
-    self as autoscaler, ActivatorStats, AutoscalerConfig, StatsSource,
-};
+use zeroscale_autoscaler::StatsSource;
+use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::lease::{Attempt, LeaderElector};
 use zeroscale_operator::metrics::Metrics as OperatorMetrics;
@@ -90,20 +89,27 @@ fn chart_ships_the_generated_crd_unchanged() {
 fn context(api: &FakeApi) -> Arc<Context> {
     let metrics =
         OperatorMetrics::register(&prometheus::Registry::new()).expect("metrics register");
-    let reporter = Reporter {
-        controller: "zeroscale-operator".into(),
-        instance: Some("zeroscale-operator-0".into()),
-    };
-    // A grace period short enough for the autoscaler to scale an idle Function to zero
-    // on its second tick.
     let config = Config {
-        scaling: ScalingDefaults {
-            scale_to_zero_grace_period: Duration::from_millis(1),
-            ..ScalingDefaults::default()
-        },
+        scaling: scaling(),
         ..Config::test()
     };
-    Arc::new(Context::new(api.client(), config, metrics, reporter))
+    Arc::new(Context::new(api.client(), config, metrics, reporter()))
+}
+
+/// Scaling defaults with a grace period short enough for the autoscaler to scale an
+/// idle Function to zero on its second tick.
+fn scaling() -> ScalingDefaults {
+    ScalingDefaults {
+        scale_to_zero_grace_period: Duration::from_millis(1),
+        ..ScalingDefaults::default()
+    }
+}
+
+fn reporter() -> Reporter {
+    Reporter {
+        controller: "zeroscale-operator".into(),
+        instance: Some("zeroscale-operator-0".into()),
+    }
 }
 
 fn function(name: &str) -> Function {
@@ -233,7 +239,7 @@ struct FakeStats {
 }
 
 impl StatsSource for FakeStats {
-    async fn scrape(&self) -> Result<Vec<StatsReport>, String> {
+    async fn scrape(&self) -> zeroscale_autoscaler::Result<Vec<StatsReport>> {
         let uptime = self.uptime.fetch_add(1, Ordering::Relaxed) as f64;
         let stats = |name: &str, queued: u64| FunctionStats {
             namespace: "default".into(),
@@ -262,7 +268,7 @@ async fn autoscaler_paths(api: &FakeApi, ctx: &Arc<Context>) {
     for function in [&zeroed, &idle] {
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(function.clone()));
     }
-    ctx.watch(functions);
+    ctx.watched().add(functions);
 
     let config = AutoscalerConfig {
         tick: Duration::from_millis(50),
@@ -275,8 +281,16 @@ async fn autoscaler_paths(api: &FakeApi, ctx: &Arc<Context>) {
     // fixed stats instead of scraping pods.
     let _activators = ActivatorStats::watch(api.client(), &config);
     let (stop, stopped) = watch::channel(false);
+    let autoscaler_ctx = autoscaler::Context::new(
+        api.client(),
+        scaling(),
+        zeroscale_autoscaler::Metrics::register(&prometheus::Registry::new())
+            .expect("metrics register"),
+        reporter(),
+        Arc::clone(ctx.watched()),
+    );
     let loop_task = tokio::spawn(autoscaler::run(
-        ctx.clone(),
+        autoscaler_ctx,
         config,
         FakeStats {
             uptime: AtomicU64::new(1),

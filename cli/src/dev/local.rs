@@ -10,7 +10,7 @@ use std::time::Duration;
 use zeroscale_api::conditions::Reason;
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::{Function, ScalingDefaults, Visibility, keys};
-use zeroscale_operator::autoscaler::ScalingPolicy;
+use zeroscale_autoscaler::ScalingPolicy;
 
 use super::replica::{Launch, ReplicaConfig};
 

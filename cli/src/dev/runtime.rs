@@ -12,8 +12,7 @@ use tokio::task::JoinHandle;
 use zeroscale_activator::functions::Functions;
 use zeroscale_activator::wake::Wake;
 use zeroscale_api::routing::FunctionKey;
-use zeroscale_operator::autoscaler::run::Runtime;
-use zeroscale_operator::autoscaler::{Decision, FunctionId, Reason, Replicas, Target};
+use zeroscale_autoscaler::{Decision, Reason, Replicas, Runtime, Target};
 
 use super::console;
 use super::local::LocalFunction;
@@ -147,7 +146,7 @@ impl Runtime for ProcessRuntime {
                 let function = entry.function();
                 let plan = function.plan.as_ref().ok()?;
                 Some(Target {
-                    id: (function.key.namespace.clone(), function.key.name.clone()),
+                    key: function.key.clone(),
                     policy: plan.policy.clone(),
                     replicas: Replicas {
                         desired: *entry.desired.borrow(),
@@ -158,9 +157,14 @@ impl Runtime for ProcessRuntime {
             .collect()
     }
 
-    async fn scale(&self, id: &FunctionId, from: i32, decision: Decision) -> Result<(), String> {
+    async fn scale(
+        &self,
+        function: &FunctionKey,
+        from: i32,
+        decision: Decision,
+    ) -> zeroscale_autoscaler::Result<()> {
         let entries = self.entries();
-        let Some(entry) = entries.get(&FunctionKey::new(&id.0, &id.1)) else {
+        let Some(entry) = entries.get(function) else {
             return Ok(());
         };
         entry.desired.send_replace(decision.desired);

@@ -104,16 +104,6 @@ impl Window {
         self.last_request
     }
 
-    /// Number of samples kept.
-    pub fn len(&self) -> usize {
-        self.samples.len()
-    }
-
-    /// Whether no sample is kept.
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
-    }
-
     /// Average load over the stable and the panic window ending at `now`, or `None` when
     /// no sample falls within the stable window (the stats are missing).
     ///
@@ -188,7 +178,11 @@ mod tests {
         for second in 1..=600 {
             window.record(at(start, second), 1.0);
         }
-        assert_eq!(window.len(), 60, "one sample per second of a 60 s window");
+        assert_eq!(
+            window.samples.len(),
+            60,
+            "one sample per second of a 60 s window"
+        );
     }
 
     #[test]
@@ -252,7 +246,7 @@ mod tests {
         window.record(at(start, 5), 100.0);
         window.record(at(start, 70), 0.0);
         // The late sample at 5 s is older than the 70 s one by more than a window.
-        assert_eq!(window.len(), 1);
+        assert_eq!(window.samples.len(), 1);
         assert_eq!(window.load(at(start, 70)).map(|l| l.stable), Some(0.0));
     }
 
@@ -296,6 +290,6 @@ mod tests {
         );
         policy.panic_window = Duration::from_secs(1);
         window.reconfigure(&policy);
-        assert_eq!(window.len(), 10);
+        assert_eq!(window.samples.len(), 10);
     }
 }

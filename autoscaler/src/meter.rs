@@ -5,10 +5,8 @@
 
 use std::collections::HashMap;
 
+use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::stats::StatsReport;
-
-/// Identifies a Function across reports.
-pub type FunctionId = (String, String);
 
 /// What all activators together saw of one Function over the last tick.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -32,15 +30,15 @@ pub struct LoadMeter {
 impl LoadMeter {
     /// Folds one scrape of every activator into per-Function load. Activators missing
     /// from `reports` are forgotten.
-    pub fn observe(&mut self, reports: Vec<StatsReport>) -> HashMap<FunctionId, Observed> {
-        let mut observed: HashMap<FunctionId, Observed> = HashMap::new();
+    pub fn observe(&mut self, reports: Vec<StatsReport>) -> HashMap<FunctionKey, Observed> {
+        let mut observed: HashMap<FunctionKey, Observed> = HashMap::new();
         for report in &reports {
             let previous = self.previous.get(&report.instance);
             let elapsed = previous
                 .map(|p| report.uptime_seconds - p.uptime_seconds)
                 .filter(|elapsed| *elapsed > 0.0);
             for function in &report.functions {
-                let id = (function.namespace.clone(), function.name.clone());
+                let key = FunctionKey::new(&function.namespace, &function.name);
                 let before = previous.zip(elapsed).and_then(|(p, elapsed)| {
                     p.functions
                         .iter()
@@ -60,7 +58,7 @@ impl LoadMeter {
                     }
                     None => (instant, 0.0, false),
                 };
-                let entry = observed.entry(id).or_default();
+                let entry = observed.entry(key).or_default();
                 entry.concurrency += concurrency;
                 entry.rps += rps;
                 entry.active |= arrived || instant > 0.0;
@@ -102,8 +100,8 @@ mod tests {
         }
     }
 
-    fn id() -> FunctionId {
-        ("team".into(), "hello".into())
+    fn id() -> FunctionKey {
+        FunctionKey::new("team", "hello")
     }
 
     #[test]

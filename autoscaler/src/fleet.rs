@@ -1,20 +1,19 @@
 //! Scaling state of every Function the autoscaler tracks, advanced one tick at a time:
 //! feeds each Function's observed load into its window and asks [`decide`] for its
-//! replicas. Pure: the loop in [`super::run`] does the I/O around it.
+//! replicas. Pure: the loop in [`drive`](crate::drive) does the I/O around it.
 
 use std::collections::HashMap;
 
 use tokio::time::Instant;
 use zeroscale_api::Metric;
+use zeroscale_api::routing::FunctionKey;
 
-use super::{
-    Decision, DecisionState, FunctionId, Observed, Replicas, ScalingPolicy, Window, decide,
-};
+use crate::{Decision, DecisionState, Observed, Replicas, ScalingPolicy, Window, decide};
 
 /// One Function to decide for this tick.
 #[derive(Clone, Debug)]
 pub struct Target {
-    pub id: FunctionId,
+    pub key: FunctionKey,
     pub policy: ScalingPolicy,
     pub replicas: Replicas,
 }
@@ -22,7 +21,7 @@ pub struct Target {
 /// Windows and decision state of every tracked Function.
 #[derive(Debug, Default)]
 pub struct Fleet {
-    entries: HashMap<FunctionId, Entry>,
+    entries: HashMap<FunctionKey, Entry>,
 }
 
 #[derive(Debug)]
@@ -41,15 +40,15 @@ impl Fleet {
         &mut self,
         now: Instant,
         targets: Vec<Target>,
-        observed: Option<&HashMap<FunctionId, Observed>>,
-    ) -> Vec<(FunctionId, Decision)> {
-        let mut present: HashMap<FunctionId, ()> = HashMap::with_capacity(targets.len());
+        observed: Option<&HashMap<FunctionKey, Observed>>,
+    ) -> Vec<(FunctionKey, Decision)> {
+        let mut present: HashMap<FunctionKey, ()> = HashMap::with_capacity(targets.len());
         let mut decisions = Vec::new();
         for target in targets {
-            present.insert(target.id.clone(), ());
+            present.insert(target.key.clone(), ());
             let entry = self
                 .entries
-                .entry(target.id.clone())
+                .entry(target.key.clone())
                 .or_insert_with(|| Entry {
                     window: Window::new(&target.policy),
                     state: DecisionState::new(now, target.replicas),
@@ -62,7 +61,7 @@ impl Fleet {
             let Some(observed) = observed else {
                 continue;
             };
-            let load = observed.get(&target.id).copied().unwrap_or_default();
+            let load = observed.get(&target.key).copied().unwrap_or_default();
             let sample = match entry.policy.metric {
                 Metric::Rps => load.rps,
                 Metric::Concurrency | Metric::Cpu => load.concurrency,
@@ -79,16 +78,16 @@ impl Fleet {
                 now,
                 target.replicas,
             );
-            decisions.push((target.id, decision));
+            decisions.push((target.key, decision));
         }
-        self.entries.retain(|id, _| present.contains_key(id));
+        self.entries.retain(|key, _| present.contains_key(key));
         decisions
     }
 
-    /// Whether `id` is in panic mode, for metrics.
-    pub fn panicking(&self, id: &FunctionId) -> bool {
+    /// Whether `key` is in panic mode, for metrics.
+    pub fn panicking(&self, key: &FunctionKey) -> bool {
         self.entries
-            .get(id)
+            .get(key)
             .is_some_and(|entry| entry.state.panicking())
     }
 }
@@ -96,7 +95,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autoscaler::Reason;
+    use crate::Reason;
     use std::time::Duration;
     use zeroscale_api::{FunctionSpec, ScalingDefaults};
 
@@ -104,7 +103,7 @@ mod tests {
         let spec = FunctionSpec::with_image("x");
         let durations = spec.validate().expect("valid");
         Target {
-            id: ("team".into(), "hello".into()),
+            key: FunctionKey::new("team", "hello"),
             policy: ScalingPolicy::from_spec(
                 &spec.scaling,
                 &durations,
@@ -117,9 +116,9 @@ mod tests {
         }
     }
 
-    fn load(concurrency: f64, held: bool) -> HashMap<FunctionId, Observed> {
+    fn load(concurrency: f64, held: bool) -> HashMap<FunctionKey, Observed> {
         HashMap::from([(
-            ("team".into(), "hello".into()),
+            FunctionKey::new("team", "hello"),
             Observed {
                 concurrency,
                 rps: 0.0,

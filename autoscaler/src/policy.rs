@@ -46,7 +46,7 @@ impl ScalingPolicy {
     /// operator's `defaults` for what the spec leaves unset.
     ///
     /// The panic window is `panicWindowPercentage` percent of the stable window, at
-    /// least [`MIN_PANIC_WINDOW`]. Values the schema already bounds are clamped again
+    /// least `MIN_PANIC_WINDOW` (1 s). Values the schema already bounds are clamped again
     /// so that a spec that skipped validation cannot make the decision divide by zero.
     pub fn from_spec(
         spec: &ScalingSpec,

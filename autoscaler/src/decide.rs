@@ -154,12 +154,6 @@ impl DecisionState {
         self.panic.is_some()
     }
 
-    /// When the Function was last seen active (a request, a held request, or the start
-    /// of observation while it ran pods).
-    pub fn last_active(&self) -> Option<Instant> {
-        self.last_active
-    }
-
     fn note_activity(&mut self, window: &Window, now: Instant) {
         let latest = if window.held() {
             Some(now)

@@ -1,5 +1,5 @@
 //! Replays a load pattern through the autoscaler's decision code, one tick per second,
-//! and prints the replica count over time: `cargo run -p zeroscale-operator --example
+//! and prints the replica count over time: `cargo run -p zeroscale-autoscaler --example
 //! load_pattern`. The pattern: idle, a ramp to 500 concurrent requests, a burst to
 //! 2000, a decline, then idle until the Function scales to zero. Pods become ready two
 //! ticks after they are asked for, as on a cluster with a fast image.
@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::{FunctionSpec, ScalingDefaults};
-use zeroscale_operator::autoscaler::{Fleet, Observed, Replicas, ScalingPolicy, Target};
+use zeroscale_autoscaler::{Fleet, Observed, Replicas, ScalingPolicy, Target};
 
 fn offered_concurrency(second: u64) -> f64 {
     match second {
@@ -30,7 +31,7 @@ fn main() {
         Err(error) => panic!("the example spec is valid: {error}"),
     };
     let policy = ScalingPolicy::from_spec(&spec.scaling, &durations, &ScalingDefaults::default());
-    let id = ("default".to_owned(), "hello".to_owned());
+    let key = FunctionKey::new("default", "hello");
     let mut fleet = Fleet::default();
     let start = Instant::now();
     let mut desired = 1;
@@ -44,7 +45,7 @@ fn main() {
         let ready = history[history.len() - 2];
         let offered = offered_concurrency(second);
         let observed = HashMap::from([(
-            id.clone(),
+            key.clone(),
             Observed {
                 concurrency: offered,
                 rps: 0.0,
@@ -53,7 +54,7 @@ fn main() {
             },
         )]);
         let target = Target {
-            id: id.clone(),
+            key: key.clone(),
             policy: policy.clone(),
             replicas: Replicas { desired, ready },
         };
