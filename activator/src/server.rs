@@ -16,9 +16,10 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use zeroscale_api::stats::StatsReport;
 
+use crate::body::ResponseBody;
 use crate::capacity::{CapacityError, Permit, Queued};
 use crate::errors::ActivatorError;
-use crate::forward::{Affinity, Forwarder, Outbound, ResponseBody, SendError, Unsent};
+use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent};
 use crate::functions::{FunctionState, Functions, Listener};
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeConfig};

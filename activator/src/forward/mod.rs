@@ -25,17 +25,15 @@
 use std::error::Error as _;
 use std::fmt;
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
@@ -43,28 +41,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
+use crate::body::{ParkedBody, RequestBody, RequestBodyError, ResponseBody, unpark};
 use crate::endpoints::PodProtocol;
 use crate::errors::{ActivatorError, BoxError};
+use headers::{Message, add_forwarded, is_upgrade_request, join_cookies, strip_hop_by_hop};
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Headers about one connection rather than the message, removed on every hop besides
-/// those `Connection` lists: the ones RFC 9110 (section 7.6.1) names, and, as most
-/// proxies do, `Trailer` and the proxy credentials and challenges, which are meant for a
-/// proxy and not for the Function. `TE` and `Upgrade` are handled apart: `TE: trailers`
-/// and the `Upgrade` of an upgrade request carry on.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+mod headers;
 
 /// Idle time before TCP keepalive probes start on a connection to a pod, so a pod that
 /// vanished without closing it is noticed.
@@ -253,7 +235,7 @@ impl Forwarder {
         // A retryable send keeps the head and parks the body where it can be taken back
         // if the client never started on it.
         let (mut head, request_body, kept) = if retry_unsent {
-            let parked = Arc::new(Mutex::new(Some(body)));
+            let parked: ParkedBody = Arc::new(Mutex::new(Some(body)));
             let request_body = RequestBody::parked(Arc::clone(&parked), limit);
             (parts.clone(), request_body, Some((parts, parked)))
         } else {
@@ -269,7 +251,7 @@ impl Forwarder {
                 let error = classify(error);
                 let unsent = match kept {
                     Some((parts, parked)) if error.is_connect_failure() => {
-                        take(&parked).map(|body| Unsent {
+                        unpark(&parked).map(|body| Unsent {
                             request: Outbound {
                                 parts,
                                 path_and_query,
@@ -349,7 +331,7 @@ impl Forwarder {
                 Some(request) => {
                     let (mut parts, body) = request.into_parts();
                     parts.uri = original_uri;
-                    match body.live {
+                    match body.into_live() {
                         Some(body) => Dedicated::Pooled(rebuild(parts, body, path_and_query)),
                         None => Dedicated::Answered(Err(ActivatorError::Upstream(
                             failed.into_error().into(),
@@ -421,10 +403,7 @@ fn finish<G: Send + 'static>(
         }
         None => Some(guard),
     };
-    Ok(response.map(|body| ResponseBody {
-        kind: Kind::Upstream(body),
-        guard,
-    }))
+    Ok(response.map(|body| ResponseBody::upstream(body, guard)))
 }
 
 /// One client connection's own connection to the pod its requests last went to.
@@ -540,22 +519,7 @@ impl Outbound {
         strip_hop_by_hop(headers, Message::Request, upgrade.is_some());
         join_cookies(headers);
 
-        append_forwarded_for(headers, client_addr.ip());
-        if !headers.contains_key(X_FORWARDED_PROTO) {
-            let proto = match scheme {
-                "http" => Some(HeaderValue::from_static("http")),
-                "https" => Some(HeaderValue::from_static("https")),
-                other => HeaderValue::from_str(other).ok(),
-            };
-            if let Some(proto) = proto {
-                headers.insert(X_FORWARDED_PROTO, proto);
-            }
-        }
-        if !headers.contains_key(X_FORWARDED_HOST)
-            && let Some(host) = headers.get(header::HOST).cloned()
-        {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
+        add_forwarded(headers, client_addr.ip(), scheme);
 
         Ok(Self {
             parts,
@@ -629,194 +593,8 @@ impl<G> From<SendError<G>> for ActivatorError {
     }
 }
 
-/// The body of every response the activator sends: the pod's, streamed, or one the
-/// activator made (an error). One concrete type, so a handler needs no boxing; it holds
-/// the exchange's guard (see [`Forwarder::send`]) and drops it at the end of the body.
-pub struct ResponseBody<G = ()> {
-    kind: Kind,
-    guard: Option<G>,
-}
-
-enum Kind {
-    Upstream(Incoming),
-    Full(Option<Bytes>),
-}
-
-// The guard is never pinned: it is only held and dropped.
-impl<G> Unpin for ResponseBody<G> {}
-
-impl<G> ResponseBody<G> {
-    /// A body the activator made, sent whole.
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
-        let bytes = bytes.into();
-        Self {
-            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
-            guard: None,
-        }
-    }
-
-    /// No body.
-    pub fn empty() -> Self {
-        Self {
-            kind: Kind::Full(None),
-            guard: None,
-        }
-    }
-}
-
-impl<G> fmt::Debug for ResponseBody<G> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            Kind::Upstream(_) => "upstream",
-            Kind::Full(_) => "full",
-        };
-        f.debug_struct("ResponseBody")
-            .field("kind", &kind)
-            .field("holds_guard", &self.guard.is_some())
-            .finish()
-    }
-}
-
-impl<G> Body for ResponseBody<G> {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = match &mut this.kind {
-            Kind::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
-            Kind::Full(bytes) => bytes.take().map(|bytes| Ok(Frame::data(bytes))),
-        };
-        if frame.is_none() || this.is_end_stream() {
-            // Release the pod's slot as soon as the last byte is handed over, not when
-            // the server gets round to dropping the body.
-            this.guard = None;
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Upstream(body) => body.is_end_stream(),
-            Kind::Full(bytes) => bytes.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Upstream(body) => body.size_hint(),
-            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
-
-/// The client's request body on its way to the pod, counted against the Function's
-/// limit. A retryable send parks the body in a shared slot until the client first reads
-/// it, so a request never started can be taken back.
-struct RequestBody {
-    live: Option<Incoming>,
-    parked: Option<Arc<Mutex<Option<Incoming>>>>,
-    /// What the parked body said of itself before it was parked.
-    parked_hint: SizeHint,
-    parked_end: bool,
-    limit: u64,
-    read: u64,
-}
-
-impl RequestBody {
-    fn live(body: Incoming, limit: u64) -> Self {
-        Self {
-            live: Some(body),
-            parked: None,
-            parked_hint: SizeHint::default(),
-            parked_end: false,
-            limit,
-            read: 0,
-        }
-    }
-
-    fn parked(slot: Arc<Mutex<Option<Incoming>>>, limit: u64) -> Self {
-        let (parked_hint, parked_end) = match &*lock(&slot) {
-            Some(body) => (body.size_hint(), body.is_end_stream()),
-            None => (SizeHint::with_exact(0), true),
-        };
-        Self {
-            live: None,
-            parked: Some(slot),
-            parked_hint,
-            parked_end,
-            limit,
-            read: 0,
-        }
-    }
-}
-
-/// Why the request body could not go on, found again in the client's error chain.
-#[derive(Debug, thiserror::Error)]
-enum RequestBodyError {
-    #[error("the request body is larger than {limit} bytes")]
-    TooLarge { limit: u64 },
-    #[error("reading the request body from the client failed")]
-    Client(#[source] hyper::Error),
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = RequestBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
-        let this = self.get_mut();
-        if let Some(parked) = this.parked.take() {
-            this.live = take(&parked);
-        }
-        let Some(body) = this.live.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = match ready!(Pin::new(body).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(error)) => return Poll::Ready(Some(Err(RequestBodyError::Client(error)))),
-            None => return Poll::Ready(None),
-        };
-        if let Some(data) = frame.data_ref() {
-            this.read = this.read.saturating_add(data.len() as u64);
-            if this.read > this.limit {
-                this.live = None;
-                let limit = this.limit;
-                return Poll::Ready(Some(Err(RequestBodyError::TooLarge { limit })));
-            }
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match (&self.live, &self.parked) {
-            (Some(body), _) => body.is_end_stream(),
-            (None, Some(_)) => self.parked_end,
-            (None, None) => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match (&self.live, &self.parked) {
-            (Some(body), _) => body.size_hint(),
-            (None, Some(_)) => self.parked_hint,
-            (None, None) => SizeHint::with_exact(0),
-        }
-    }
-}
-
 fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     slot.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn take(slot: &Mutex<Option<Incoming>>) -> Option<Incoming> {
-    lock(slot).take()
 }
 
 /// `http://<pod>/<path?query>`.
@@ -896,121 +674,16 @@ async fn run_tunnel<G>(client: OnUpgrade, pod: OnUpgrade, guard: G) {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Message {
-    Request,
-    Response,
-}
-
-/// Removes hop-by-hop headers. `upgrade` keeps `Upgrade` and leaves `Connection:
-/// upgrade` as the only connection option.
-fn strip_hop_by_hop(headers: &mut HeaderMap, message: Message, upgrade: bool) {
-    let te_trailers = message == Message::Request
-        && headers
-            .get_all(header::TE)
-            .iter()
-            .any(|te| has_token(te, "trailers"));
-    remove_connection_options(headers, upgrade);
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
-}
-
-/// Removes `Connection` and the headers it names.
-fn remove_connection_options(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let mut values = headers.get_all(header::CONNECTION).iter();
-    let Some(first) = values.next().cloned() else {
-        return;
-    };
-    // Rarely more than one line; cloning a value only bumps a reference count.
-    let rest: Vec<HeaderValue> = values.cloned().collect();
-    headers.remove(header::CONNECTION);
-    for value in std::iter::once(&first).chain(&rest) {
-        for name in tokens(value) {
-            if !(keep_upgrade && name.eq_ignore_ascii_case("upgrade")) {
-                headers.remove(name);
-            }
-        }
-    }
-}
-
-/// An HTTP/1.1 request with `Connection: upgrade` and an `Upgrade` to pass on. An
-/// upgrade to h2c is for the activator's own connection, which does not offer it.
-fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
-    version == Version::HTTP_11
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|value| has_token(value, "upgrade"))
-        && headers
-            .get(header::UPGRADE)
-            .is_some_and(|protocols| !has_token(protocols, "h2c"))
-}
-
-/// The comma-separated tokens of a header value, parameters cut off.
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
-    value
-        .to_str()
-        .unwrap_or_default()
-        .split(',')
-        .map(|token| token.split(';').next().unwrap_or_default().trim())
-        .filter(|token| !token.is_empty())
-}
-
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
-}
-
-/// Joins the `Cookie` lines an HTTP/2 client may split a cookie list into: HTTP/1.1
-/// allows one line (RFC 9113, section 8.2.3).
-fn join_cookies(headers: &mut HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
-        return;
-    }
-    let mut joined = Vec::new();
-    for cookie in headers.get_all(header::COOKIE) {
-        if !joined.is_empty() {
-            joined.extend_from_slice(b"; ");
-        }
-        joined.extend_from_slice(cookie.as_bytes());
-    }
-    if let Ok(joined) = HeaderValue::try_from(joined) {
-        headers.insert(header::COOKIE, joined);
-    }
-}
-
-/// Appends the client's IP to `X-Forwarded-For`, joining earlier lines into one.
-fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let mut value = Vec::with_capacity(64);
-    for earlier in headers.get_all(X_FORWARDED_FOR) {
-        value.extend_from_slice(earlier.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d; say a.b.c.d.
-    // Writing to a Vec cannot fail.
-    let _ = write!(value, "{}", client.to_canonical());
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
     use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::header::HeaderMap;
     use http_body_util::channel::{Channel, Sender};
     use http_body_util::{BodyExt, Empty, Full};
+    use hyper::body::Bytes;
     use hyper::server::conn::{http1, http2};
     use hyper::service::service_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1020,6 +693,7 @@ mod tests {
 
     use super::*;
     use crate::errors::{BoxError, ERROR_HEADER};
+    use headers::{KEEP_ALIVE, PROXY_CONNECTION};
 
     const HOST: &str = "echo.default";
     /// Every test ends within this, pass or fail.
@@ -1894,81 +1568,6 @@ mod tests {
             assert!(accepted.load(Ordering::SeqCst) >= 5);
         })
         .await;
-    }
-
-    #[tokio::test]
-    async fn response_body_releases_the_guard_at_its_end() {
-        let (guard, mut released) = guard();
-        let mut body = ResponseBody {
-            kind: Kind::Full(Some(Bytes::from_static(b"last"))),
-            guard: Some(guard),
-        };
-        assert_eq!(
-            released.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        );
-        let frame = body.frame().await.expect("a frame").expect("no error");
-        assert_eq!(frame.into_data().expect("data"), "last");
-        // Released with the last frame, while the body itself is still alive.
-        assert_eq!(released.try_recv(), Ok(()));
-        assert!(body.frame().await.is_none());
-    }
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_static(value));
-        }
-        headers
-    }
-
-    #[test]
-    fn upgrade_keeps_only_connection_upgrade() {
-        let mut request = headers(&[
-            ("connection", "keep-alive, Upgrade, x-secret"),
-            ("upgrade", "websocket"),
-            ("x-secret", "1"),
-        ]);
-        assert!(is_upgrade_request(Version::HTTP_11, &request));
-        strip_hop_by_hop(&mut request, Message::Request, true);
-        assert_eq!(values(&request, "connection"), ["upgrade"]);
-        assert_eq!(values(&request, "upgrade"), ["websocket"]);
-        assert!(!request.contains_key("x-secret"));
-    }
-
-    #[test]
-    fn only_http11_websocket_style_upgrades_are_passed_on() {
-        let websocket = headers(&[("connection", "upgrade"), ("upgrade", "websocket")]);
-        assert!(!is_upgrade_request(Version::HTTP_10, &websocket));
-        let h2c = headers(&[
-            ("connection", "Upgrade, HTTP2-Settings"),
-            ("upgrade", "h2c"),
-        ]);
-        assert!(!is_upgrade_request(Version::HTTP_11, &h2c));
-        let no_connection = headers(&[("upgrade", "websocket")]);
-        assert!(!is_upgrade_request(Version::HTTP_11, &no_connection));
-    }
-
-    #[test]
-    fn split_cookies_are_joined_into_one_line() {
-        let mut request = headers(&[("cookie", "a=1"), ("cookie", "b=2; c=3")]);
-        join_cookies(&mut request);
-        assert_eq!(values(&request, "cookie"), ["a=1; b=2; c=3"]);
-    }
-
-    #[test]
-    fn te_is_dropped_from_responses() {
-        let mut response = headers(&[("te", "trailers")]);
-        strip_hop_by_hop(&mut response, Message::Response, false);
-        assert!(!response.contains_key("te"));
-    }
-
-    #[test]
-    fn forwarded_for_names_a_mapped_ipv4_client_as_ipv4() {
-        let mut request = HeaderMap::new();
-        let mapped: IpAddr = "::ffff:192.0.2.9".parse().expect("address");
-        append_forwarded_for(&mut request, mapped);
-        assert_eq!(values(&request, "x-forwarded-for"), ["192.0.2.9"]);
     }
 
     #[test]
