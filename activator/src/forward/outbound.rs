@@ -124,7 +124,7 @@ impl Outbound {
     }
 
     /// Whether the request asks to switch protocols (a WebSocket).
-    pub(crate) fn is_upgrade(&self) -> bool {
+    pub(super) fn is_upgrade(&self) -> bool {
         self.upgrade.is_some()
     }
 
