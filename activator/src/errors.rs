@@ -16,8 +16,8 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::body::ResponseBody;
 use crate::capacity::CapacityError;
-use crate::forward::ResponseBody;
 use zeroscale_api::routing::RouteError;
 
 /// Any error, boxed: the cause of a failure talking to a pod, kept for logs.

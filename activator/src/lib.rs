@@ -4,6 +4,7 @@
 //! (bounded queue with a deadline while the Function is at zero or its pods are full) ->
 //! pick a pod (least loaded, per-pod concurrency) -> forward (pooled client, streaming
 //! bodies).
+pub mod body;
 pub mod capacity;
 pub mod cluster;
 pub mod endpoints;

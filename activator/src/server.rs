@@ -16,9 +16,10 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use zeroscale_api::stats::StatsReport;
 
+use crate::body::ResponseBody;
 use crate::capacity::{CapacityError, Permit, Queued};
 use crate::errors::ActivatorError;
-use crate::forward::{Affinity, Forwarder, Outbound, ResponseBody, SendError, Unsent};
+use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent};
 use crate::functions::{FunctionState, Functions, Listener};
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeConfig};
@@ -122,14 +123,16 @@ impl Activator {
             let pod = permit.addr();
             let protocol = permit.protocol();
             let remaining = ends.saturating_duration_since(Instant::now());
-            outbound = outbound.with_response_start_timeout(remaining);
             // Boxed: the exchange's state is large, and a request held at zero should
             // not carry room for it while it waits.
-            let sent =
-                Box::pin(
-                    self.forwarder
-                        .send_via(outbound, pod, protocol, permit, Some(affinity)),
-                );
+            let sent = Box::pin(self.forwarder.send(
+                outbound,
+                pod,
+                protocol,
+                remaining,
+                permit,
+                Some(affinity),
+            ));
             match sent.await {
                 Ok(response) => return Ok(response),
                 Err(SendError {
