@@ -4,10 +4,10 @@
 //! (bounded queue with a deadline while the Function is at zero or its pods are full) ->
 //! pick a pod (least loaded, per-pod concurrency) -> forward (pooled client, streaming
 //! bodies).
-pub mod capacity;
+pub(crate) mod capacity;
 pub mod cluster;
 pub mod endpoints;
-pub mod errors;
+pub(crate) mod errors;
 pub mod forward;
 pub mod functions;
 pub mod metrics;
