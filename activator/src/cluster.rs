@@ -384,6 +384,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn relist_replaces_the_slices_and_drops_the_pods_of_missing_ones() {
+        let functions = functions();
+        functions.apply(&function("hello"));
+        functions.apply(&function("bye"));
+        let events = futures::stream::iter(vec![
+            Ok(Event::Apply(slice("s1", "hello-pods", "10.0.0.1"))),
+            Ok(Event::Apply(slice("s2", "bye-pods", "10.0.0.2"))),
+            // A relist after a lost watch: s2 was deleted meanwhile, s3 created.
+            Ok(Event::Init),
+            Ok(Event::InitApply(slice("s1", "hello-pods", "10.0.0.1"))),
+            Ok(Event::InitApply(slice("s3", "hello-pods", "10.0.0.3"))),
+            Ok(Event::InitDone),
+        ]);
+        apply_slice_events(events, &functions, || {}).await;
+        assert_eq!(ready_pods(&functions, "hello.team"), 2);
+        assert_eq!(ready_pods(&functions, "bye.team"), 0);
+    }
+
+    #[tokio::test]
     async fn deleting_one_slice_keeps_the_pods_of_the_others() {
         let functions = functions();
         functions.apply(&function("hello"));

@@ -134,10 +134,8 @@ impl Metrics {
     /// The series of one Function.
     pub(crate) fn for_function(&self, key: &FunctionKey) -> FunctionMetrics {
         let labels = labels(key);
-        let class = |class: &str| {
-            self.requests
-                .with_label_values(&[key.namespace.as_str(), key.name.as_str(), class])
-        };
+        let [namespace, name] = labels;
+        let class = |class: &str| self.requests.with_label_values(&[namespace, name, class]);
         FunctionMetrics {
             requests_by_class: STATUS_CLASSES.map(class),
             request_duration: self.request_duration.with_label_values(&labels),
@@ -160,12 +158,9 @@ impl Metrics {
     /// Drops the series of a deleted Function.
     pub(crate) fn forget(&self, key: &FunctionKey) {
         let labels = labels(key);
+        let [namespace, name] = labels;
         for class in STATUS_CLASSES {
-            let _ = self.requests.remove_label_values(&[
-                key.namespace.as_str(),
-                key.name.as_str(),
-                class,
-            ]);
+            let _ = self.requests.remove_label_values(&[namespace, name, class]);
         }
         for vec in [&self.request_duration, &self.queue_wait, &self.cold_start] {
             let _ = vec.remove_label_values(&labels);
