@@ -110,7 +110,7 @@ impl FunctionState {
     }
 
     /// Adds `elapsed` times the current concurrency to the load integral.
-    pub fn sample(&self, elapsed: Duration) {
+    pub(crate) fn sample(&self, elapsed: Duration) {
         let concurrency = (self.capacity.in_flight() + self.capacity.queued()) as u64;
         if concurrency > 0 {
             let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -120,7 +120,7 @@ impl FunctionState {
     }
 
     /// This Function's entry in the stats report.
-    pub fn stats(&self) -> FunctionStats {
+    pub(crate) fn stats(&self) -> FunctionStats {
         FunctionStats {
             namespace: self.key.namespace.clone(),
             name: self.key.name.clone(),

@@ -35,7 +35,7 @@ impl Default for ProbeConfig {
 
 /// Probes `function`'s starting pods until no request waits for it. Call it when a
 /// request starts waiting; it returns at once when probing is off or already running.
-pub fn start(function: &Arc<FunctionState>, config: ProbeConfig, results: &IntCounterVec) {
+pub(crate) fn start(function: &Arc<FunctionState>, config: ProbeConfig, results: &IntCounterVec) {
     if config.period.is_zero() || !function.begin_probing() {
         return;
     }

@@ -26,7 +26,7 @@ use crate::probe::{self, ProbeConfig};
 use crate::wake::Wake;
 
 /// Responses of the activator: the pod's, holding its slot, or the activator's own.
-pub type ActivatorResponse = Response<ResponseBody<Permit>>;
+pub(crate) type ActivatorResponse = Response<ResponseBody<Permit>>;
 
 /// Pods tried for one request when connecting fails before any byte was sent.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -60,7 +60,7 @@ impl Activator {
     /// Answers one request that came in on `listener` from `client` over `scheme`, on a
     /// client connection with `affinity` (see [`Affinity`]): its own connection to the
     /// pod its requests go to.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         request: Request<Incoming>,
         listener: Listener,
