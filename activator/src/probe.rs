@@ -167,7 +167,8 @@ async fn read_head(
 
 /// The status and body framing of a response head (without its final empty line).
 fn parse_head(head: &[u8]) -> Option<Head> {
-    let head = std::str::from_utf8(head).ok()?;
+    // Header values may hold obs-text; only names and numbers matter here.
+    let head = String::from_utf8_lossy(head);
     let mut lines = head.split("\r\n");
     let mut status_line = lines.next()?.splitn(3, ' ');
     if !status_line.next()?.starts_with("HTTP/1.") {
@@ -388,6 +389,41 @@ mod tests {
             while stream.write_all(header.as_bytes()).await.is_ok() {}
         });
         assert!(!probe(addr, PodProtocol::Http1, Some("/"), TIMEOUT).await);
+    }
+
+    #[test]
+    fn response_heads_give_their_status_and_body_framing() {
+        let head = |text: &str| parse_head(text.as_bytes());
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 12"),
+            Some(Head {
+                status: 200,
+                body: Body::Length(12)
+            })
+        );
+        assert_eq!(
+            head("HTTP/1.1 500 Oops\r\nTransfer-Encoding: gzip, chunked\r\ncontent-length: 3"),
+            Some(Head {
+                status: 500,
+                body: Body::Chunked
+            })
+        );
+        assert_eq!(
+            head("HTTP/1.0 302 Found\r\nLocation: /caf\u{e9}"),
+            Some(Head {
+                status: 302,
+                body: Body::UntilClose
+            })
+        );
+        assert_eq!(
+            head("HTTP/1.1 204 No Content\r\nContent-Length: 5"),
+            Some(Head {
+                status: 204,
+                body: Body::Length(0)
+            })
+        );
+        assert_eq!(head("SSH-2.0-OpenSSH_9.6"), None);
+        assert_eq!(head("HTTP/1.1 200 OK\r\ncontent-length: many"), None);
     }
 
     #[tokio::test]
