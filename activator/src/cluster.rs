@@ -2,7 +2,7 @@
 //! EndpointSlices feed [`Functions`], and [`KubeWake`] records wake requests on the
 //! Function for the operator. The proxy itself knows none of this.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use tokio::time::Instant;
+use zeroscale_admin::process::ErrorChain;
 use zeroscale_api::{Function, keys};
 
 use crate::endpoints::{EndpointSet, function_of_slice, pod_endpoints};
@@ -36,48 +37,96 @@ pub async fn watch_functions(
     apply_function_events(events, &functions, synced).await;
 }
 
+/// What a watch has listed, by key. kube's watcher relists after a lost watch (`Init`,
+/// `InitApply` for each object, `InitDone`); objects missing from the new list were
+/// deleted meanwhile, so the list replaces what was known when it is done.
+struct Listed<K, V> {
+    current: BTreeMap<K, V>,
+    relisting: Option<BTreeMap<K, V>>,
+}
+
+impl<K: Ord, V> Listed<K, V> {
+    fn new() -> Self {
+        Self {
+            current: BTreeMap::new(),
+            relisting: None,
+        }
+    }
+
+    /// Handles one watch event; returns what was known before a relist that this
+    /// event completed.
+    fn on<T>(
+        &mut self,
+        event: Event<T>,
+        entry: impl Fn(T) -> Option<(K, V)>,
+    ) -> Option<BTreeMap<K, V>> {
+        match event {
+            Event::Apply(object) => {
+                if let Some((key, value)) = entry(object) {
+                    self.current.insert(key, value);
+                }
+            }
+            Event::Delete(object) => {
+                if let Some((key, _)) = entry(object) {
+                    self.current.remove(&key);
+                }
+            }
+            Event::Init => self.relisting = Some(BTreeMap::new()),
+            Event::InitApply(object) => {
+                if let Some((key, value)) = entry(object) {
+                    self.relisting
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(key, value);
+                }
+            }
+            Event::InitDone => {
+                let listed = self.relisting.take().unwrap_or_default();
+                return Some(std::mem::replace(&mut self.current, listed));
+            }
+        }
+        None
+    }
+}
+
 /// Applies watch events of Functions; after a relist, Functions that are gone are removed.
-pub async fn apply_function_events(
+pub(crate) async fn apply_function_events(
     events: impl Stream<Item = Result<Event<Function>, watcher::Error>>,
     functions: &Functions,
     synced: impl FnOnce(),
 ) {
     let mut synced = Some(synced);
-    let mut listed: Vec<FunctionKey> = Vec::new();
-    let mut known: std::collections::BTreeSet<FunctionKey> = Default::default();
+    let mut listed = Listed::new();
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Apply(function)) => {
-                if let Some(key) = key_of(&function) {
-                    functions.apply(&function);
-                    known.insert(key);
-                }
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "watching Functions failed; retrying");
+                continue;
             }
-            Ok(Event::Delete(function)) => {
-                if let Some(key) = key_of(&function) {
+        };
+        // Applied as they arrive, relisted ones included: an update must not wait for
+        // the rest of a relist.
+        match &event {
+            Event::Apply(function) | Event::InitApply(function) => functions.apply(function),
+            Event::Delete(function) => {
+                if let Some(key) = key_of(function) {
                     functions.remove(&key);
-                    known.remove(&key);
                 }
             }
-            Ok(Event::Init) => listed.clear(),
-            Ok(Event::InitApply(function)) => {
-                if let Some(key) = key_of(&function) {
-                    functions.apply(&function);
-                    listed.push(key);
-                }
+            Event::Init | Event::InitDone => {}
+        }
+        let entry = |function: Function| Some((key_of(&function)?, ()));
+        if let Some(before) = listed.on(event, entry) {
+            for gone in before
+                .keys()
+                .filter(|key| !listed.current.contains_key(key))
+            {
+                functions.remove(gone);
             }
-            Ok(Event::InitDone) => {
-                let current: std::collections::BTreeSet<FunctionKey> = listed.drain(..).collect();
-                for gone in known.difference(&current) {
-                    functions.remove(gone);
-                }
-                known = current;
-                if let Some(synced) = synced.take() {
-                    synced();
-                }
+            if let Some(synced) = synced.take() {
+                synced();
             }
-            Err(error) => tracing::warn!(%error, "watching Functions failed; retrying"),
         }
     }
 }
@@ -98,68 +147,58 @@ pub async fn watch_endpoint_slices(
 }
 
 /// Applies watch events of EndpointSlices, recomputing the pods of each Function touched.
-pub async fn apply_slice_events(
+pub(crate) async fn apply_slice_events(
     events: impl Stream<Item = Result<Event<EndpointSlice>, watcher::Error>>,
     functions: &Functions,
     synced: impl FnOnce(),
 ) {
     let mut synced = Some(synced);
-    // Slices by Function, then by slice name.
-    let mut slices: BTreeMap<FunctionKey, BTreeMap<String, EndpointSlice>> = BTreeMap::new();
-    let mut relisted: Option<BTreeMap<FunctionKey, BTreeMap<String, EndpointSlice>>> = None;
+    // Slices by Function and slice name.
+    let mut slices = Listed::new();
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Apply(slice)) => {
-                if let Some(key) = slice_key(&slice) {
-                    slices
-                        .entry(key.clone())
-                        .or_default()
-                        .insert(slice.name_any(), slice);
-                    publish(functions, &key, slices.get(&key));
-                }
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "watching EndpointSlices failed; retrying");
+                continue;
             }
-            Ok(Event::Delete(slice)) => {
-                if let Some(key) = slice_key(&slice) {
-                    if let Some(of_function) = slices.get_mut(&key) {
-                        of_function.remove(&slice.name_any());
-                    }
-                    publish(functions, &key, slices.get(&key));
-                }
+        };
+        let touched = match &event {
+            Event::Apply(slice) | Event::Delete(slice) => slice_key(slice),
+            Event::Init | Event::InitApply(_) | Event::InitDone => None,
+        };
+        let entry = |slice: EndpointSlice| Some(((slice_key(&slice)?, slice.name_any()), slice));
+        if let Some(before) = slices.on(event, entry) {
+            // Every Function with slices before or after the relist.
+            let touched: BTreeSet<FunctionKey> = before
+                .into_keys()
+                .chain(slices.current.keys().cloned())
+                .map(|(key, _)| key)
+                .collect();
+            for key in touched {
+                publish(functions, &key, &slices.current);
             }
-            Ok(Event::Init) => relisted = Some(BTreeMap::new()),
-            Ok(Event::InitApply(slice)) => {
-                if let (Some(key), Some(relisted)) = (slice_key(&slice), relisted.as_mut()) {
-                    relisted
-                        .entry(key)
-                        .or_default()
-                        .insert(slice.name_any(), slice);
-                }
+            if let Some(synced) = synced.take() {
+                synced();
             }
-            Ok(Event::InitDone) => {
-                let fresh = relisted.take().unwrap_or_default();
-                let touched: Vec<FunctionKey> =
-                    slices.keys().chain(fresh.keys()).cloned().collect();
-                slices = fresh;
-                for key in touched {
-                    publish(functions, &key, slices.get(&key));
-                }
-                if let Some(synced) = synced.take() {
-                    synced();
-                }
-            }
-            Err(error) => tracing::warn!(%error, "watching EndpointSlices failed; retrying"),
+        } else if let Some(key) = touched {
+            publish(functions, &key, &slices.current);
         }
     }
 }
 
+/// Sets `key`'s pods from its slices in `slices`.
 fn publish(
     functions: &Functions,
     key: &FunctionKey,
-    slices: Option<&BTreeMap<String, EndpointSlice>>,
+    slices: &BTreeMap<(FunctionKey, String), EndpointSlice>,
 ) {
-    let endpoints = pod_endpoints(slices.into_iter().flat_map(|slices| slices.values()));
-    functions.set_endpoints(key, EndpointSet::new(endpoints));
+    let of_function = slices
+        .range((key.clone(), String::new())..)
+        .take_while(|((function, _), _)| function == key)
+        .map(|(_, slice)| slice);
+    functions.set_endpoints(key, EndpointSet::new(pod_endpoints(of_function)));
 }
 
 fn key_of(function: &Function) -> Option<FunctionKey> {
@@ -240,7 +279,7 @@ impl Wake for KubeWake {
             {
                 Ok(_) => tracing::info!(function = %key, "asked the operator to wake the function"),
                 Err(error) => {
-                    tracing::warn!(function = %key, %error, "recording a wake request failed")
+                    tracing::warn!(function = %key, error = %ErrorChain(&error), "recording a wake request failed")
                 }
             }
         });
@@ -342,6 +381,25 @@ mod tests {
         ]);
         apply_slice_events(events, &functions, || {}).await;
         assert_eq!(ready_pods(&functions, "hello.team"), 2);
+    }
+
+    #[tokio::test]
+    async fn relist_replaces_the_slices_and_drops_the_pods_of_missing_ones() {
+        let functions = functions();
+        functions.apply(&function("hello"));
+        functions.apply(&function("bye"));
+        let events = futures::stream::iter(vec![
+            Ok(Event::Apply(slice("s1", "hello-pods", "10.0.0.1"))),
+            Ok(Event::Apply(slice("s2", "bye-pods", "10.0.0.2"))),
+            // A relist after a lost watch: s2 was deleted meanwhile, s3 created.
+            Ok(Event::Init),
+            Ok(Event::InitApply(slice("s1", "hello-pods", "10.0.0.1"))),
+            Ok(Event::InitApply(slice("s3", "hello-pods", "10.0.0.3"))),
+            Ok(Event::InitDone),
+        ]);
+        apply_slice_events(events, &functions, || {}).await;
+        assert_eq!(ready_pods(&functions, "hello.team"), 2);
+        assert_eq!(ready_pods(&functions, "bye.team"), 0);
     }
 
     #[tokio::test]

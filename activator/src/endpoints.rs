@@ -120,7 +120,7 @@ pub struct PodEndpoint {
 /// The Function an EndpointSlice belongs to: its `kubernetes.io/service-name` label with
 /// the pods Service suffix removed. None for slices of any other Service, including the
 /// Function's own caller-facing Service. The namespace is the slice's own.
-pub fn function_of_slice(slice: &EndpointSlice) -> Option<&str> {
+pub(crate) fn function_of_slice(slice: &EndpointSlice) -> Option<&str> {
     slice
         .metadata
         .labels
@@ -137,7 +137,9 @@ pub fn function_of_slice(slice: &EndpointSlice) -> Option<&str> {
 /// `h2c`, or a port without a number) contributes no endpoints: there is nothing the
 /// activator could dial. FQDN slices and addresses that do not parse as the slice's
 /// address family are skipped too.
-pub fn pod_endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<PodEndpoint> {
+pub(crate) fn pod_endpoints<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> Vec<PodEndpoint> {
     let mut merged = BTreeMap::new();
     for slice in slices {
         let Some((port, protocol)) = slice.ports.as_deref().and_then(pick_port) else {
@@ -300,55 +302,6 @@ impl EndpointSet {
     /// `ready().is_empty()` to ask whether it can take a request now.
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
-    }
-
-    /// What changed from this snapshot to `newer`, each list sorted by address.
-    pub fn diff(&self, newer: &EndpointSet) -> EndpointChange {
-        let old = self.states();
-        let new = newer.states();
-        let mut change = EndpointChange::default();
-        for (&addr, &state) in &new {
-            let before = old.get(&addr).copied();
-            match state {
-                EndpointState::Ready if before != Some(EndpointState::Ready) => {
-                    change.added_ready.push(addr);
-                }
-                EndpointState::Terminating if before != Some(EndpointState::Terminating) => {
-                    change.newly_terminating.push(addr);
-                }
-                _ => {}
-            }
-        }
-        change.removed = old
-            .keys()
-            .filter(|addr| !new.contains_key(addr))
-            .copied()
-            .collect();
-        change
-    }
-
-    fn states(&self) -> BTreeMap<SocketAddr, EndpointState> {
-        self.endpoints.iter().map(|e| (e.addr, e.state)).collect()
-    }
-}
-
-/// The difference between two snapshots of a Function's endpoints, for logs and for
-/// dropping the connection pools of pods that left.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EndpointChange {
-    /// Ready now and not before: new pods, or starting pods that turned ready.
-    pub added_ready: Vec<SocketAddr>,
-    /// Listed before, gone now.
-    pub removed: Vec<SocketAddr>,
-    /// Terminating now and not before (including addresses first seen terminating).
-    pub newly_terminating: Vec<SocketAddr>,
-}
-
-impl EndpointChange {
-    /// Whether nothing worth reporting changed. A Ready pod turning NotReady is not
-    /// listed: it leaves [`EndpointSet::ready`] and keeps its connection pool.
-    pub fn is_empty(&self) -> bool {
-        self.added_ready.is_empty() && self.removed.is_empty() && self.newly_terminating.is_empty()
     }
 }
 
@@ -724,36 +677,5 @@ mod tests {
         assert!(set.ready().is_empty());
         assert_eq!(set.starting().count(), 0);
         assert_eq!(set, EndpointSet::new(Vec::new()));
-    }
-
-    #[test]
-    fn diff_reports_added_removed_and_newly_terminating() {
-        let before = EndpointSet::new(vec![
-            pod_endpoint("10.0.0.1:8080", EndpointState::Ready),
-            pod_endpoint("10.0.0.2:8080", EndpointState::NotReady),
-            pod_endpoint("10.0.0.3:8080", EndpointState::Ready),
-            pod_endpoint("10.0.0.4:8080", EndpointState::Terminating),
-            pod_endpoint("10.0.0.5:8080", EndpointState::Ready),
-        ]);
-        let after = EndpointSet::new(vec![
-            pod_endpoint("10.0.0.1:8080", EndpointState::Ready),
-            pod_endpoint("10.0.0.2:8080", EndpointState::Ready),
-            pod_endpoint("10.0.0.3:8080", EndpointState::Terminating),
-            pod_endpoint("10.0.0.4:8080", EndpointState::Terminating),
-            pod_endpoint("10.0.0.6:8080", EndpointState::Ready),
-            pod_endpoint("10.0.0.7:8080", EndpointState::NotReady),
-        ]);
-
-        let change = before.diff(&after);
-
-        assert_eq!(
-            change,
-            EndpointChange {
-                added_ready: vec![addr("10.0.0.2:8080"), addr("10.0.0.6:8080")],
-                removed: vec![addr("10.0.0.5:8080")],
-                newly_terminating: vec![addr("10.0.0.3:8080")],
-            }
-        );
-        assert!(after.diff(&after).is_empty());
     }
 }

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use zeroscale_api::Function;
 use zeroscale_api::conditions::READY;
 use zeroscale_api::stats::FunctionStats;
-use zeroscale_api::{Function, RequestsSpec};
 
 use crate::capacity::{Capacity, Limits};
 use crate::endpoints::{EndpointSet, PodProtocol};
@@ -30,36 +30,23 @@ pub enum Listener {
 }
 
 /// How the activator treats requests to one Function, from its spec.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
+#[derive(Debug)]
+pub(crate) struct Settings {
     pub request_timeout: Duration,
     pub max_queue_wait: Duration,
     pub max_body_bytes: Option<u64>,
     /// Path to probe starting pods on; TCP connect when None.
     pub readiness_path: Option<String>,
-    pub protocol: PodProtocol,
 }
 
 impl Settings {
     fn from_function(function: &Function) -> (Self, Limits) {
         let spec = &function.spec;
-        // An invalid spec is reported by the operator (and fails requests fast through
-        // the Ready condition); until then the defaults keep requests bounded.
-        let defaults = RequestsSpec::default();
-        let parse = |text: &str, default: &str| {
-            zeroscale_api::duration::parse(text)
-                .or_else(|_| zeroscale_api::duration::parse(default))
-                .unwrap_or(Duration::from_secs(60))
-        };
         let settings = Settings {
-            request_timeout: parse(&spec.requests.timeout, &defaults.timeout),
-            max_queue_wait: parse(&spec.requests.max_queue_wait, &defaults.max_queue_wait),
-            max_body_bytes: spec
-                .requests
-                .max_body_bytes
-                .and_then(|bytes| u64::try_from(bytes).ok()),
+            request_timeout: spec.requests.effective_timeout(),
+            max_queue_wait: spec.requests.effective_max_queue_wait(),
+            max_body_bytes: spec.requests.body_limit(),
             readiness_path: spec.readiness_path.clone(),
-            protocol: spec.protocol.into(),
         };
         let limits = Limits {
             container_concurrency: usize::try_from(spec.scaling.container_concurrency).unwrap_or(0),
@@ -73,7 +60,7 @@ impl Settings {
 #[derive(Debug)]
 pub struct FunctionState {
     pub key: FunctionKey,
-    pub metrics: FunctionMetrics,
+    pub(crate) metrics: FunctionMetrics,
     settings: ArcSwap<Settings>,
     pub capacity: Capacity,
     requests_total: AtomicU64,
@@ -113,17 +100,17 @@ impl FunctionState {
     }
 
     /// The Function's current settings.
-    pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
         self.settings.load()
     }
 
     /// Counts one arriving request.
-    pub fn count_request(&self) {
+    pub(crate) fn count_request(&self) {
         self.requests_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Adds `elapsed` times the current concurrency to the load integral.
-    pub fn sample(&self, elapsed: Duration) {
+    pub(crate) fn sample(&self, elapsed: Duration) {
         let concurrency = (self.capacity.in_flight() + self.capacity.queued()) as u64;
         if concurrency > 0 {
             let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -133,7 +120,7 @@ impl FunctionState {
     }
 
     /// This Function's entry in the stats report.
-    pub fn stats(&self) -> FunctionStats {
+    pub(crate) fn stats(&self) -> FunctionStats {
         FunctionStats {
             namespace: self.key.namespace.clone(),
             name: self.key.name.clone(),
@@ -145,7 +132,7 @@ impl FunctionState {
     }
 
     /// Starting pods not yet known to answer, to probe, with the protocol each speaks.
-    pub fn starting_pods(&self) -> Vec<(SocketAddr, PodProtocol)> {
+    pub(crate) fn starting_pods(&self) -> Vec<(SocketAddr, PodProtocol)> {
         let pods = self.pods();
         pods.endpoints
             .starting()
@@ -156,7 +143,7 @@ impl FunctionState {
 
     /// Records that a starting pod answered its probe: it takes requests from now on,
     /// unless it has left the EndpointSlices meanwhile.
-    pub fn mark_probed_ready(&self, addr: SocketAddr) {
+    pub(crate) fn mark_probed_ready(&self, addr: SocketAddr) {
         let mut pods = self.pods();
         if pods.endpoints.starting().any(|pod| pod.addr == addr) {
             pods.probed_ready.insert(addr);
@@ -165,12 +152,12 @@ impl FunctionState {
     }
 
     /// Claims the right to run this Function's prober; false when one already runs.
-    pub fn begin_probing(&self) -> bool {
+    pub(crate) fn begin_probing(&self) -> bool {
         !self.probing.swap(true, Ordering::AcqRel)
     }
 
     /// Releases the prober's claim.
-    pub fn end_probing(&self) {
+    pub(crate) fn end_probing(&self) {
         self.probing.store(false, Ordering::Release);
     }
 
@@ -184,7 +171,7 @@ impl FunctionState {
     }
 
     /// Keeps a pod that refused a connection from new requests for a while.
-    pub fn mark_unreachable(self: &Arc<Self>, addr: SocketAddr) {
+    pub(crate) fn mark_unreachable(self: &Arc<Self>, addr: SocketAddr) {
         {
             let mut pods = self.pods();
             if !pods.unreachable.insert(addr) {

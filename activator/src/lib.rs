@@ -5,10 +5,10 @@
 //! pick a pod (least loaded, per-pod concurrency) -> forward (pooled client, streaming
 //! bodies).
 pub mod body;
-pub mod capacity;
+pub(crate) mod capacity;
 pub mod cluster;
 pub mod endpoints;
-pub mod errors;
+pub(crate) mod errors;
 pub mod forward;
 pub mod functions;
 pub mod metrics;

@@ -17,7 +17,7 @@ use zeroscale_activator::functions::{Functions, Listener};
 use zeroscale_activator::metrics::Metrics;
 use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
-use zeroscale_admin::process::{self, LogFormat};
+use zeroscale_admin::process::{self, ErrorChain, LogFormat};
 use zeroscale_admin::{AdminState, Readiness};
 use zeroscale_api::routing::Domains;
 
@@ -231,7 +231,7 @@ async fn main() -> anyhow::Result<()> {
         server.finished().await;
     }
     if let Ok(Err(error)) = admin.await {
-        tracing::warn!(%error, "admin server failed");
+        tracing::warn!(error = %ErrorChain(&error), "admin server failed");
     }
     tracing::info!("drained; exiting");
     Ok(())

@@ -23,8 +23,8 @@ pub struct Metrics {
     queue_wait: HistogramVec,
     cold_start: HistogramVec,
     wakes: IntCounterVec,
-    pub in_flight: IntGaugeVec,
-    pub queued: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    queued: IntGaugeVec,
     /// Activator-generated errors by cause (the `x-zeroscale-error` value).
     pub errors: IntCounterVec,
     /// Active probes of starting pods by result (`ready`, `not_ready`).
@@ -33,7 +33,7 @@ pub struct Metrics {
 
 /// One Function's series.
 #[derive(Clone, Debug)]
-pub struct FunctionMetrics {
+pub(crate) struct FunctionMetrics {
     requests_by_class: [IntCounter; 5],
     pub request_duration: Histogram,
     pub queue_wait: Histogram,
@@ -43,7 +43,7 @@ pub struct FunctionMetrics {
 
 impl FunctionMetrics {
     /// Counts a response with `status`.
-    pub fn count_response(&self, status: http::StatusCode) {
+    pub(crate) fn count_response(&self, status: http::StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.requests_by_class[class].inc();
     }
@@ -132,12 +132,10 @@ impl Metrics {
     }
 
     /// The series of one Function.
-    pub fn for_function(&self, key: &FunctionKey) -> FunctionMetrics {
-        let labels = [key.namespace.as_str(), key.name.as_str()];
-        let class = |class: &str| {
-            self.requests
-                .with_label_values(&[key.namespace.as_str(), key.name.as_str(), class])
-        };
+    pub(crate) fn for_function(&self, key: &FunctionKey) -> FunctionMetrics {
+        let labels = labels(key);
+        let [namespace, name] = labels;
+        let class = |class: &str| self.requests.with_label_values(&[namespace, name, class]);
         FunctionMetrics {
             requests_by_class: STATUS_CLASSES.map(class),
             request_duration: self.request_duration.with_label_values(&labels),
@@ -147,15 +145,22 @@ impl Metrics {
         }
     }
 
+    /// Sets a Function's requests in flight and waiting.
+    pub(crate) fn set_load(&self, key: &FunctionKey, in_flight: usize, queued: usize) {
+        let labels = labels(key);
+        let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+        self.in_flight
+            .with_label_values(&labels)
+            .set(gauge(in_flight));
+        self.queued.with_label_values(&labels).set(gauge(queued));
+    }
+
     /// Drops the series of a deleted Function.
-    pub fn forget(&self, key: &FunctionKey) {
-        let labels = [key.namespace.as_str(), key.name.as_str()];
+    pub(crate) fn forget(&self, key: &FunctionKey) {
+        let labels = labels(key);
+        let [namespace, name] = labels;
         for class in STATUS_CLASSES {
-            let _ = self.requests.remove_label_values(&[
-                key.namespace.as_str(),
-                key.name.as_str(),
-                class,
-            ]);
+            let _ = self.requests.remove_label_values(&[namespace, name, class]);
         }
         for vec in [&self.request_duration, &self.queue_wait, &self.cold_start] {
             let _ = vec.remove_label_values(&labels);
@@ -164,6 +169,11 @@ impl Metrics {
         let _ = self.in_flight.remove_label_values(&labels);
         let _ = self.queued.remove_label_values(&labels);
     }
+}
+
+/// The `namespace` and `function` labels of a Function's series.
+fn labels(key: &FunctionKey) -> [&str; 2] {
+    [key.namespace.as_str(), key.name.as_str()]
 }
 
 #[cfg(test)]

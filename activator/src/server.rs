@@ -14,6 +14,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use zeroscale_admin::process::{self, ErrorChain};
 use zeroscale_api::stats::StatsReport;
 
 use crate::body::ResponseBody;
@@ -26,7 +27,7 @@ use crate::probe::{self, ProbeConfig};
 use crate::wake::Wake;
 
 /// Responses of the activator: the pod's, holding its slot, or the activator's own.
-pub type ActivatorResponse = Response<ResponseBody<Permit>>;
+pub(crate) type ActivatorResponse = Response<ResponseBody<Permit>>;
 
 /// Pods tried for one request when connecting fails before any byte was sent.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -60,7 +61,7 @@ impl Activator {
     /// Answers one request that came in on `listener` from `client` over `scheme`, on a
     /// client connection with `affinity` (see [`Affinity`]): its own connection to the
     /// pod its requests go to.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         request: Request<Incoming>,
         listener: Listener,
@@ -81,12 +82,12 @@ impl Activator {
         };
         function.count_request();
         let response = match self
-            .serve(&function, request, client, scheme, arrived, affinity)
+            .dispatch(&function, request, client, scheme, arrived, affinity)
             .await
         {
             Ok(response) => response,
             Err(error) => {
-                tracing::debug!(function = %function.key, %error, "request failed");
+                tracing::debug!(function = %function.key, error = %ErrorChain(&error), "request failed");
                 self.refuse(error)
             }
         };
@@ -98,7 +99,9 @@ impl Activator {
         response
     }
 
-    async fn serve(
+    /// Sends the request to one of the Function's pods, waiting for one if none is free
+    /// and trying another when a pod refuses the connection.
+    async fn dispatch(
         &self,
         function: &Arc<FunctionState>,
         request: Request<Incoming>,
@@ -139,7 +142,7 @@ impl Activator {
                     error,
                     unsent: Some(Unsent { request, guard }),
                 }) if attempt < MAX_CONNECT_ATTEMPTS => {
-                    tracing::info!(function = %function.key, %pod, %error, "pod refused the connection; trying another");
+                    tracing::info!(function = %function.key, %pod, error = %ErrorChain(&error), "pod refused the connection; trying another");
                     // Set the pod aside before its slot frees, so no waiter is handed it.
                     function.mark_unreachable(pod);
                     drop(guard);
@@ -257,7 +260,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "accepting a connection failed");
+                    tracing::warn!(error = %ErrorChain(&error), "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -281,7 +284,7 @@ pub async fn serve(
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
+                tracing::debug!(error = %ErrorChain(&*error), "connection ended with an error");
             }
         });
     }
@@ -386,7 +389,7 @@ where
                         Ok(listener) => {
                             serve(listener, exposure, activator, limits, shutdown()).await;
                         }
-                        Err(error) => tracing::error!(%error, "listener thread cannot serve"),
+                        Err(error) => tracing::error!(error = %ErrorChain(&error), "listener thread cannot serve"),
                     }
                 });
             })?;
@@ -405,32 +408,21 @@ pub async fn sample_load(
     period: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Instant::now();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = ticks.tick() => {}
-        }
+    process::every(period, shutdown, async move || {
         let now = Instant::now();
         let elapsed = now - last;
         last = now;
         for function in functions.all() {
             function.sample(elapsed);
-            let labels = [function.key.namespace.as_str(), function.key.name.as_str()];
-            let (in_flight, queued) = (function.capacity.in_flight(), function.capacity.queued());
-            metrics
-                .in_flight
-                .with_label_values(&labels)
-                .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
-            metrics
-                .queued
-                .with_label_values(&labels)
-                .set(i64::try_from(queued).unwrap_or(i64::MAX));
+            metrics.set_load(
+                &function.key,
+                function.capacity.in_flight(),
+                function.capacity.queued(),
+            );
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

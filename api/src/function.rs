@@ -286,6 +286,33 @@ pub struct RequestsSpec {
     pub max_body_bytes: Option<i64>,
 }
 
+/// `spec.requests.timeout` when the spec leaves it out (written `5m` in the CRD).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `spec.requests.maxQueueWait` when the spec leaves it out (written `60s` in the CRD).
+pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_secs(60);
+
+impl RequestsSpec {
+    /// `timeout` as requests get it: parsed, or [`DEFAULT_REQUEST_TIMEOUT`] while it is
+    /// invalid (validation reports that; meanwhile requests stay bounded).
+    pub fn effective_timeout(&self) -> Duration {
+        self.parsed_timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// `maxQueueWait` as requests get it: parsed, or [`DEFAULT_MAX_QUEUE_WAIT`] while it
+    /// is invalid.
+    pub fn effective_max_queue_wait(&self) -> Duration {
+        self.parsed_max_queue_wait()
+            .unwrap_or(DEFAULT_MAX_QUEUE_WAIT)
+    }
+
+    /// `maxBodyBytes` as a byte count; None (no limit) when unset.
+    pub fn body_limit(&self) -> Option<u64> {
+        self.max_body_bytes
+            .and_then(|bytes| u64::try_from(bytes).ok())
+    }
+}
+
 /// Where a Function is reachable.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -485,12 +512,14 @@ fn default_termination_grace_period_seconds() -> i64 {
 fn default_max_replicas() -> i32 {
     10
 }
+/// [`DEFAULT_REQUEST_TIMEOUT`] as written in a spec.
 fn default_request_timeout() -> String {
     "5m".into()
 }
 fn default_max_queued_requests() -> i32 {
     1000
 }
+/// [`DEFAULT_MAX_QUEUE_WAIT`] as written in a spec.
 fn default_max_queue_wait() -> String {
     "60s".into()
 }
@@ -631,6 +660,36 @@ mod tests {
             defaults.extend(value.clone());
         }
         defaults
+    }
+
+    #[test]
+    fn written_request_defaults_parse_to_the_default_durations() {
+        let defaults = RequestsSpec::default();
+        assert_eq!(defaults.parsed_timeout(), Ok(DEFAULT_REQUEST_TIMEOUT));
+        assert_eq!(defaults.parsed_max_queue_wait(), Ok(DEFAULT_MAX_QUEUE_WAIT));
+    }
+
+    #[test]
+    fn invalid_request_durations_take_effect_as_their_defaults() {
+        let requests = RequestsSpec {
+            timeout: "soon".into(),
+            max_queue_wait: "0".into(),
+            max_body_bytes: Some(-1),
+            ..RequestsSpec::default()
+        };
+        assert_eq!(requests.effective_timeout(), DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(requests.effective_max_queue_wait(), Duration::ZERO);
+        assert_eq!(requests.body_limit(), None);
+
+        let requests = RequestsSpec {
+            timeout: "0".into(),
+            max_queue_wait: "1m30s".into(),
+            max_body_bytes: Some(1024),
+            ..RequestsSpec::default()
+        };
+        assert_eq!(requests.effective_timeout(), DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(requests.effective_max_queue_wait(), Duration::from_secs(90));
+        assert_eq!(requests.body_limit(), Some(1024));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use k8s_openapi::api::core::v1::Volume;
 
 use crate::duration;
-use crate::function::{FunctionSpec, Metric};
+use crate::function::{FunctionSpec, Metric, RequestsSpec};
 
 /// A spec field that cannot be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +53,24 @@ fn parse_duration(field: &str, text: &str) -> Result<Duration, InvalidSpec> {
         return Err(invalid(field, format!("{text:?} is longer than 24h")));
     }
     Ok(value)
+}
+
+impl RequestsSpec {
+    /// `timeout`, or why it cannot be used. See [`RequestsSpec::effective_timeout`].
+    pub fn parsed_timeout(&self) -> Result<Duration, InvalidSpec> {
+        let field = "spec.requests.timeout";
+        let timeout = parse_duration(field, &self.timeout)?;
+        if timeout.is_zero() {
+            return Err(invalid(field, "must be longer than 0"));
+        }
+        Ok(timeout)
+    }
+
+    /// `maxQueueWait`, or why it cannot be used. See
+    /// [`RequestsSpec::effective_max_queue_wait`].
+    pub fn parsed_max_queue_wait(&self) -> Result<Duration, InvalidSpec> {
+        parse_duration("spec.requests.maxQueueWait", &self.max_queue_wait)
+    }
 }
 
 impl FunctionSpec {
@@ -98,11 +116,8 @@ impl FunctionSpec {
             )?,
             scale_down_delay: optional("spec.scaling.scaleDownDelay", &scaling.scale_down_delay)?,
             stable_window: optional("spec.scaling.stableWindow", &scaling.stable_window)?,
-            request_timeout: parse_duration("spec.requests.timeout", &self.requests.timeout)?,
-            max_queue_wait: parse_duration(
-                "spec.requests.maxQueueWait",
-                &self.requests.max_queue_wait,
-            )?,
+            request_timeout: self.requests.parsed_timeout()?,
+            max_queue_wait: self.requests.parsed_max_queue_wait()?,
         };
         let (shortest, longest) = STABLE_WINDOW_RANGE;
         if let (Some(window), Some(text)) = (durations.stable_window, &scaling.stable_window)
@@ -112,9 +127,6 @@ impl FunctionSpec {
                 "spec.scaling.stableWindow",
                 format!("{text:?} must lie between 6s and 1h"),
             ));
-        }
-        if durations.request_timeout.is_zero() {
-            return Err(invalid("spec.requests.timeout", "must be longer than 0"));
         }
 
         self.validate_quantities()?;
