@@ -14,4 +14,5 @@ pub mod controller;
 mod fixtures;
 pub mod metrics;
 pub mod resources;
+pub mod schedule;
 pub mod status;

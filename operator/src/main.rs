@@ -19,6 +19,7 @@ use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
+use zeroscale_operator::schedule::{self, ScheduleMetrics};
 
 #[derive(Parser)]
 #[command(
@@ -196,6 +197,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
         .context("registering process metrics")?;
     let metrics = Metrics::register(&registry).context("registering metrics")?;
+    let schedule_metrics =
+        ScheduleMetrics::register(&registry).context("registering schedule metrics")?;
     let readiness = Readiness::not_ready("connecting to the Kubernetes API");
 
     // One signal, observed by everything that must stop.
@@ -258,7 +261,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let reporter = Reporter {
         controller: "zeroscale-operator".into(),
-        instance: Some(identity),
+        instance: Some(identity.clone()),
     };
     let ctx = Arc::new(Context::new(client, config, metrics, reporter));
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
@@ -272,6 +275,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|namespace| controller::run(ctx.clone(), namespace.as_deref(), stopped())),
     );
     let autoscaling = autoscaler::run(ctx.clone(), autoscaler_config, stats, stopped());
+    let scheduler = schedule::in_cluster(ctx.clone(), identity, schedule_metrics);
+    let scheduling = scheduler.run(stopped());
 
     let lost = async {
         match &leadership {
@@ -280,7 +285,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let outcome = tokio::select! {
-        _ = futures::future::join(controllers, autoscaling) => Ok(()),
+        _ = futures::future::join3(controllers, autoscaling, scheduling) => Ok(()),
         _ = lost => Err(anyhow::anyhow!("lost the leader Lease; exiting so that a fresh process competes again")),
     };
     if let Some(leadership) = leadership
