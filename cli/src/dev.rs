@@ -7,6 +7,7 @@ mod console;
 mod local;
 mod replica;
 mod runtime;
+mod schedules;
 mod supervisor;
 
 use std::collections::BTreeMap;
@@ -68,6 +69,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     let metrics = Metrics::new()?;
     metrics.register(&registry)?;
     let autoscaler_metrics = zeroscale_operator::metrics::Metrics::register(&registry)?;
+    let schedule_metrics = zeroscale_operator::schedule::ScheduleMetrics::register(&registry)?;
     let functions = Arc::new(Functions::new(
         Domains {
             cluster_domain: "cluster.local".into(),
@@ -137,6 +139,13 @@ pub async fn run(config: DevConfig) -> Result<()> {
             drive(tick, stats, &*runtime, &autoscaler_metrics, shutdown).await;
         })
     };
+    let schedules = tokio::spawn(schedules::run(
+        config.paths.clone(),
+        address,
+        config.reload_period,
+        schedule_metrics,
+        stopped(),
+    ));
     if let Some(admin_address) = config.admin_listen {
         let admin_listener =
             tokio::net::TcpListener::bind(admin_address)
@@ -176,6 +185,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = autoscaler.await;
+    let _ = schedules.await;
     runtime.shutdown().await;
     console::event("stopped");
     Ok(())

@@ -45,6 +45,8 @@ impl Clock for SystemClock {
 /// A clock that starts at `origin` and runs `speed` times as fast as tokio's clock:
 /// under `tokio::time::pause` it is virtual time (tests, the bench); with a speed above
 /// 1 a schedule of every minute ticks every few seconds (`zeroscale dev`'s tests).
+/// Clones share the origin and start: replicas that start later see the same time.
+#[derive(Clone, Copy, Debug)]
 pub struct ScaledClock {
     origin: Timestamp,
     start: tokio::time::Instant,

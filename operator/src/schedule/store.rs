@@ -88,11 +88,16 @@ impl KubeStore {
 
 impl ScheduleStore for KubeStore {
     fn functions(&self) -> Vec<Arc<Function>> {
-        self.ctx
+        let functions: Vec<Arc<Function>> = self
+            .ctx
             .watched_functions()
             .into_iter()
             .filter(|function| !function.spec.triggers.schedules.is_empty())
-            .collect()
+            .collect();
+        let keys: std::collections::HashSet<FunctionKey> =
+            functions.iter().map(|function| key_of(function)).collect();
+        self.written().retain(|key, _| keys.contains(key));
+        functions
     }
 
     async fn read(&self, key: &FunctionKey) -> Result<Versioned> {
