@@ -161,11 +161,6 @@ impl<S: ScheduleStore, I: Invoker, C: Clock> Scheduler<S, I, C> {
         }
     }
 
-    /// The store this scheduler writes to.
-    pub fn store(&self) -> &S {
-        &self.shared.store
-    }
-
     /// Runs rounds until `shutdown` resolves; then waits a little for calls in flight to
     /// record their results. Dropping the future stops everything at once, calls
     /// included.
