@@ -1,7 +1,8 @@
 //! Schedule triggers end to end in one process: against a mocked API server (the tick
 //! is recorded as started before its call, and a conflict on that write means no
 //! call), and on loopback (a failing call is retried within its deadline; two
-//! schedulers sharing one store send each tick once).
+//! schedulers sharing one store send each tick once; a tick whose sender died between
+//! sending and recording is sent again with the same `ce-id`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -514,4 +515,114 @@ async fn two_schedulers_sharing_one_store_send_each_tick_once() {
     // tick's deadline) recorded as missed: none is lost.
     let missed = usize::try_from(record().missed_ticks).expect("a count");
     assert!(counts.len() + missed >= 5, "{counts:?}, {missed} missed");
+}
+
+/// A server on 127.0.0.1 that never answers its first request (announced on the
+/// returned receiver) and answers 200 to the others; records each `ce-id`.
+async fn stalling_server() -> (String, Arc<Mutex<Vec<String>>>, mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (received, first) = mpsc::unbounded_channel();
+    let seen_by_server = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (seen, received) = (Arc::clone(&seen_by_server), received.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let id = request
+                        .headers()
+                        .get("ce-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let first = {
+                        let mut seen = seen.lock().expect("lock");
+                        seen.push(id);
+                        seen.len() == 1
+                    };
+                    let received = received.clone();
+                    async move {
+                        if first {
+                            let _ = received.send(());
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (address, seen, first)
+}
+
+#[tokio::test]
+async fn a_tick_whose_sender_died_before_recording_it_is_sent_again_with_the_same_id() {
+    let (address, seen, mut first) = stalling_server().await;
+    let mut stalled = function();
+    // The dead sender's claim expires at the tick's deadline (5 s) plus the request
+    // timeout (1 s) plus 10 s: at 12:01:16, well before the next tick.
+    stalled.spec.requests.timeout = "1s".into();
+    stalled.spec.triggers.schedules[0].starting_deadline = Some("5s".into());
+    let (store, changes) = observed_store(stalled);
+    // 120 times as fast: the tick of 12:01 is due 4 ms after the start, the claim
+    // expires 130 ms after it.
+    let origin = at("2026-01-10T12:00:59.500Z");
+    let clock = ScaledClock::new(origin, 120);
+    let replica = |identity: &str| {
+        Scheduler::new(
+            Arc::clone(&store),
+            HttpInvoker::new(address.clone()),
+            clock,
+            identity.into(),
+            metrics(),
+        )
+    };
+    let key = FunctionKey::new("default", "hello");
+    let record = || {
+        store
+            .store
+            .schedules(&key)
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    };
+
+    // The first replica records the tick as started, sends it, and dies before the
+    // answer (and so before recording it as done).
+    let dying = replica("operator-0");
+    let running = tokio::spawn(async move { dying.run(std::future::pending()).await });
+    tokio::time::timeout(STEP, first.recv())
+        .await
+        .expect("the tick is sent")
+        .expect("the server lives");
+    running.abort();
+    let _ = running.await;
+    assert_eq!(record().active.len(), 1, "started, not done");
+
+    run_until(vec![replica("operator-1")], changes, || {
+        record().last_result.is_some()
+    })
+    .await;
+    let seen = seen.lock().expect("lock").clone();
+    let sends = seen
+        .iter()
+        .filter(|id| *id == "uid-hello:tick:1768046460")
+        .count();
+    assert_eq!(
+        sends, 2,
+        "sent twice, both times with the tick's ce-id: {seen:?}"
+    );
+    let record = record();
+    assert!(record.active.is_empty());
+    assert_eq!(
+        record.last_result.map(|r| r.schedule_time.0),
+        Some(at("2026-01-10T12:01:00Z"))
+    );
 }
