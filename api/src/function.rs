@@ -356,8 +356,9 @@ pub enum Visibility {
 #[serde(rename_all = "camelCase")]
 pub struct TriggersSpec {
     /// Cron schedules that send a request to the Function (waking it when at zero).
+    /// Names are unique: the list is keyed by `name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(schema_with = "schedules_schema")]
     pub schedules: Vec<Schedule>,
 }
 
@@ -367,7 +368,8 @@ impl TriggersSpec {
     }
 }
 
-/// A cron schedule that sends one request to the Function at each tick.
+/// A cron schedule that sends one request to the Function at each tick, through the
+/// activator, with CloudEvents headers (`ce-id`, `ce-time` = the scheduled time, ...).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Schedule {
@@ -376,7 +378,7 @@ pub struct Schedule {
     pub name: String,
 
     /// Standard 5-field cron expression (`minute hour day-of-month month day-of-week`),
-    /// e.g. `*/5 * * * *`.
+    /// e.g. `*/5 * * * *`, or a macro such as `@hourly`, `@daily`, `@weekly`.
     #[schemars(length(min = 1, max = 256))]
     pub cron: String,
 
@@ -390,7 +392,7 @@ pub struct Schedule {
     #[schemars(regex(pattern = r"^[A-Z]+$"), length(max = 16))]
     pub method: String,
 
-    /// Path of the request.
+    /// Path of the request (under `routing.pathPrefix` when the Function has one).
     #[serde(default = "default_schedule_path")]
     #[schemars(regex(pattern = r"^/"), length(max = 1024))]
     pub path: String,
@@ -403,6 +405,139 @@ pub struct Schedule {
     /// Headers of the request.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+
+    /// When true, ticks are not sent; ticks that pass while suspended are skipped, not
+    /// sent later.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// How late a tick may still be sent (e.g. after an operator outage), counted from
+    /// its scheduled time; failed calls are retried within it too. Past it the tick is
+    /// recorded as missed. Unset: until the next tick is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = duration::PATTERN))]
+    pub starting_deadline: Option<String>,
+
+    /// `Allow`: a tick is sent even while the previous call is still running.
+    /// `Forbid`: a tick that comes while the previous call runs is skipped.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+}
+
+impl Schedule {
+    /// A schedule with every default, as the API server would store it.
+    pub fn new(name: impl Into<String>, cron: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            cron: cron.into(),
+            time_zone: None,
+            method: default_schedule_method(),
+            path: default_schedule_path(),
+            body: None,
+            headers: BTreeMap::new(),
+            suspend: false,
+            starting_deadline: None,
+            concurrency_policy: ConcurrencyPolicy::default(),
+        }
+    }
+}
+
+/// Whether a schedule's calls may overlap.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConcurrencyPolicy {
+    /// Send every tick, even while the previous call runs.
+    #[default]
+    Allow,
+    /// Skip a tick while the previous call of the same schedule runs.
+    Forbid,
+}
+
+/// What the scheduler recorded of one schedule. The leading operator replica writes it
+/// before and after each call, with a resourceVersion precondition, so that two replicas
+/// never both send a tick.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleStatus {
+    /// Name of the schedule.
+    pub name: String,
+
+    /// The latest tick handled: sent, missed or skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+
+    /// When a request of this schedule was last sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired_time: Option<Time>,
+
+    /// The next tick due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+
+    /// How the last finished tick went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<TickResult>,
+
+    /// Ticks in a row whose call failed after its retries.
+    #[serde(default)]
+    pub consecutive_failures: i32,
+
+    /// Ticks not sent because they were found past their startingDeadline.
+    #[serde(default)]
+    pub missed_ticks: i64,
+
+    /// Ticks not sent because the schedule was suspended or, with concurrencyPolicy
+    /// Forbid, the previous call was still running.
+    #[serde(default)]
+    pub skipped_ticks: i64,
+
+    /// Ticks recorded as started whose call has not been recorded as done. A replica
+    /// that finds one whose claim expired sends it again, with the same `ce-id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<ActiveTick>,
+}
+
+/// A tick recorded as started and not yet done.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveTick {
+    /// The tick's scheduled time (`ce-time`).
+    pub schedule_time: Time,
+    /// The operator replica sending it.
+    pub started_by: String,
+    /// When it was recorded as started (by its latest sender).
+    pub started_time: Time,
+    /// Until when `startedBy` may still be sending it; another replica sends it again only
+    /// after that.
+    pub claim_expires: Time,
+    /// How many times it was claimed for sending; above 1 it was sent again after a
+    /// replica stopped mid-call.
+    pub deliveries: i32,
+}
+
+/// The outcome of one tick's call.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TickResult {
+    /// The tick's scheduled time.
+    pub schedule_time: Time,
+    /// HTTP status of the last attempt, when one answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<i32>,
+    /// Why the last attempt failed, when it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the call succeeded (a 2xx, 3xx or a 4xx other than 429).
+    pub succeeded: bool,
+    /// Attempts made, retries included.
+    pub attempts: i32,
+    /// Milliseconds from the first attempt to the end of the last.
+    pub duration_millis: i64,
+    /// Milliseconds between the scheduled time and the first attempt.
+    pub lateness_millis: i64,
+    /// Whether the tick was sent late (more than 10 seconds after its scheduled time),
+    /// e.g. by a replica that took over from a stopped leader.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// What zeroscale observed of a Function.
@@ -449,6 +584,13 @@ pub struct FunctionStatus {
     /// `ScaleToZero: 1 -> 0` or `Panic: 2 -> 6`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
+
+    /// What the scheduler recorded of each schedule trigger.
+    // Never serialized with the rest of the status: the scheduler writes it on its own,
+    // with a resourceVersion precondition, so a status write built from a cached copy of
+    // the Function (the reconciler's, the autoscaler's) cannot bring back a stale record.
+    #[serde(default, skip_serializing)]
+    pub schedules: Vec<ScheduleStatus>,
 }
 
 /// The Function CRD as installed: the derived schema plus limits on `metadata.name`, which
@@ -491,6 +633,18 @@ fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Sch
     schema.insert(
         "x-kubernetes-list-map-keys".into(),
         serde_json::json!(["type"]),
+    );
+    schema
+}
+
+/// Schedules as a list keyed by `name`, so the API server refuses two with one name.
+fn schedules_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Schedule>>();
+    schema.insert("maxItems".into(), 32.into());
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["name"]),
     );
     schema
 }

@@ -16,6 +16,7 @@ pub mod stats;
 pub mod validate;
 
 pub use function::{
-    Function, FunctionSpec, FunctionStatus, Metric, Protocol, RequestsSpec, RoutingSpec,
-    ScalingDefaults, ScalingSpec, Schedule, TriggersSpec, Visibility, crd,
+    ActiveTick, ConcurrencyPolicy, Function, FunctionSpec, FunctionStatus, Metric, Protocol,
+    RequestsSpec, RoutingSpec, ScalingDefaults, ScalingSpec, Schedule, ScheduleStatus, TickResult,
+    TriggersSpec, Visibility, crd,
 };

@@ -226,24 +226,56 @@ impl FunctionSpec {
         let mut names = BTreeSet::new();
         for (index, schedule) in self.triggers.schedules.iter().enumerate() {
             let field = |name: &str| format!("spec.triggers.schedules[{index}].{name}");
-            if !names.insert(schedule.name.as_str()) {
+            let name = &schedule.name;
+            if !names.insert(name.as_str()) {
                 return Err(invalid(
                     field("name"),
-                    format!("{:?} is used by another schedule", schedule.name),
+                    format!("{name:?} is used by another schedule"),
                 ));
             }
-            parse_cron(&schedule.cron).map_err(|reason| invalid(field("cron"), reason))?;
+            parse_cron(&schedule.cron)
+                .map_err(|reason| invalid(field("cron"), format!("schedule {name:?}: {reason}")))?;
             if let Some(zone) = &schedule.time_zone {
-                jiff::tz::TimeZone::get(zone).map_err(|_| {
-                    invalid(
-                        field("timeZone"),
-                        format!("{zone:?} is not an IANA time zone such as Europe/Paris"),
-                    )
+                parse_time_zone(zone).map_err(|reason| {
+                    invalid(field("timeZone"), format!("schedule {name:?}: {reason}"))
                 })?;
+            }
+            if let Some(deadline) = &schedule.starting_deadline {
+                let value = parse_duration(&field("startingDeadline"), deadline)?;
+                if value.is_zero() {
+                    return Err(invalid(
+                        field("startingDeadline"),
+                        format!("schedule {name:?}: must be longer than 0"),
+                    ));
+                }
+            }
+            if let Some(prefix) = &self.routing.path_prefix
+                && !under_prefix(&schedule.path, prefix)
+            {
+                return Err(invalid(
+                    field("path"),
+                    format!(
+                        "schedule {name:?}: {:?} is not under routing.pathPrefix {prefix:?}, so the activator would not route it to this Function",
+                        schedule.path
+                    ),
+                ));
             }
         }
         Ok(())
     }
+}
+
+/// Whether `path` lies under `prefix` on a segment boundary, as the activator routes.
+fn under_prefix(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Reads an IANA time zone name such as `Europe/Paris`.
+pub fn parse_time_zone(zone: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::TimeZone::get(zone)
+        .map_err(|_| format!("{zone:?} is not an IANA time zone such as Europe/Paris"))
 }
 
 /// Whether `text` is a Kubernetes resource quantity: a signed decimal number followed by
@@ -292,15 +324,7 @@ mod tests {
     }
 
     fn schedule(name: &str, cron: &str) -> Schedule {
-        Schedule {
-            name: name.into(),
-            cron: cron.into(),
-            time_zone: None,
-            method: "POST".into(),
-            path: "/".into(),
-            body: None,
-            headers: BTreeMap::new(),
-        }
+        Schedule::new(name, cron)
     }
 
     fn field_of(spec: &FunctionSpec) -> String {
@@ -428,6 +452,51 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(field_of(&spec), "spec.resources.limits.memory");
+    }
+
+    #[test]
+    fn invalid_schedule_messages_name_the_trigger() {
+        let mut spec = spec();
+        spec.triggers.schedules = vec![schedule("report", "not cron")];
+        let error = spec.validate().expect_err("invalid");
+        assert_eq!(error.field, "spec.triggers.schedules[0].cron");
+        assert!(error.reason.contains("\"report\""), "{}", error.reason);
+    }
+
+    #[test]
+    fn zero_or_malformed_starting_deadline_is_rejected() {
+        let mut spec = spec();
+        let mut tick = schedule("tick", "* * * * *");
+        tick.starting_deadline = Some("0".into());
+        spec.triggers.schedules = vec![tick.clone()];
+        assert_eq!(
+            field_of(&spec),
+            "spec.triggers.schedules[0].startingDeadline"
+        );
+        tick.starting_deadline = Some("soon".into());
+        spec.triggers.schedules = vec![tick.clone()];
+        assert_eq!(
+            field_of(&spec),
+            "spec.triggers.schedules[0].startingDeadline"
+        );
+        tick.starting_deadline = Some("30s".into());
+        spec.triggers.schedules = vec![tick];
+        spec.validate().expect("valid deadline");
+    }
+
+    #[test]
+    fn schedule_path_outside_the_path_prefix_is_rejected() {
+        let mut spec = spec();
+        spec.routing.path_prefix = Some("/api".into());
+        let mut tick = schedule("tick", "* * * * *");
+        spec.triggers.schedules = vec![tick.clone()];
+        assert_eq!(field_of(&spec), "spec.triggers.schedules[0].path");
+        tick.path = "/apix".into();
+        spec.triggers.schedules = vec![tick.clone()];
+        assert_eq!(field_of(&spec), "spec.triggers.schedules[0].path");
+        tick.path = "/api/cron".into();
+        spec.triggers.schedules = vec![tick];
+        spec.validate().expect("path under the prefix");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod local;
 mod memory;
 mod procs;
 mod report;
+mod schedule;
 mod tools;
 mod upstream;
 mod warm;
@@ -45,6 +46,15 @@ enum Command {
     All(RunArgs),
     /// A seconds-long run with tiny counts (for CI).
     Smoke(RunArgs),
+    /// Schedule delivery with the leader killed every few ticks (virtual time).
+    Schedule {
+        /// Ticks to run (a tick of every minute, at 600 times real speed).
+        #[arg(long, default_value_t = 60)]
+        ticks: usize,
+        /// Seed of the kill times.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// The activator under test (used by the bench itself).
     #[command(hide = true)]
     ServeActivator {
@@ -135,6 +145,10 @@ async fn main() -> anyhow::Result<()> {
             activator::run_process(upstream, Duration::from_millis(probe_period_ms), runtime).await
         }
         Command::ServeUpstream => upstream::run_process().await,
+        Command::Schedule { ticks, seed } => {
+            schedule::print(&schedule::run(ticks, seed).await?);
+            Ok(())
+        }
         Command::All(args) => run("all", args, false).await,
         Command::Smoke(args) => run("smoke", args, true).await,
     }

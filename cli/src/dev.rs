@@ -7,6 +7,7 @@ mod console;
 mod local;
 mod replica;
 mod runtime;
+mod schedules;
 mod supervisor;
 
 use std::collections::BTreeMap;
@@ -73,6 +74,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     let metrics = Metrics::new()?;
     metrics.register(&registry)?;
     let autoscaler_metrics = zeroscale_autoscaler::Metrics::register(&registry)?;
+    let schedule_metrics = zeroscale_operator::schedule::ScheduleMetrics::register(&registry)?;
     let functions = Arc::new(Functions::new(
         Domains {
             cluster_domain: "cluster.local".into(),
@@ -136,6 +138,13 @@ pub async fn run(config: DevConfig) -> Result<()> {
         autoscaler_metrics,
         stopped(),
     ));
+    let schedules = tokio::spawn(schedules::run(
+        config.paths.clone(),
+        address,
+        config.reload_period,
+        schedule_metrics,
+        stopped(),
+    ));
     if let Some(admin_address) = config.admin_listen {
         let admin_listener =
             tokio::net::TcpListener::bind(admin_address)
@@ -175,6 +184,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = autoscaler.await;
+    let _ = schedules.await;
     runtime.shutdown().await;
     console::event("stopped");
     Ok(())

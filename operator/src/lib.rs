@@ -16,6 +16,7 @@ pub mod lease;
 pub mod metrics;
 pub mod replicas;
 pub mod resources;
+pub mod schedule;
 mod status;
 pub mod watched;
 

@@ -21,6 +21,7 @@ use zeroscale_operator::leader::{self, LeaderMetrics};
 use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
+use zeroscale_operator::schedule::{self, ScheduleMetrics};
 
 #[derive(Parser)]
 #[command(
@@ -257,6 +258,8 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
     let metrics = Metrics::register(registry).context("registering metrics")?;
     let autoscaler_metrics = zeroscale_autoscaler::Metrics::register(registry)
         .context("registering the autoscaler's metrics")?;
+    let schedule_metrics =
+        ScheduleMetrics::register(registry).context("registering schedule metrics")?;
     let leader_metrics = LeaderMetrics::register(registry).context("registering metrics")?;
 
     let client = kube::Client::try_default()
@@ -309,8 +312,16 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
         );
         let autoscaling =
             autoscaler::run(autoscaler_ctx, autoscaler_config.clone(), stats, stopped());
+        let scheduler = schedule::in_cluster(
+            client.clone(),
+            reporter.clone(),
+            Arc::clone(ctx.watched()),
+            &config.activator_host(),
+            identity.clone(),
+            schedule_metrics.clone(),
+        );
         async move {
-            futures::future::join(controllers, autoscaling).await;
+            futures::future::join3(controllers, autoscaling, scheduler.run(stopped())).await;
         }
     };
 

@@ -36,7 +36,7 @@ pub struct Config {
 
 impl Config {
     /// The DNS name Function Services resolve to (the activator Service).
-    pub(crate) fn activator_host(&self) -> String {
+    pub fn activator_host(&self) -> String {
         format!("{}.svc.{}", self.activator_service, self.cluster_domain)
     }
 

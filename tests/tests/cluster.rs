@@ -283,15 +283,7 @@ async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Re
 
             // What only the operator can check ends as Ready=False, InvalidSpec.
             let mut cron = FunctionSpec::with_image(PAUSE);
-            cron.triggers.schedules = vec![Schedule {
-                name: "tick".into(),
-                cron: "61 * * * *".into(),
-                time_zone: None,
-                method: "POST".into(),
-                path: "/".into(),
-                body: None,
-                headers: Default::default(),
-            }];
+            cron.triggers.schedules = vec![Schedule::new("tick", "61 * * * *")];
             cron.scaling.metric = Metric::Concurrency;
             functions
                 .create(&PostParams::default(), &function("cron", cron))
