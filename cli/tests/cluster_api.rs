@@ -309,6 +309,27 @@ async fn list_without_the_crd_says_how_to_install_it() {
 }
 
 #[tokio::test]
+async fn describe_without_the_crd_says_how_to_install_it_rather_than_not_found() {
+    let (cluster, mut api) = cluster();
+    let verifier = tokio::spawn(async move {
+        let missing = "the server could not find the requested resource";
+        api.next(Method::GET, HELLO)
+            .await
+            .fail(404, "NotFound", missing, None);
+        api.next(Method::GET, FUNCTIONS)
+            .await
+            .fail(404, "NotFound", missing, None);
+        api.done().await;
+    });
+    let error = describe::run(&cluster, "hello", Format::Human, &mut Vec::new())
+        .await
+        .expect_err("no CRD");
+    drop(cluster);
+    verified(verifier).await;
+    assert!(matches!(error, Error::CrdMissing), "{error:?}");
+}
+
+#[tokio::test]
 async fn forbidden_names_the_verb_the_resource_and_the_namespace() {
     let (cluster, mut api) = cluster();
     let verifier = tokio::spawn(async move {

@@ -28,11 +28,15 @@ impl Cluster {
         match api.get_opt(name).await {
             Ok(Some(function)) => Ok(function),
             Ok(None) => {
+                // A missing CRD also answers 404 here; the list tells the two apart.
                 let existing = api
                     .list(&ListParams::default())
                     .await
-                    .map(|list| list.items.iter().map(ResourceExt::name_any).collect())
-                    .unwrap_or_default();
+                    .map_err(|source| Error::api("list", FUNCTIONS, Some(&self.namespace), source))?
+                    .items
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect();
                 Err(Error::NotFound {
                     name: name.to_owned(),
                     namespace: self.namespace.clone(),

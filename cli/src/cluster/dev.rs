@@ -57,8 +57,15 @@ impl StateFile {
 }
 
 impl Drop for StateFile {
+    /// Removes the file unless another `zeroscale dev` started since has replaced it.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<DevState>(&text).ok())
+            .is_some_and(|state| state.pid == std::process::id());
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
