@@ -186,7 +186,6 @@ pub fn figures(
                     b.concurrency_seconds_total - a.concurrency_seconds_total,
                 )
             };
-            #[allow(clippy::cast_precision_loss)]
             let requests = requests as f64;
             live.requests_per_second += requests / elapsed;
             live.concurrency += concurrency.max(0.0) / elapsed;
@@ -238,7 +237,6 @@ pub fn cold_start_buckets(metrics: &[String], namespace: &str, function: &str) -
             let Ok(count) = value.trim().parse::<f64>() else {
                 continue;
             };
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let count = count as u64;
             match buckets.iter_mut().find(|(b, _)| *b == bound) {
                 Some((_, total)) => *total += count,
@@ -257,11 +255,9 @@ pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
     if total == 0 {
         return None;
     }
-    #[allow(clippy::cast_precision_loss)]
     let rank = q * total as f64;
     let mut lower = (0.0, 0u64);
     for &(bound, count) in buckets {
-        #[allow(clippy::cast_precision_loss)]
         if count as f64 >= rank {
             if bound.is_infinite() {
                 return Some(lower.0);
@@ -270,7 +266,6 @@ pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
             if in_bucket == 0 {
                 return Some(bound);
             }
-            #[allow(clippy::cast_precision_loss)]
             let fraction = (rank - lower.1 as f64) / in_bucket as f64;
             return Some(lower.0 + (bound - lower.0) * fraction);
         }
