@@ -284,6 +284,65 @@ async fn list_of_every_namespace_reads_the_cluster_wide_path_and_prints_json() {
     assert_eq!(printed[0]["status"]["readyReplicas"], 1);
 }
 
+/// A writer that hands everything written to a channel, for output read while the
+/// command still runs.
+struct ChannelWriter(tokio::sync::mpsc::UnboundedSender<Vec<u8>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.send(bytes.to_vec());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn list_watch_prints_the_table_again_on_every_change() {
+    let (cluster, mut api) = cluster();
+    let verifier = tokio::spawn(async move {
+        api.next(Method::GET, FUNCTIONS)
+            .await
+            .ok(&list_of("FunctionList", vec![serving("hello")]));
+        let call = api.next(Method::GET, FUNCTIONS).await;
+        assert_eq!(call.query.get("watch").map(String::as_str), Some("true"));
+        let event = json!({"type": "ADDED", "object": serving("payments")});
+        call.respond_text(StatusCode::OK, format!("{event}\n"));
+        // The watch reconnects after that stream ends; the test stops it before.
+    });
+    let (sender, mut written) = tokio::sync::mpsc::unbounded_channel();
+    let mut out = ChannelWriter(sender);
+    let mut printed = String::new();
+    tokio::select! {
+        result = list::watch(&cluster, false, Format::Human, &mut out) => {
+            panic!("the watch ended: {result:?}");
+        }
+        () = async {
+            while printed.matches("NAME").count() < 2 || !printed.ends_with("\n\n") {
+                let chunk = written.recv().await.expect("the watch writes");
+                printed.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        } => {}
+    }
+    drop(cluster);
+    verified(verifier).await;
+    let tables: Vec<&str> = printed.split("\n\n").collect();
+    assert_eq!(tables.len(), 3, "{printed}");
+    assert_eq!(
+        tables[0].lines().count(),
+        2,
+        "first table: hello only\n{printed}"
+    );
+    assert_eq!(
+        tables[1].lines().count(),
+        3,
+        "second table: hello and payments\n{printed}"
+    );
+    assert!(tables[1].contains("\npayments "), "{printed}");
+}
+
 #[tokio::test]
 async fn list_without_the_crd_says_how_to_install_it() {
     let (cluster, mut api) = cluster();

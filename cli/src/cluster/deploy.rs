@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::Resource;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -245,14 +245,21 @@ async fn until_ready(
     progress_out: &mut dyn Write,
 ) -> Result<Function> {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api.clone(), config).applied_objects().boxed();
+    let mut events = watcher(api.clone(), config)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
     let mut last = String::new();
-    while let Some(function) = events.try_next().await.map_err(|error| match error {
-        watcher::Error::InitialListFailed(source) | watcher::Error::WatchStartFailed(source) => {
-            Error::api("watch", FUNCTIONS, api.namespace(), source)
-        }
-        other => Error::Usage(format!("watching Function {name}: {other}")),
-    })? {
+    let mut seen = false;
+    while let Some(function) = events.next().await {
+        let function = match function {
+            Ok(function) => function,
+            // Before the Function is first seen a failure is the user's to see; later
+            // ones are retried with backoff as the watch reconnects.
+            Err(error) if !seen => return Err(Error::watch(FUNCTIONS, api.namespace(), error)),
+            Err(_) => continue,
+        };
+        seen = true;
         match progress(&function) {
             Progress::Ready => return Ok(function),
             Progress::Failed(reason, message) => {

@@ -47,6 +47,11 @@ pub enum Error {
         namespace: Option<String>,
         source: kube::Error,
     },
+    #[error("watching {resource}: {source}")]
+    Watch {
+        resource: &'static str,
+        source: kube::runtime::watcher::Error,
+    },
     #[error("Function {name} failed: {reason}: {message}")]
     Failed {
         name: String,
@@ -137,6 +142,22 @@ impl Error {
                 namespace,
                 source,
             },
+        }
+    }
+
+    /// Names a failed watch: a failure to list or start watching is the API call's
+    /// (Forbidden, no CRD); anything else is the watch's.
+    pub fn watch(
+        resource: &'static str,
+        namespace: Option<&str>,
+        error: kube::runtime::watcher::Error,
+    ) -> Self {
+        use kube::runtime::watcher::Error as WatchError;
+        match error {
+            WatchError::InitialListFailed(source) | WatchError::WatchStartFailed(source) => {
+                Error::api("watch", resource, namespace, source)
+            }
+            source => Error::Watch { resource, source },
         }
     }
 

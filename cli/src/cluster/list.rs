@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::api::ListParams;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use zeroscale_api::Function;
 
@@ -77,13 +77,18 @@ pub async fn watch(
     let namespace = (!all_namespaces).then_some(cluster.namespace.as_str());
     let mut known = BTreeMap::new();
     let mut initial = BTreeMap::new();
-    let mut events = watcher(api(cluster, all_namespaces), watcher::Config::default()).boxed();
-    while let Some(event) = events.try_next().await.map_err(|error| match error {
-        watcher::Error::InitialListFailed(source) | watcher::Error::WatchStartFailed(source) => {
-            Error::api("watch", FUNCTIONS, namespace, source)
-        }
-        other => Error::Usage(format!("watching Functions: {other}")),
-    })? {
+    let mut events = watcher(api(cluster, all_namespaces), watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut started = false;
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            // Before the first listing a failure is the user's to see (no CRD,
+            // Forbidden); later ones are retried with backoff as the watch reconnects.
+            Err(error) if !started => return Err(Error::watch(FUNCTIONS, namespace, error)),
+            Err(_) => continue,
+        };
         let changed = match event {
             watcher::Event::Init => {
                 initial.clear();
@@ -94,6 +99,7 @@ pub async fn watch(
                 None
             }
             watcher::Event::InitDone => {
+                started = true;
                 known = std::mem::take(&mut initial);
                 Some(known.values().cloned().collect::<Vec<_>>())
             }

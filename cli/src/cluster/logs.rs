@@ -92,6 +92,7 @@ async fn follow(
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
     let mut streaming = HashSet::new();
     let mut events = watcher(pods.clone(), watcher::Config::default().labels(selector))
+        .default_backoff()
         .applied_objects()
         .boxed();
     let namespace = cluster.namespace.clone();
@@ -101,8 +102,10 @@ async fn follow(
                 let pod = match event {
                     Ok(Some(pod)) => pod,
                     Ok(None) => return Ok(()),
-                    Err(watcher::Error::InitialListFailed(source) | watcher::Error::WatchStartFailed(source)) => {
-                        return Err(Error::api("watch", "pods", Some(&namespace), source));
+                    // The first failure is the user's to see (Forbidden); later ones
+                    // are retried with backoff as the watch reconnects.
+                    Err(error) if streaming.is_empty() => {
+                        return Err(Error::watch("pods", Some(&namespace), error));
                     }
                     Err(_) => continue,
                 };
