@@ -905,3 +905,115 @@ async fn logs_prefix_every_line_with_its_pod() {
     verified(verifier).await;
     assert_eq!(text(out), "hello-a | one\nhello-a | two\nhello-b | three\n");
 }
+
+#[tokio::test]
+async fn logs_follow_streams_each_running_pod_as_it_appears() {
+    let args = {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            logs: logs::Args,
+        }
+        Cli::parse_from(["logs", "hello", "-f"]).logs
+    };
+    let mut running = pod("hello-a", "default", json!([]));
+    running["status"]["containerStatuses"] = json!([{
+        "name": "main", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+        "state": {"running": {}},
+    }]);
+    let (cluster, mut api) = cluster();
+    let verifier = tokio::spawn(async move {
+        api.next(Method::GET, HELLO).await.ok(&serving("hello"));
+        let call = api
+            .next(Method::GET, "/api/v1/namespaces/default/pods")
+            .await;
+        assert_eq!(
+            call.query.get("labelSelector").map(String::as_str),
+            Some("zeroscale.dev/function=hello")
+        );
+        call.ok(&list_of("PodList", vec![running]));
+        // The log stream of the running pod and the watch of new pods, in either order.
+        for _ in 0..2 {
+            let Some((request, reply)) = api.0.next_request().await else {
+                panic!("expected the log stream and the pod watch");
+            };
+            let query = query_pairs(request.uri().query().unwrap_or_default());
+            let call = Call {
+                query: query.clone(),
+                content_type: None,
+                body: Value::Null,
+                reply,
+            };
+            match request.uri().path() {
+                "/api/v1/namespaces/default/pods/hello-a/log" => {
+                    assert_eq!(query.get("follow").map(String::as_str), Some("true"));
+                    call.respond_text(StatusCode::OK, "one\ntwo\n");
+                }
+                "/api/v1/namespaces/default/pods" => {
+                    assert_eq!(query.get("watch").map(String::as_str), Some("true"));
+                    // Held open: no new pods.
+                    std::mem::forget(call);
+                }
+                other => panic!("unexpected request {other}"),
+            }
+        }
+    });
+    let (sender, mut written) = tokio::sync::mpsc::unbounded_channel();
+    let mut out = ChannelWriter(sender);
+    let mut printed = String::new();
+    tokio::select! {
+        result = logs::run(&cluster, &args, &mut out) => panic!("logs -f ended: {result:?}"),
+        () = async {
+            while printed.matches('\n').count() < 2 {
+                let chunk = written.recv().await.expect("logs writes");
+                printed.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        } => {}
+    }
+    drop(cluster);
+    verified(verifier).await;
+    assert_eq!(printed, "hello-a | one\nhello-a | two\n");
+}
+
+#[tokio::test]
+async fn deploy_from_a_manifest_applies_the_whole_function() {
+    let manifest: zeroscale_api::Function =
+        serde_json::from_value(function("hello", "True", "Serving", "")).expect("a Function");
+    let body = deploy::manifest_body(manifest, "team").expect("encodes");
+    assert_eq!(
+        body["metadata"]["namespace"], "default",
+        "the manifest's own namespace"
+    );
+    assert!(
+        body.get("status").is_none(),
+        "status is not applied: {body}"
+    );
+    let (cluster, mut api) = cluster();
+    let verifier = tokio::spawn(async move {
+        let call = api.next(Method::PATCH, HELLO).await;
+        assert_eq!(
+            call.query.get("fieldManager").map(String::as_str),
+            Some("zeroscale-cli")
+        );
+        assert_eq!(call.body["spec"]["image"], "ghcr.io/acme/hello:1");
+        assert_eq!(call.body["spec"]["port"], 8080, "defaults are applied too");
+        call.ok(&serving("hello"));
+        api.done().await;
+    });
+    let mut out = Vec::new();
+    deploy::run(
+        &cluster,
+        body,
+        None,
+        Format::Json,
+        &mut out,
+        &mut Vec::new(),
+    )
+    .await
+    .expect("applies");
+    drop(cluster);
+    verified(verifier).await;
+    let printed: Value = serde_json::from_slice(&out).expect("JSON output");
+    assert_eq!(printed["metadata"]["name"], "hello");
+}
