@@ -224,6 +224,6 @@ k -n "$app_namespace" get fn hello -o wide
 # --- Cluster tests ---------------------------------------------------------------------
 
 step "cluster tests (tests/) against $context"
-ZEROSCALE_TEST_KUBECONFIG="$kubeconfig" cargo test -p zeroscale-tests -- --nocapture
+ZEROSCALE_TEST_KUBECONFIG="$kubeconfig" cargo test -p zeroscale-tests -- --include-ignored
 
 step "kind end-to-end passed"

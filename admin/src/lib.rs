@@ -4,7 +4,7 @@
 //! | Route          | Answer                                                        |
 //! |----------------|---------------------------------------------------------------|
 //! | `GET /metrics` | the registry's metrics in the Prometheus text format          |
-//! | `GET /healthz` | 200 `ok` while the process serves requests                    |
+//! | `GET /healthz` | 200 `ok` until [`Liveness`] fails, then 503 and why           |
 //! | `GET /readyz`  | 200 `ok` when [`Readiness`] says ready, else 503 and why not  |
 //! | `GET <path>`   | JSON from a route added with [`AdminState::with_json_route`]  |
 //!
@@ -88,11 +88,38 @@ impl Readiness {
     }
 }
 
+/// Whether the process can still do its job by itself; shared between the part that
+/// finds it cannot and the `/healthz` route. Once failed it stays failed, so that the
+/// kubelet restarts the process. Clones share one state.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness {
+    failure: Arc<std::sync::OnceLock<String>>,
+}
+
+impl Liveness {
+    /// A liveness that has not failed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks the process unable to recover by itself, for `reason` (shown by
+    /// `/healthz`); the first reason given stays.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let _ = self.failure.set(reason.into());
+    }
+
+    /// Why the process failed, or `None` while it has not.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+}
+
 /// What the admin routes read.
 #[derive(Clone)]
 pub struct AdminState {
     registry: prometheus::Registry,
     readiness: Readiness,
+    liveness: Liveness,
     json_routes: Vec<(&'static str, JsonProducer)>,
 }
 
@@ -101,19 +128,28 @@ impl std::fmt::Debug for AdminState {
         let routes: Vec<&str> = self.json_routes.iter().map(|(path, _)| *path).collect();
         f.debug_struct("AdminState")
             .field("readiness", &self.readiness)
+            .field("liveness", &self.liveness)
             .field("json_routes", &routes)
             .finish_non_exhaustive()
     }
 }
 
 impl AdminState {
-    /// State serving `registry` on `/metrics` and `readiness` on `/readyz`.
+    /// State serving `registry` on `/metrics` and `readiness` on `/readyz`; `/healthz`
+    /// answers ok until a liveness added with [`AdminState::with_liveness`] fails.
     pub fn new(registry: prometheus::Registry, readiness: Readiness) -> Self {
         Self {
             registry,
             readiness,
+            liveness: Liveness::new(),
             json_routes: Vec::new(),
         }
+    }
+
+    /// Answers `/healthz` from `liveness`.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     /// Adds `GET path`, answered with the JSON `producer` returns.
@@ -224,7 +260,13 @@ fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byt
                 format!("not ready: {reason}\n"),
             ),
         },
-        _ => plain(StatusCode::OK, "ok\n".into()),
+        _ => match state.liveness.failure() {
+            None => plain(StatusCode::OK, "ok\n".into()),
+            Some(failure) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {failure}\n"),
+            ),
+        },
     }
 }
 
@@ -466,6 +508,30 @@ mod tests {
             assert_eq!(
                 server.get("/healthz").await,
                 (StatusCode::OK, "ok\n".to_owned())
+            );
+            server.stop().await.expect("a clean stop");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_for_good_once_liveness_fails() {
+        within_a_second(async {
+            let (state, _, _) = state();
+            let liveness = Liveness::new();
+            let server = Server::start(state.with_liveness(liveness.clone())).await;
+            assert_eq!(
+                server.get("/healthz").await,
+                (StatusCode::OK, "ok\n".to_owned())
+            );
+            liveness.fail("the leader election stopped");
+            liveness.fail("a later reason");
+            assert_eq!(
+                server.get("/healthz").await,
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unhealthy: the leader election stopped\n".to_owned()
+                )
             );
             server.stop().await.expect("a clean stop");
         })

@@ -97,14 +97,18 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut stop = Some(stop);
         let mut steps = 0;
-        let looping = super::every(Duration::from_secs(1), async { stopped.await.unwrap_or(()) }, async || {
-            steps += 1;
-            if steps == 3
-                && let Some(stop) = stop.take()
-            {
-                let _ = stop.send(());
-            }
-        });
+        let looping = super::every(
+            Duration::from_secs(1),
+            async { stopped.await.unwrap_or(()) },
+            async || {
+                steps += 1;
+                if steps == 3
+                    && let Some(stop) = stop.take()
+                {
+                    let _ = stop.send(());
+                }
+            },
+        );
         tokio::time::timeout(Duration::from_secs(10), looping)
             .await
             .expect("the loop ends when shutdown resolves");

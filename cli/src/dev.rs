@@ -24,7 +24,7 @@ use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_admin::process;
 use zeroscale_admin::{AdminState, Readiness};
-use zeroscale_api::routing::{Domains, FunctionKey};
+use zeroscale_api::routing::Domains;
 use zeroscale_api::stats::StatsReport;
 use zeroscale_operator::autoscaler::run::{StatsSource, drive};
 
@@ -42,10 +42,15 @@ pub struct DevConfig {
     #[arg(default_value = ".")]
     pub paths: Vec<PathBuf>,
     /// Where callers reach the Functions.
-    #[arg(long, env = "ZEROSCALE_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "ZEROSCALE_LISTEN",
+        hide_env_values = true,
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
     /// Serve /metrics, /healthz, /readyz and /stats here (off when unset).
-    #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN")]
+    #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN", hide_env_values = true)]
     pub admin_listen: Option<SocketAddr>,
     /// Time between autoscaler decisions.
     #[arg(long, default_value = "1s", value_parser = zeroscale_api::duration::parse)]
@@ -94,14 +99,10 @@ pub async fn run(config: DevConfig) -> Result<()> {
         address: config.listen,
         source,
     })?;
-    let mut manifests = Manifests::new(config.paths.clone(), setpriv());
-    let loaded = manifests.scan(&runtime, true).await?;
     console::event(format_args!("zeroscale dev listening on http://{address}"));
-    if loaded.is_empty() {
-        console::event("no Functions yet: add a manifest and save it");
-    }
-    for function in &loaded {
-        print_urls(function, address);
+    let mut manifests = Manifests::new(config.paths.clone(), setpriv(), address);
+    if manifests.scan(&runtime, true).await? == 0 {
+        console::event("no Functions to run yet: add or fix a manifest and save it");
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -192,8 +193,8 @@ pub async fn run(config: DevConfig) -> Result<()> {
         tokio::select! {
             () = &mut terminated => break,
             _ = reloads.tick() => {
-                for function in manifests.scan(&runtime, false).await.unwrap_or_default() {
-                    print_urls(&function, address);
+                if let Err(error) = manifests.scan(&runtime, false).await {
+                    console::event(error);
                 }
             }
         }
@@ -229,7 +230,7 @@ fn setpriv() -> Option<PathBuf> {
 
 /// A Function's local-domain URL under its path prefix.
 fn local_url(function: &LocalFunction, address: SocketAddr) -> String {
-    let FunctionKey { namespace, name } = &function.key;
+    let key = &function.key;
     let path = function
         .routed
         .spec
@@ -237,27 +238,11 @@ fn local_url(function: &LocalFunction, address: SocketAddr) -> String {
         .path_prefix
         .as_deref()
         .unwrap_or("/");
-    format!(
-        "http://{name}.{namespace}.{LOCAL_DOMAIN}:{}{path}",
-        address.port()
-    )
-}
-
-/// Prints how to call a Function: its local-domain URL and the curl with a Host header,
-/// under its path prefix, plus its own hosts.
-fn print_urls(function: &LocalFunction, address: SocketAddr) {
-    let FunctionKey { namespace, name } = &function.key;
-    let routing = &function.routed.spec.routing;
-    let path = routing.path_prefix.as_deref().unwrap_or("/");
     let port = address.port();
-    console::event(format_args!(
-        "{name}.{namespace}: http://{name}.{namespace}.{LOCAL_DOMAIN}:{port}{path}   or   curl -H 'Host: {name}.{namespace}' http://{address}{path}"
-    ));
-    for host in &routing.hosts {
-        console::event(format_args!(
-            "{name}.{namespace}: curl -H 'Host: {host}' http://{address}{path}"
-        ));
-    }
+    format!(
+        "http://{}.{}.{LOCAL_DOMAIN}:{port}{path}",
+        key.name, key.namespace
+    )
 }
 
 /// The manifests being watched: which files the paths name now, and what each held
@@ -266,25 +251,30 @@ struct Manifests {
     paths: Vec<PathBuf>,
     files: BTreeMap<PathBuf, Stamp>,
     setpriv: Option<PathBuf>,
+    /// Where callers reach the Functions.
+    address: SocketAddr,
 }
 
 /// When a file was last modified and its size: a change of either means a re-read.
 type Stamp = Option<(SystemTime, u64)>;
 
 impl Manifests {
-    fn new(paths: Vec<PathBuf>, setpriv: Option<PathBuf>) -> Self {
+    fn new(paths: Vec<PathBuf>, setpriv: Option<PathBuf>, address: SocketAddr) -> Self {
         Self {
             paths,
             files: BTreeMap::new(),
             setpriv,
+            address,
         }
     }
 
     /// Reads files that appeared or changed and applies what they hold; forgets the
-    /// Functions of files that went away. On the first scan an unreadable path is an
-    /// error; later, problems are reported and the last good version keeps running.
-    /// Returns the Functions added.
-    async fn scan(&mut self, runtime: &ProcessRuntime, first: bool) -> Result<Vec<LocalFunction>> {
+    /// Functions of files that went away. On the first scan a path that does not exist
+    /// is an error; later it is reported. A file that does not parse is reported (file,
+    /// line, column) at any scan: the Functions of other files keep running, and its own
+    /// keep their last good version if they had one. Returns how many Functions were
+    /// added.
+    async fn scan(&mut self, runtime: &ProcessRuntime, first: bool) -> Result<usize> {
         let mut present = Vec::new();
         for path in &self.paths {
             match manifest::files(path) {
@@ -293,7 +283,7 @@ impl Manifests {
                 Err(error) => console::event(error),
             }
         }
-        let mut added = Vec::new();
+        let mut added = 0;
         let gone: Vec<PathBuf> = self
             .files
             .keys()
@@ -320,9 +310,18 @@ impl Manifests {
             self.files.insert(file.clone(), stamp);
             let manifest = match manifest::load(&file) {
                 Ok(manifest) => manifest,
-                Err(error) if first => return Err(error),
                 Err(error) => {
-                    console::event(format_args!("{error}; keeping the last good version"));
+                    let running = runtime.keys_from(&file);
+                    if running.is_empty() {
+                        console::event(format_args!("{error}; not served until it is fixed"));
+                    } else {
+                        let running: Vec<String> =
+                            running.iter().map(ToString::to_string).collect();
+                        console::event(format_args!(
+                            "{error}; keeping the last good version of {}",
+                            running.join(", ")
+                        ));
+                    }
                     continue;
                 }
             };
@@ -334,7 +333,8 @@ impl Manifests {
             }
             let mut kept = Vec::new();
             for function in manifest.functions {
-                let local = LocalFunction::new(function, &file, self.setpriv.as_deref());
+                let local =
+                    LocalFunction::new(function, &file, self.setpriv.as_deref(), self.address);
                 let source = runtime.source_of(&local.key);
                 if let Some(other) = &source
                     && *other != file
@@ -347,18 +347,11 @@ impl Manifests {
                     ));
                     continue;
                 }
-                if let Err((reason, message)) = &local.plan {
-                    console::event(format_args!(
-                        "{}: {}: {message}",
-                        local.label,
-                        reason.as_str()
-                    ));
-                }
                 let key = local.key.clone();
                 kept.push(key.clone());
                 match source {
                     None => {
-                        added.push(local.clone());
+                        added += 1;
                         runtime.upsert(local);
                     }
                     Some(_) if runtime.upsert(local) => {

@@ -10,8 +10,13 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: not YAML: {reason}")]
-    Yaml { path: PathBuf, reason: String },
+    #[error("{path}:{line}:{column}: not valid YAML: {reason}")]
+    Yaml {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
     #[error("{path}: document {document} is not a valid Function: {reason}")]
     Function {
         path: PathBuf,

@@ -26,13 +26,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check Function manifests (files, or directories of .yaml files).
+    /// Check Function manifests (files, or directories of .yaml files) without a cluster.
+    ///
+    /// Checks what `kubectl apply` and the operator would refuse: YAML syntax (with file,
+    /// line and column), fields the Function schema does not have (strict field
+    /// validation: `spec.scalling: unknown field`), field types, a missing
+    /// metadata.name, and the operator's rules on values (replica bounds, durations,
+    /// cron schedules, time zones, ...). Documents of other kinds are skipped. Exits 1
+    /// if any Function is invalid.
+    #[command(after_help = "Examples:\n  \
+        zeroscale validate examples/            # every .yaml file in the folder\n  \
+        zeroscale validate hello.yaml users.yaml")]
     Validate {
+        /// Manifest files, or directories of .yaml files (not recursive).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Run Function manifests locally: the real activator and autoscaler, with each
-    /// replica a local process (command from the zeroscale.dev/local-command annotation).
+    /// Run Function manifests locally, no cluster needed.
+    ///
+    /// The real activator and autoscaler in one process, each replica a local process
+    /// (its command from the zeroscale.dev/local-command annotation). Manifests are
+    /// reloaded when saved; a manifest that does not parse is reported and the others
+    /// keep running. Stops on Ctrl-C or SIGTERM, after draining requests.
+    #[command(after_help = "Examples:\n  \
+        zeroscale dev examples/                 # then: curl http://hello.default.localhost:8080/\n  \
+        zeroscale dev --listen 127.0.0.1:9000 hello.yaml")]
     Dev(dev::DevConfig),
     #[command(flatten)]
     Cluster(zeroscale_cli::cluster::Command),

@@ -1,12 +1,15 @@
 //! Function manifests on disk, read the way `kubectl apply -f` reads them: a path is a
 //! file or a folder of `.yaml`/`.yml` files (not recursive), a file holds one or more
-//! YAML documents, and documents of other kinds are skipped.
+//! YAML documents, and documents of other kinds are skipped. Fields the Function's
+//! schema does not declare are refused, as kubectl's strict field validation does.
 
 use std::path::{Path, PathBuf};
 
 use zeroscale_api::Function;
 
 use crate::error::{Error, Result};
+
+mod strict;
 
 /// The manifest files `path` names: itself, or the YAML files directly in it, sorted.
 pub fn files(path: &Path) -> Result<Vec<PathBuf>> {
@@ -66,37 +69,60 @@ struct HeadMetadata {
 
 fn parse(path: &Path, text: &str) -> Result<Manifest> {
     let mut manifest = Manifest::default();
-    // Each document is read twice, typed both times: untyped YAML would turn scalars
-    // such as `y` or `1.10` into booleans and numbers where the schema wants strings.
-    for (index, document) in documents(text).into_iter().enumerate() {
+    // Each document is read typed: untyped YAML would turn scalars such as `y` or `1.10`
+    // into booleans and numbers where the schema wants strings. Only the check for
+    // unknown fields, which looks at names alone, reads it untyped.
+    for (index, (offset, document)) in documents(text).into_iter().enumerate() {
         let invalid = |reason: String| Error::Function {
             path: path.to_owned(),
             document: index + 1,
             reason,
         };
-        let head: Option<Head> = serde_saphyr::from_str(document).map_err(|e| Error::Yaml {
-            path: path.to_owned(),
-            reason: e.to_string(),
+        let head: Option<Head> = serde_saphyr::from_str(document).map_err(|error| {
+            let (line, column, reason) = located(&error, document, offset);
+            Error::Yaml {
+                path: path.to_owned(),
+                line,
+                column,
+                reason,
+            }
         })?;
         let Some(head) = head else {
             continue;
         };
-        if head.kind != "Function" || !head.api_version.starts_with("zeroscale.dev/") {
-            let kind = if head.kind.is_empty() {
-                "?"
-            } else {
-                &head.kind
-            };
-            manifest
-                .skipped
-                .push(format!("{kind} {}", head.metadata.name));
-            continue;
-        }
+        let version = match head.api_version.split_once('/') {
+            Some(("zeroscale.dev", version)) if head.kind == "Function" => version,
+            _ => {
+                let kind = if head.kind.is_empty() {
+                    "?"
+                } else {
+                    &head.kind
+                };
+                manifest
+                    .skipped
+                    .push(format!("{kind} {}", head.metadata.name));
+                continue;
+            }
+        };
         if head.metadata.name.is_empty() {
             return Err(invalid("metadata.name is missing".into()));
         }
-        let mut function: Function =
-            serde_saphyr::from_str(document).map_err(|e| invalid(e.to_string()))?;
+        let typed_error = |error: serde_saphyr::Error| {
+            let (line, column, reason) = located(&error, document, offset);
+            invalid(format!("line {line}, column {column}: {reason}"))
+        };
+        let fields: serde_json::Value = serde_saphyr::from_str(document).map_err(typed_error)?;
+        let unknown = strict::unknown_fields(&fields, version).map_err(invalid)?;
+        if !unknown.is_empty() {
+            return Err(invalid(
+                unknown
+                    .iter()
+                    .map(|field| format!("{field}: unknown field"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
+        }
+        let mut function: Function = serde_saphyr::from_str(document).map_err(typed_error)?;
         function
             .metadata
             .namespace
@@ -106,23 +132,49 @@ fn parse(path: &Path, text: &str) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// The YAML documents of a file, split at `---` lines.
-fn documents(text: &str) -> Vec<&str> {
+/// Where in the file a parse error of `document` (which starts after `offset` lines)
+/// is, and what it says: line, column (both from 1, 0 when unknown) and the message
+/// with the line it is about.
+fn located(error: &serde_saphyr::Error, document: &str, offset: usize) -> (usize, usize, String) {
+    use serde_saphyr::MessageFormatter as _;
+    let error = error.without_snippet();
+    let mut reason = serde_saphyr::DefaultMessageFormatter
+        .format_message(error)
+        .replace(char::is_control, " ");
+    let Some(location) = error.location() else {
+        return (0, 0, reason);
+    };
+    let line = usize::try_from(location.line()).unwrap_or(usize::MAX);
+    let column = usize::try_from(location.column()).unwrap_or(usize::MAX);
+    if let Some(text) = document
+        .lines()
+        .nth(line.saturating_sub(1))
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+    {
+        reason = format!("{reason}: `{}`", text.replace(char::is_control, " "));
+    }
+    (line.saturating_add(offset), column, reason)
+}
+
+/// The YAML documents of a file, split at `---` lines, each with the number of lines
+/// before it.
+fn documents(text: &str) -> Vec<(usize, &str)> {
     let mut documents = Vec::new();
-    let mut start = 0;
+    let mut start = (0, 0);
     let mut offset = 0;
-    for line in text.split_inclusive('\n') {
+    for (number, line) in text.split_inclusive('\n').enumerate() {
         let marker = line.trim_end();
         if marker == "---" || marker.starts_with("--- ") || marker.starts_with("---\t") {
-            documents.push(&text[start..offset]);
-            start = offset + line.len();
+            documents.push((start.0, &text[start.1..offset]));
+            start = (number + 1, offset + line.len());
         }
         offset += line.len();
     }
-    documents.push(&text[start..]);
+    documents.push((start.0, &text[start.1..]));
     documents
         .into_iter()
-        .filter(|document| {
+        .filter(|(_, document)| {
             document
                 .lines()
                 .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
@@ -167,7 +219,10 @@ mod tests {
     #[test]
     fn documents_split_at_separator_lines_only() {
         let text = "a: 1\n---\nb: '---'\n--- # comment\n\n# only a comment\n---\nc: 3\n";
-        assert_eq!(documents(text), ["a: 1\n", "b: '---'\n", "c: 3\n"]);
+        assert_eq!(
+            documents(text),
+            [(0, "a: 1\n"), (2, "b: '---'\n"), (7, "c: 3\n")]
+        );
     }
 
     #[test]
@@ -177,6 +232,37 @@ mod tests {
         )
         .expect_err("port is not a number");
         assert!(error.to_string().contains("document 1"), "{error}");
+    }
+
+    #[test]
+    fn broken_yaml_names_the_line_and_column_in_the_file() {
+        let error = parse_text(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: zeroscale.dev/v1alpha1\nkind: Function\nmetadata: {name: b\nspec: {image: x}\n",
+        )
+        .expect_err("an unclosed flow mapping");
+        let Error::Yaml { line, column, .. } = &error else {
+            panic!("not a YAML error: {error}");
+        };
+        assert!((7..=9).contains(line), "{error}");
+        assert!(*column > 0, "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("test.yaml:{line}:{column}: ")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_paths() {
+        let error = parse_text(
+            "apiVersion: zeroscale.dev/v1alpha1\nkind: Function\nmetadata: {name: a}\nspec:\n  image: x\n  scalling: {minReplicas: 1}\n",
+        )
+        .expect_err("scalling is not a field");
+        assert!(
+            error.to_string().contains("spec.scalling: unknown field"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -594,3 +594,134 @@ async fn requests_are_routed_by_host_and_path_prefix_as_in_a_cluster() {
     let (status, body) = dev.get("hello.default", "/other").await.expect("answers");
     assert_eq!(status, 404, "outside the prefix: {body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_yaml_is_reported_with_its_place_and_the_other_functions_keep_serving() {
+    let spec = "  readinessPath: /healthz\n  scaling: {initialReplicas: 0}\n";
+    let fixed = manifest("fixed", &hello_command(), spec);
+    let broken = fixed.replace("spec:\n", "spec: [\n");
+    let mut dev = Dev::start(
+        "broken",
+        &[
+            ("hello.yaml", manifest("hello", &hello_command(), spec)),
+            ("fixed.yaml", broken.clone()),
+        ],
+    )
+    .await;
+    let report = dev
+        .wait_for("the broken file", Duration::from_secs(10), |l| {
+            l.contains("fixed.yaml:")
+        })
+        .await;
+    let (_, place) = report.split_once("fixed.yaml:").expect("names the file");
+    let mut numbers = place.splitn(3, ':');
+    let line: u32 = numbers.next().and_then(|n| n.parse().ok()).expect("a line");
+    let column: u32 = numbers
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a column");
+    assert!(line >= 7 && column >= 1, "{report}");
+    assert!(report.ends_with("not served until it is fixed"), "{report}");
+    let (status, body) = dev.get("hello.default", "/").await.expect("answers");
+    assert_eq!(status, 200, "the other Function serves: {body}");
+
+    std::fs::write(dev.dir.join("fixed.yaml"), &fixed).expect("fix");
+    dev.wait_for("the fixed Function's URL", Duration::from_secs(10), |l| {
+        l.contains("fixed.default: http://")
+    })
+    .await;
+    let (status, body) = dev.get("fixed.default", "/").await.expect("answers");
+    assert_eq!(status, 200, "{body}");
+
+    // Broken again, with something more to read so the size changes: the last good
+    // version keeps serving, and says so.
+    std::fs::write(dev.dir.join("fixed.yaml"), broken + "# again\n").expect("break");
+    dev.wait_for("the broken file again", Duration::from_secs(10), |l| {
+        l.contains("fixed.yaml:") && l.contains("keeping the last good version of default/fixed")
+    })
+    .await;
+    let (status, body) = dev.get("fixed.default", "/").await.expect("answers");
+    assert_eq!(status, 200, "{body}");
+    let never = "keeping the last good version";
+    let first = dev.seen.iter().position(|l| l.contains(never));
+    assert_eq!(first, Some(dev.seen.len() - 1), "{:#?}", dev.seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_cannot_start_gets_its_reason_instead_of_a_url() {
+    let missing = manifest("missing", "no-such-command-for-zeroscale", "");
+    let crashing = manifest(
+        "crashing",
+        "sh -c \"echo boom: missing config >&2; exit 3\"",
+        "",
+    );
+    let hello = manifest("hello", &hello_command(), "  readinessPath: /healthz\n");
+    let mut dev = Dev::start(
+        "reasons",
+        &[
+            ("missing.yaml", missing),
+            ("crashing.yaml", crashing),
+            ("hello.yaml", hello),
+        ],
+    )
+    .await;
+    let mut waiting = vec![
+        "missing: cannot start",
+        "crashing: cannot start",
+        "hello.default: http://",
+    ];
+    while !waiting.is_empty() {
+        let line = dev
+            .wait_for(
+                "every Function's reason or URL",
+                Duration::from_secs(20),
+                |l| waiting.iter().any(|w| l.contains(w)),
+            )
+            .await;
+        waiting.retain(|w| !line.contains(w));
+    }
+    let reasons = dev.seen.join("\n");
+    assert!(
+        reasons.contains("no-such-command-for-zeroscale"),
+        "{reasons}"
+    );
+    assert!(reasons.contains("boom: missing config"), "{reasons}");
+    assert!(
+        !reasons.contains("missing.default: http") && !reasons.contains("crashing.default: http"),
+        "{reasons}"
+    );
+    let ready = dev
+        .seen
+        .iter()
+        .position(|l| l.contains("hello[0] ready on"));
+    let url = dev
+        .seen
+        .iter()
+        .position(|l| l.contains("hello.default: http://"));
+    assert!(ready < url, "the URL once it is ready: {reasons}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_example_says_redis_is_optional_when_none_runs() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let spec = format!(
+        "  readinessPath: /healthz\n  env: [{{name: REDIS_URL, value: \"redis://127.0.0.1:{closed}\"}}]\n"
+    );
+    let command = format!("python3 -u {EXAMPLES}/users/server.py");
+    let mut dev = Dev::start(
+        "users",
+        &[("users.yaml", manifest("users", &command, &spec))],
+    )
+    .await;
+    let line = dev
+        .wait_for("the store report", Duration::from_secs(15), |l| {
+            l.starts_with("users[0] | user store")
+        })
+        .await;
+    assert!(line.contains("expected"), "{line}");
+    assert!(line.contains("optional"), "{line}");
+}

@@ -383,7 +383,14 @@ def report_store():
         store.command("PING")
         print(f"user store: {store.display}", flush=True)
     except StoreUnavailable as error:
-        print(f"user store unavailable for now: {error}", flush=True)
+        # Expected whenever no Redis runs (the usual first `zeroscale dev examples/`),
+        # so say so plainly instead of looking like a crash.
+        print(
+            f"user store: no Redis answers yet ({error}). That is expected if you have "
+            "not started one: Redis is optional here; the server runs, and /users answers "
+            "503 until Redis is up (users/README.md shows how to start one).",
+            flush=True,
+        )
 
 
 def main():

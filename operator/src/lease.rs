@@ -12,7 +12,7 @@
 //!   other with 409 Conflict, and the loser keeps following.
 //! - [`LeaderElector::acquire`] waits until this replica holds the Lease and returns a
 //!   [`Leadership`], whose background task renews the Lease and reports when
-//!   leadership is lost.
+//!   leadership is lost. [`crate::leader`] runs the leader's work around it.
 //!
 //! Expiry is judged from the Lease's `renewTime`, so replicas' clocks must agree to
 //! well within the lease duration. A holder stops considering itself the leader once
@@ -29,22 +29,24 @@ use kube::api::PostParams;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use zeroscale_admin::Readiness;
+use zeroscale_admin::process::ErrorChain;
 
 use crate::{Error, Result};
 
 /// How long a Lease stays valid after its last renewal, unless configured otherwise.
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// How often the holder renews its Lease and followers retry, unless configured
 /// otherwise.
-pub const DEFAULT_RENEW_PERIOD: Duration = Duration::from_secs(5);
+const DEFAULT_RENEW_PERIOD: Duration = Duration::from_secs(5);
 
 /// The field manager recorded on the Lease writes.
 const FIELD_MANAGER: &str = "zeroscale-operator";
 
 /// What a replica should do next, given the Lease it just read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+enum Step {
     /// No Lease exists: create one that names this replica.
     Create,
     /// This replica holds the Lease: renew it.
@@ -70,7 +72,7 @@ pub enum Step {
 /// it was never renewed); `lease_duration` stands in when the Lease does not say. A
 /// Lease held by another replica that records neither time cannot be shown to be
 /// fresh, so it counts as expired.
-pub fn next_step(
+fn next_step(
     lease: Option<&Lease>,
     identity: &str,
     now: Timestamp,
@@ -163,6 +165,8 @@ pub struct LeaderElector {
     identity: String,
     lease_duration: Duration,
     renew_period: Duration,
+    /// Marked not ready while the Lease cannot be read or written, if set.
+    readiness: Option<Readiness>,
 }
 
 impl std::fmt::Debug for LeaderElector {
@@ -187,6 +191,7 @@ impl LeaderElector {
             identity: identity.into(),
             lease_duration: DEFAULT_LEASE_DURATION,
             renew_period: DEFAULT_RENEW_PERIOD,
+            readiness: None,
         }
     }
 
@@ -204,9 +209,11 @@ impl LeaderElector {
         self
     }
 
-    /// The identity this replica competes under.
-    pub fn identity(&self) -> &str {
-        &self.identity
+    /// Reports through `readiness` whether the Lease can be reached: not ready, with the
+    /// cause, while reading or writing it fails; ready once it works again.
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Reads the Lease once and creates, renews or takes it over if [`next_step`] says
@@ -222,9 +229,12 @@ impl LeaderElector {
     /// API errors are retried, except those that retrying cannot fix (forbidden,
     /// unauthorized, invalid), which are returned.
     pub async fn acquire(&self) -> Result<Leadership> {
+        let mut failing = Failing::new("acquiring the Lease");
         loop {
             let started = Instant::now();
-            match self.try_acquire_or_renew().await {
+            let attempt = self.try_acquire_or_renew().await;
+            self.report(&mut failing, attempt.as_ref().err());
+            match attempt {
                 Ok(Attempt::Leading) => {
                     tracing::info!(lease = %self.name, identity = %self.identity, "acquired leadership");
                     return Ok(self.lead(started));
@@ -233,11 +243,46 @@ impl LeaderElector {
                     tracing::debug!(lease = %self.name, ?holder, "another replica is leading");
                 }
                 Err(error) if is_permanent(&error) => return Err(error),
-                Err(error) => {
-                    tracing::warn!(lease = %self.name, error = %error, "acquiring the Lease failed; retrying");
-                }
+                Err(_) => {}
             }
             tokio::time::sleep(self.renew_period).await;
+        }
+    }
+
+    /// Logs how an attempt at the Lease went, through `failing`, and reports it to the
+    /// readiness if there is one.
+    fn report(&self, failing: &mut Failing, error: Option<&Error>) {
+        match error {
+            Some(error) => {
+                let cause = self.explain(error);
+                failing.failed(&self.name, &cause);
+                if let Some(readiness) = &self.readiness {
+                    readiness.set_not_ready(format!("cannot reach the leader Lease: {cause}"));
+                }
+            }
+            None => {
+                failing.succeeded(&self.name);
+                if let Some(readiness) = &self.readiness {
+                    readiness.set_ready();
+                }
+            }
+        }
+    }
+
+    /// `error` with its whole cause chain, led by what it means when the API server
+    /// answers a create with 404: the Lease's namespace does not exist.
+    fn explain(&self, error: &Error) -> String {
+        let chain = ErrorChain(error).to_string();
+        match error {
+            Error::Lease {
+                action: "creating",
+                source: kube::Error::Api(status),
+                ..
+            } if status.code == 404 => {
+                let namespace = self.api.namespace().unwrap_or("default");
+                format!("the Lease's namespace {namespace:?} does not exist: {chain}")
+            }
+            _ => chain,
         }
     }
 
@@ -258,21 +303,24 @@ impl LeaderElector {
         // Give up before another replica can see the Lease expire: one renew period
         // short of the lease duration after the last attempt that succeeded.
         let deadline = self.lease_duration.saturating_sub(self.renew_period);
+        let mut failing = Failing::new("renewing the Lease");
         loop {
             tokio::time::sleep(self.renew_period).await;
             let started = Instant::now();
             let lost_at = renewed + deadline;
-            match tokio::time::timeout_at(lost_at, self.attempt(Mode::RenewOnly)).await {
+            let attempt = tokio::time::timeout_at(lost_at, self.attempt(Mode::RenewOnly)).await;
+            if let Ok(attempt) = &attempt {
+                self.report(&mut failing, attempt.as_ref().err());
+            }
+            match attempt {
                 Ok(Ok(Attempt::Leading)) => renewed = started,
                 Ok(Ok(Attempt::Following { holder })) => {
                     tracing::warn!(lease = %self.name, ?holder, "lost leadership to another replica");
                     break;
                 }
-                Ok(Err(error)) if Instant::now() < lost_at => {
-                    tracing::warn!(lease = %self.name, error = %error, "renewing the Lease failed; retrying");
-                }
+                Ok(Err(_)) if Instant::now() < lost_at => {}
                 Ok(Err(error)) => {
-                    tracing::warn!(lease = %self.name, error = %error, "lost leadership: could not renew the Lease in time");
+                    tracing::warn!(lease = %self.name, error = %self.explain(&error), "lost leadership: could not renew the Lease in time");
                     break;
                 }
                 Err(_elapsed) => {
@@ -398,17 +446,6 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Whether this replica still holds the Lease.
-    pub fn is_leading(&self) -> bool {
-        *self.watch.borrow()
-    }
-
-    /// A receiver that reads `true` while this replica leads and changes to `false`
-    /// once, when leadership is lost, for tasks that must stop acting then.
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
-        self.watch.clone()
-    }
-
     /// Resolves once leadership is lost; at once if it already has been.
     pub async fn lost(&self) {
         let mut watch = self.watch.clone();
@@ -458,6 +495,41 @@ impl Leadership {
 impl Drop for Leadership {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A failure that may repeat at every retry, logged when it starts, when its cause
+/// changes and when it ends, rather than at every retry.
+struct Failing {
+    /// What is being retried, such as "renewing the Lease".
+    what: &'static str,
+    /// The cause of the last failure, while failing.
+    cause: Option<String>,
+}
+
+impl Failing {
+    fn new(what: &'static str) -> Self {
+        Self { what, cause: None }
+    }
+
+    /// Records a failure for `cause`, logging it unless the last attempt failed the
+    /// same way; says whether it logged.
+    fn failed(&mut self, lease: &str, cause: &str) -> bool {
+        let new = self.cause.as_deref() != Some(cause);
+        if new {
+            tracing::warn!(%lease, error = %cause, "{} failed; retrying", self.what);
+            self.cause = Some(cause.to_owned());
+        }
+        new
+    }
+
+    /// Records a success, logging it if it ends a failure; says whether it logged.
+    fn succeeded(&mut self, lease: &str) -> bool {
+        let ended = self.cause.take().is_some();
+        if ended {
+            tracing::info!(%lease, "{} works again", self.what);
+        }
+        ended
     }
 }
 
@@ -651,6 +723,22 @@ mod tests {
         assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
         assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
         assert_eq!(whole_seconds(Duration::MAX), i32::MAX);
+    }
+
+    #[test]
+    fn a_repeated_failure_is_logged_when_it_starts_changes_and_ends() {
+        let mut failing = Failing::new("renewing the Lease");
+        let logged: Vec<bool> = vec![
+            failing.succeeded(LEASE),
+            failing.failed(LEASE, "503"),
+            failing.failed(LEASE, "503"),
+            failing.failed(LEASE, "connection refused"),
+            failing.failed(LEASE, "connection refused"),
+            failing.succeeded(LEASE),
+            failing.succeeded(LEASE),
+            failing.failed(LEASE, "connection refused"),
+        ];
+        assert_eq!(logged, [false, true, false, true, false, true, false, true]);
     }
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -849,6 +937,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_missing_namespace_is_named_as_the_cause_until_creating_the_lease_works() {
+        let (elector, mut server) = elector();
+        let readiness = Readiness::not_ready("starting");
+        let elector = elector
+            .with_renew_period(Duration::from_millis(10))
+            .with_readiness(readiness.clone());
+        within_a_second(async {
+            let acquired = tokio::spawn(async move { elector.acquire().await });
+            server.get_lease(None).await;
+            let (_, respond) = server.expect(Method::POST, LEASES).await;
+            respond.send_response(status_response(404, "NotFound"));
+            // The retry's read comes after the failure was reported.
+            server.get_lease(None).await;
+            let reason = readiness.reason().unwrap_or_default();
+            assert!(
+                reason.starts_with(
+                    "cannot reach the leader Lease: the Lease's namespace \"default\" does not \
+                     exist: creating Lease zeroscale-operator: "
+                ),
+                "{reason}"
+            );
+            assert!(reason.contains("NotFound (test)"), "{reason}");
+
+            let (created, respond) = server.expect(Method::POST, LEASES).await;
+            respond.send_response(json_response(StatusCode::CREATED, &created));
+            acquired.await.expect("acquire ran").expect("leadership");
+            assert_eq!(readiness.reason(), None);
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn the_leader_renews_its_lease_until_another_replica_holds_it() {
         let (elector, mut server) = elector();
         let elector = elector.with_renew_period(Duration::from_millis(10));
@@ -858,7 +978,6 @@ mod tests {
             let (created, respond) = server.expect(Method::POST, LEASES).await;
             respond.send_response(json_response(StatusCode::CREATED, &created));
             let leadership = acquired.await.expect("acquire ran").expect("leadership");
-            assert!(leadership.is_leading());
 
             let mut ours: Lease = serde_json::from_value(created).expect("a Lease");
             ours.metadata.resource_version = Some("8".to_owned());
@@ -874,7 +993,6 @@ mod tests {
                 .get_lease(Some(&lease(OTHER, Timestamp::now(), 1)))
                 .await;
             leadership.lost().await;
-            assert!(!leadership.is_leading());
         })
         .await;
     }

@@ -6,6 +6,7 @@
 pub mod autoscaler;
 pub mod crd;
 mod error;
+pub mod leader;
 pub mod lease;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! `zeroscale-operator`: prints the CRD (`crd`) or runs the Function controller
-//! (`run`, the default) with leader election, metrics and health endpoints.
+//! (`run`, the default) with leader election, metrics and health endpoints. The run
+//! flags are accepted both after `run` and without it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,11 +12,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
-use zeroscale_admin::process::{self, LogFormat};
-use zeroscale_admin::{self as admin, AdminState, Readiness};
+use zeroscale_admin::process::{self, ErrorChain, LogFormat};
+use zeroscale_admin::{self as admin, AdminState, Liveness, Readiness};
 use zeroscale_api::ScalingDefaults;
 use zeroscale_operator::autoscaler::run::{self as autoscaler, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
+use zeroscale_operator::leader::{self, LeaderMetrics};
 use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
@@ -24,11 +26,14 @@ use zeroscale_operator::resources::Config;
 #[command(
     name = "zeroscale-operator",
     version,
-    about = "The zeroscale control plane"
+    about = "The zeroscale control plane",
+    // `zeroscale-operator --flag run` would leave it unclear which flags apply.
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The flags of `run`, for running without the subcommand.
     #[command(flatten)]
     run: RunArgs,
 }
@@ -38,7 +43,7 @@ enum Command {
     /// Print the Function CustomResourceDefinition as YAML.
     Crd,
     /// Reconcile Functions (the default).
-    Run,
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -79,9 +84,10 @@ struct RunArgs {
         default_value = "zeroscale-operator"
     )]
     lease_name: String,
-    /// Namespace of the leader Lease (the operator's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "zeroscale-system")]
-    lease_namespace: String,
+    /// Namespace of the leader Lease, which must exist [default: in a pod, its own;
+    /// else the kubeconfig context's]
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -176,18 +182,17 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", zeroscale_operator::crd::yaml()?);
             Ok(())
         }
-        Some(Command::Run) | None => run(cli.run).await,
+        Some(Command::Run(args)) => run(*args).await,
+        None => run(cli.run).await,
     }
 }
+
+/// Where a pod's service account names the pod's namespace; absent outside a pod.
+const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     process::init_tracing(args.log_format.into(), "info");
     let terminated = process::termination_signal().context("listening for SIGTERM and SIGINT")?;
-    let identity = args
-        .identity
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("zeroscale-operator-{}", std::process::id()));
 
     let registry = prometheus::Registry::new();
     registry
@@ -195,15 +200,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .context("registering process metrics")?;
-    let metrics = Metrics::register(&registry).context("registering metrics")?;
     let readiness = Readiness::not_ready("connecting to the Kubernetes API");
+    let liveness = Liveness::new();
 
-    // One signal, observed by everything that must stop.
+    // One signal, observed by everything that must stop: sent on SIGTERM, and when the
+    // operator cannot go on, so that the process exits instead of lingering.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         terminated.await;
         tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        on_signal.send_replace(true);
     });
     let stopped = move || {
         let mut stop = stop_rx.clone();
@@ -217,30 +224,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
     let admin = tokio::spawn(admin::serve(
         listener,
-        AdminState::new(registry, readiness.clone()),
+        AdminState::new(registry.clone(), readiness.clone()).with_liveness(liveness.clone()),
         stopped(),
     ));
+
+    let outcome = operate(args, &registry, &readiness, &stopped).await;
+    if let Err(error) = &outcome {
+        liveness.fail(format!("{error:#}"));
+    }
+    stop_tx.send_replace(true);
+    match admin.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(error = %ErrorChain(&error), "admin server failed"),
+        Err(error) => tracing::warn!(error = %ErrorChain(&error), "admin server failed"),
+    }
+    outcome
+}
+
+/// Runs the controllers and the autoscaler (while leading, with leader election) until
+/// `stopped()` resolves or they cannot go on.
+async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
+    args: RunArgs,
+    registry: &prometheus::Registry,
+    readiness: &Readiness,
+    stopped: &impl Fn() -> S,
+) -> anyhow::Result<()> {
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("zeroscale-operator-{}", std::process::id()));
+    let metrics = Metrics::register(registry).context("registering metrics")?;
+    let leader_metrics = LeaderMetrics::register(registry).context("registering metrics")?;
 
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    // Standby replicas are ready too: they serve metrics and take over on failover.
-    readiness.set_ready();
-
-    let leadership = if args.leader_election {
-        let elector = LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-            &args.lease_name,
-            &identity,
-        );
-        tracing::info!(lease = %args.lease_name, %identity, "waiting for leadership");
-        tokio::select! {
-            leadership = elector.acquire() => Some(leadership.context("acquiring the leader Lease")?),
-            _ = stopped() => return Ok(()),
-        }
-    } else {
-        None
-    };
 
     let autoscaler_config = AutoscalerConfig {
         tick: args.autoscaler_tick,
@@ -249,7 +268,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         scrape_timeout: args.stats_timeout,
         namespaces: args.namespaces.clone(),
     };
-    let stats = ActivatorStats::watch(client.clone(), &autoscaler_config);
     let config = Config {
         activator_service: args.activator_service,
         public_domain: args.public_domain,
@@ -258,41 +276,63 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let reporter = Reporter {
         controller: "zeroscale-operator".into(),
-        instance: Some(identity),
+        instance: Some(identity.clone()),
     };
-    let ctx = Arc::new(Context::new(client, config, metrics, reporter));
     let namespaces: Vec<Option<String>> = if args.namespaces.is_empty() {
         vec![None]
     } else {
         args.namespaces.into_iter().map(Some).collect()
     };
-    let controllers = futures::future::join_all(
-        namespaces
-            .iter()
-            .map(|namespace| controller::run(ctx.clone(), namespace.as_deref(), stopped())),
-    );
-    let autoscaling = autoscaler::run(ctx.clone(), autoscaler_config, stats, stopped());
-
-    let lost = async {
-        match &leadership {
-            Some(leadership) => leadership.lost().await,
-            None => std::future::pending().await,
+    // A fresh start each time this replica leads: nothing carries over from a term
+    // that was cancelled.
+    let work = || {
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            config.clone(),
+            metrics.clone(),
+            reporter.clone(),
+        ));
+        let stats = ActivatorStats::watch(client.clone(), &autoscaler_config);
+        let controllers = futures::future::join_all(
+            namespaces
+                .iter()
+                .map(|namespace| controller::run(ctx.clone(), namespace.as_deref(), stopped())),
+        );
+        let autoscaling = autoscaler::run(ctx.clone(), autoscaler_config.clone(), stats, stopped());
+        async move {
+            futures::future::join(controllers, autoscaling).await;
         }
     };
-    let outcome = tokio::select! {
-        _ = futures::future::join(controllers, autoscaling) => Ok(()),
-        _ = lost => Err(anyhow::anyhow!("lost the leader Lease; exiting so that a fresh process competes again")),
-    };
-    if let Some(leadership) = leadership
-        && outcome.is_ok()
-        && let Err(error) = leadership.release().await
-    {
-        tracing::warn!(%error, "releasing the leader Lease failed; it will expire");
+
+    if !args.leader_election {
+        readiness.set_ready();
+        work().await;
+        return Ok(());
     }
-    if let Ok(Err(error)) = admin.await {
-        tracing::warn!(%error, "admin server failed");
-    }
-    outcome
+    let in_pod = std::fs::read_to_string(POD_NAMESPACE_FILE).ok();
+    let namespace = leader::lease_namespace(
+        args.lease_namespace.as_deref(),
+        in_pod.as_deref(),
+        client.default_namespace(),
+    );
+    tracing::info!(
+        lease = %args.lease_name,
+        namespace = %namespace.name,
+        from = namespace.source,
+        "the leader Lease lives in this namespace, which must exist"
+    );
+    // Standby replicas are ready too, once they reach the Lease: they serve metrics
+    // and take over on failover.
+    let elector = LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &namespace.name),
+        &args.lease_name,
+        &identity,
+    )
+    .with_readiness(readiness.clone());
+    tracing::info!(lease = %args.lease_name, %identity, "waiting for leadership");
+    leader::lead(&elector, work, &leader_metrics, stopped())
+        .await
+        .context("electing a leader through the Lease")
 }
 
 /// `--log-format` values.

@@ -1,6 +1,8 @@
 //! The operator against a real API server: install the CRD, reconcile Functions in a
-//! temporary namespace, and check every child object and the status. Skipped with a
-//! message unless ZEROSCALE_TEST_KUBECONFIG names a cluster.
+//! temporary namespace, and check every child object and the status. Each is marked
+//! `#[ignore]`, so that without a cluster the test runner reports it as ignored, not as
+//! passed; run them with
+//! `ZEROSCALE_TEST_KUBECONFIG=<kubeconfig> cargo test -p zeroscale-tests -- --ignored`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,15 +91,13 @@ async fn await_status(functions: &Api<Function>, name: &str) -> anyhow::Result<F
 }
 
 /// Runs `body` (given a client and the namespace's name) in a temporary namespace of the
-/// test cluster, with the CRD installed; without a cluster, says why `test` is skipped.
+/// test cluster, with the CRD installed; without a cluster, fails saying why `test` needs one.
 async fn with_cluster<F, Fut>(test: &str, prefix: &str, body: F) -> anyhow::Result<()>
 where
     F: FnOnce(Client, String) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let Some(client) = cluster_client(test).await? else {
-        return Ok(());
-    };
+    let client = cluster_client(test).await?;
     install_crd(&client).await?;
     in_temporary_namespace(&client, prefix, body).await
 }
@@ -117,6 +117,7 @@ fn function(name: &str, spec: FunctionSpec) -> Function {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: set ZEROSCALE_TEST_KUBECONFIG"]
 async fn operator_builds_every_child_with_owner_references_and_status() -> anyhow::Result<()> {
     with_cluster(
         "operator_builds_every_child_with_owner_references_and_status",
@@ -191,6 +192,7 @@ async fn operator_builds_every_child_with_owner_references_and_status() -> anyho
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: set ZEROSCALE_TEST_KUBECONFIG"]
 async fn replicas_set_by_the_autoscaler_survive_a_respec() -> anyhow::Result<()> {
     with_cluster(
         "replicas_set_by_the_autoscaler_survive_a_respec",
@@ -247,6 +249,7 @@ async fn replicas_set_by_the_autoscaler_survive_a_respec() -> anyhow::Result<()>
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: set ZEROSCALE_TEST_KUBECONFIG"]
 async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Result<()> {
     with_cluster(
         "invalid_specs_are_refused_or_reported_and_build_nothing",
@@ -323,6 +326,7 @@ async fn invalid_specs_are_refused_or_reported_and_build_nothing() -> anyhow::Re
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: set ZEROSCALE_TEST_KUBECONFIG"]
 async fn a_deployment_made_by_someone_else_is_never_taken_over() -> anyhow::Result<()> {
     with_cluster(
         "a_deployment_made_by_someone_else_is_never_taken_over",
@@ -420,6 +424,7 @@ async fn await_host_claims(
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: set ZEROSCALE_TEST_KUBECONFIG"]
 async fn a_host_two_functions_claim_goes_to_one_and_the_other_is_told_until_it_is_free()
 -> anyhow::Result<()> {
     with_cluster(
@@ -497,6 +502,7 @@ impl StatsSource for FakeActivator {
 }
 
 #[tokio::test]
+#[ignore = "needs a cluster: set ZEROSCALE_TEST_KUBECONFIG"]
 async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> anyhow::Result<()> {
     with_cluster(
         "idle_function_scales_to_zero_and_a_wake_request_brings_it_back",
@@ -611,4 +617,34 @@ async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> any
         },
     )
     .await
+}
+
+/// Without a cluster every cluster test must show as ignored, never as passed: every
+/// test here but this one is marked `#[ignore]`.
+#[test]
+fn every_cluster_test_is_reported_as_ignored_unless_asked_for() {
+    let list = |ignored: bool| -> Vec<String> {
+        let mut command = std::process::Command::new(std::env::current_exe().expect("exe"));
+        command.args(["--list", "--format", "terse"]);
+        if ignored {
+            command.arg("--ignored");
+        }
+        let output = command.output().expect("the test binary lists its tests");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.strip_suffix(": test"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let ignored = list(true);
+    let run_without_a_cluster: Vec<String> = list(false)
+        .into_iter()
+        .filter(|test| !ignored.contains(test))
+        .collect();
+    assert_eq!(
+        run_without_a_cluster,
+        ["every_cluster_test_is_reported_as_ignored_unless_asked_for"]
+    );
+    assert!(!ignored.is_empty());
 }

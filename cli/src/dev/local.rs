@@ -2,6 +2,7 @@
 //! `zeroscale.dev/local-command` annotation, else the container command when it exists
 //! on this machine), its readiness check and scaling policy, or the reason it cannot run.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct LocalFunction {
     pub routed: Function,
     /// How to run it, or why it cannot run.
     pub plan: Result<Plan, (Reason, String)>,
+    /// How to call it, one line each, printed once it can serve.
+    pub urls: Vec<String>,
 }
 
 /// Everything needed to run and scale a valid Function.
@@ -36,8 +39,14 @@ pub struct Plan {
 }
 
 impl LocalFunction {
-    /// Prepares `function` (namespace set) from the manifest at `source`.
-    pub fn new(function: Function, source: &Path, setpriv: Option<&Path>) -> Self {
+    /// Prepares `function` (namespace set) from the manifest at `source`, for callers
+    /// reaching `zeroscale dev` at `address`.
+    pub fn new(
+        function: Function,
+        source: &Path,
+        setpriv: Option<&Path>,
+        address: SocketAddr,
+    ) -> Self {
         let namespace = function.metadata.namespace.clone().unwrap_or_default();
         let name = function.metadata.name.clone().unwrap_or_default();
         let label = match namespace.as_str() {
@@ -52,12 +61,15 @@ impl LocalFunction {
         let plan = plan(&function, &dir, setpriv);
         let mut routed = function;
         routed.spec.routing.visibility = Visibility::Public;
+        let key = FunctionKey::new(&namespace, &name);
+        let urls = urls(&key, &routed, address);
         Self {
-            key: FunctionKey::new(&namespace, &name),
+            key,
             label,
             source: source.to_owned(),
             routed,
             plan,
+            urls,
         }
     }
 
@@ -77,6 +89,25 @@ impl LocalFunction {
         };
         self.routed.spec != other.routed.spec || annotation(self) != annotation(other)
     }
+}
+
+/// How to call a Function: its local-domain URL and the curl with a Host header, under
+/// its path prefix, plus its own hosts.
+fn urls(key: &FunctionKey, function: &Function, address: SocketAddr) -> Vec<String> {
+    let FunctionKey { namespace, name } = key;
+    let routing = &function.spec.routing;
+    let path = routing.path_prefix.as_deref().unwrap_or("/");
+    let port = address.port();
+    let domain = super::LOCAL_DOMAIN;
+    let mut urls = vec![format!(
+        "{name}.{namespace}: http://{name}.{namespace}.{domain}:{port}{path}   or   curl -H 'Host: {name}.{namespace}' http://{address}{path}"
+    )];
+    urls.extend(
+        routing.hosts.iter().map(|host| {
+            format!("{name}.{namespace}: curl -H 'Host: {host}' http://{address}{path}")
+        }),
+    );
+    urls
 }
 
 fn plan(function: &Function, dir: &Path, setpriv: Option<&Path>) -> Result<Plan, (Reason, String)> {
@@ -223,7 +254,8 @@ mod tests {
 
     #[test]
     fn no_command_at_all_is_a_reason_not_a_crash() {
-        let local = LocalFunction::new(function(None, &[]), Path::new("fn.yaml"), None);
+        let address = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let local = LocalFunction::new(function(None, &[]), Path::new("fn.yaml"), None, address);
         let (reason, message) = local.plan.expect_err("nothing to run");
         assert_eq!(reason, Reason::DeploymentFailed);
         assert!(message.contains("no command to run locally"), "{message}");

@@ -2,7 +2,8 @@
 //! autoscaler (or a wake) asks for, replaces replicas that exit, publishes the ready ones
 //! to the activator, and marks the Function as unable to start when its command cannot
 //! run, so held requests fail at once with the reason instead of waiting out their
-//! deadline.
+//! deadline. It also tells the person running `zeroscale dev` how to call the Function,
+//! once it can serve, or why it cannot.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -35,6 +36,13 @@ pub fn publish_status(functions: &Functions, function: &LocalFunction, failure: 
     functions.apply(&routed);
 }
 
+/// Prints why the Function `label` cannot start.
+fn print_failure(label: &str, reason: &str) {
+    console::event(format_args!(
+        "{label}: cannot start: {reason} (fix it and save the manifest to retry)"
+    ));
+}
+
 /// Replicas that exit before they are ready this many times in a row mark the Function
 /// as unable to start.
 const FAILED_STARTS_LIMIT: u32 = 3;
@@ -60,6 +68,8 @@ pub struct Supervisor {
     next_id: u64,
     failure: Option<String>,
     failed_starts: u32,
+    /// Whether the Function's URLs were printed since it last could not start.
+    announced: bool,
 }
 
 impl Supervisor {
@@ -83,8 +93,10 @@ impl Supervisor {
             events,
             next_id: 0,
             failed_starts: 0,
+            announced: false,
         };
         // The runtime published the status before it started this task.
+        supervisor.announce();
         supervisor.reconcile();
         loop {
             tokio::select! {
@@ -129,9 +141,35 @@ impl Supervisor {
         }
         self.failure = function.plan_failure().map(str::to_owned);
         self.failed_starts = 0;
+        if function.urls != self.function.urls {
+            self.announced = false;
+        }
         self.function = function;
         self.publish_status();
+        self.announce();
         self.reconcile();
+    }
+
+    /// Says why the Function cannot start, or prints its URLs when it is at zero (a
+    /// request wakes it). One that starts replicas gets its URLs when the first is
+    /// ready, so a command that fails at once never gets them.
+    fn announce(&mut self) {
+        if let Some(reason) = &self.failure {
+            print_failure(&self.function.label, reason);
+            self.announced = false;
+        } else if *self.desired.borrow() == 0 {
+            self.print_urls();
+        }
+    }
+
+    /// Prints how to call the Function, unless that was done since it last failed.
+    fn print_urls(&mut self) {
+        if !self.announced {
+            for url in &self.function.urls {
+                console::event(url);
+            }
+            self.announced = true;
+        }
     }
 
     /// Starts or stops replicas to match the desired count.
@@ -212,6 +250,7 @@ impl Supervisor {
                     replica.addr,
                     after.as_millis()
                 ));
+                self.print_urls();
             }
             Event::Exited { status, last_line } => {
                 let (replica, was_ready) = self.replicas.remove(index);
@@ -245,11 +284,9 @@ impl Supervisor {
 
     /// Marks the Function as unable to start until its manifest changes.
     fn fail(&mut self, reason: String) {
-        console::event(format_args!(
-            "{}: cannot start: {reason} (fix it and save the manifest to retry)",
-            self.function.label
-        ));
+        print_failure(&self.function.label, &reason);
         self.failure = Some(reason);
+        self.announced = false;
         self.publish_status();
     }
 
