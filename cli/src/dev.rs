@@ -29,6 +29,8 @@ use zeroscale_api::routing::Domains;
 use zeroscale_api::stats::StatsReport;
 use zeroscale_autoscaler::{StatsSource, drive};
 
+use zeroscale_cli::cluster::dev::{DevState, FUNCTIONS_ROUTE, StateFile};
+
 use crate::error::{Error, Result};
 use crate::manifest;
 use local::LocalFunction;
@@ -145,7 +147,13 @@ pub async fn run(config: DevConfig) -> Result<()> {
         schedule_metrics,
         stopped(),
     ));
-    if let Some(admin_address) = config.admin_listen {
+    // Always served (on a free loopback port unless --admin-listen says where), so the
+    // state file can point `zeroscale list/describe --dev` at it.
+    let mut _state_file = None;
+    let admin_address = config
+        .admin_listen
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    {
         let admin_listener =
             tokio::net::TcpListener::bind(admin_address)
                 .await
@@ -158,11 +166,29 @@ pub async fn run(config: DevConfig) -> Result<()> {
             serde_json::to_string(&activator.stats("zeroscale-dev", started.elapsed()))
                 .unwrap_or_else(|_| "{}".into())
         });
+        let admin_address = admin_listener.local_addr().map_err(|source| Error::Bind {
+            address: admin_address,
+            source,
+        })?;
+        let view = {
+            let runtime = Arc::clone(&runtime);
+            Arc::new(move || {
+                let functions = runtime.view(|function| local_url(function, address));
+                serde_json::to_string(&functions).unwrap_or_else(|_| "[]".into())
+            })
+        };
+        _state_file = Some(StateFile::write(&DevState {
+            pid: std::process::id(),
+            url: format!("http://{address}"),
+            admin: format!("http://{admin_address}"),
+        })?);
         let readiness = Readiness::not_ready("starting");
         readiness.set_ready();
         tokio::spawn(zeroscale_admin::serve(
             admin_listener,
-            AdminState::new(registry, readiness).with_json_route("/stats", stats),
+            AdminState::new(registry, readiness)
+                .with_json_route("/stats", stats)
+                .with_json_route(FUNCTIONS_ROUTE, view),
             stopped(),
         ));
     }
@@ -208,6 +234,23 @@ impl StatsSource for LocalStats {
 /// `setpriv` from util-linux when this machine has it (see [`replica::ReplicaConfig`]).
 fn setpriv() -> Option<PathBuf> {
     local::resolve("setpriv", Path::new("."))
+}
+
+/// A Function's local-domain URL under its path prefix.
+fn local_url(function: &LocalFunction, address: SocketAddr) -> String {
+    let key = &function.key;
+    let path = function
+        .routed
+        .spec
+        .routing
+        .path_prefix
+        .as_deref()
+        .unwrap_or("/");
+    let port = address.port();
+    format!(
+        "http://{}.{}.{LOCAL_DOMAIN}:{port}{path}",
+        key.name, key.namespace
+    )
 }
 
 /// The manifests being watched: which files the paths name now, and what each held

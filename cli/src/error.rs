@@ -30,6 +30,8 @@ pub enum Error {
     },
     #[error("listening for SIGTERM and SIGINT: {0}")]
     Signal(std::io::Error),
+    #[error("{0}")]
+    State(#[from] zeroscale_cli::cluster::Error),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }

@@ -2,6 +2,7 @@
 //! manifests without a cluster, with the same rules the operator applies;
 //! `zeroscale dev` runs them locally, scaling to zero, with no cluster at all.
 
+mod cmd;
 mod dev;
 mod error;
 mod manifest;
@@ -9,7 +10,7 @@ mod manifest;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use zeroscale_admin::process::{self, LogFormat};
 
 #[derive(Parser)]
@@ -51,12 +52,29 @@ enum Command {
         zeroscale dev examples/                 # then: curl http://hello.default.localhost:8080/\n  \
         zeroscale dev --listen 127.0.0.1:9000 hello.yaml")]
     Dev(dev::DevConfig),
+    #[command(flatten)]
+    Cluster(zeroscale_cli::cluster::Command),
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(
+        after_help = "Example:\n  zeroscale completion bash > ~/.local/share/bash-completion/completions/zeroscale"
+    )]
+    Completion { shell: clap_complete::Shell },
 }
 
 fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
     match command {
         Command::Validate { paths } => validate_all(&paths),
+        Command::Cluster(command) => cmd::run(command),
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "zeroscale",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Dev(config) => {
             // The activator's and autoscaler's warnings, on stderr; RUST_LOG shows more.
             process::init_tracing(LogFormat::Text, "warn");

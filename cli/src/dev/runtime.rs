@@ -7,11 +7,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeroscale_activator::functions::Functions;
 use zeroscale_activator::wake::Wake;
+use zeroscale_api::conditions::Reason as ConditionReason;
 use zeroscale_api::routing::FunctionKey;
+use zeroscale_api::{Function, FunctionStatus};
 use zeroscale_autoscaler::{Decision, Reason, Replicas, Runtime, Target};
 
 use super::console;
@@ -126,6 +129,45 @@ impl ProcessRuntime {
             .map(Entry::function)
             .filter(|function| function.source == source)
             .map(|function| function.key.clone())
+            .collect()
+    }
+
+    /// Every Function with the status a cluster would show: replicas ready and desired,
+    /// and `Ready` (cannot start, serving, at zero, or starting). `url` names the
+    /// Function's URL.
+    pub fn view(&self, url: impl Fn(&LocalFunction) -> String) -> Vec<Function> {
+        let now = Time(jiff::Timestamp::now());
+        self.entries()
+            .values()
+            .map(|entry| {
+                let local = entry.function();
+                let desired = *entry.desired.borrow();
+                let ready = entry.shared.ready.load(Ordering::Relaxed);
+                let (reason, message) = match (&local.plan, local.plan_failure()) {
+                    (Err((reason, _)), Some(message)) => (*reason, message.to_owned()),
+                    _ if entry.shared.failed.load(Ordering::Relaxed) => (
+                        ConditionReason::DeploymentFailed,
+                        "replicas keep exiting".into(),
+                    ),
+                    _ if ready > 0 => (
+                        ConditionReason::Serving,
+                        format!("{ready} of {desired} replicas ready"),
+                    ),
+                    _ if desired == 0 => (ConditionReason::ScaledToZero, "at zero".into()),
+                    _ => (ConditionReason::Deploying, "replicas starting".into()),
+                };
+                let mut status = FunctionStatus {
+                    replicas: Some(desired),
+                    ready_replicas: Some(ready),
+                    desired_replicas: Some(desired),
+                    url: Some(url(&local)),
+                    ..FunctionStatus::default()
+                };
+                status.set_ready(reason, message, None, now.clone());
+                let mut function = local.routed.clone();
+                function.status = Some(status);
+                function
+            })
             .collect()
     }
 
