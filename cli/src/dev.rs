@@ -50,7 +50,8 @@ pub struct DevConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// Serve /metrics, /healthz, /readyz and /stats here (off when unset).
+    /// Serve /metrics, /healthz, /readyz, /stats and /functions here (a free loopback
+    /// port when unset; the state file names it for `zeroscale list --dev`).
     #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN", hide_env_values = true)]
     pub admin_listen: Option<SocketAddr>,
     /// Time between autoscaler decisions.
