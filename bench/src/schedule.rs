@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use zeroscale_api::{Function, FunctionSpec, Schedule};
-use zeroscale_operator::schedule::{
+use zeroscale_triggers::{
     Attempt, Call, Clock, Invoker, MemoryStore, ScaledClock, ScheduleMetrics, Scheduler,
 };
 

@@ -77,7 +77,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     let metrics = Metrics::new()?;
     metrics.register(&registry)?;
     let autoscaler_metrics = zeroscale_autoscaler::Metrics::register(&registry)?;
-    let schedule_metrics = zeroscale_operator::schedule::ScheduleMetrics::register(&registry)?;
+    let schedule_metrics = zeroscale_triggers::ScheduleMetrics::register(&registry)?;
     let functions = Arc::new(Functions::new(
         Domains {
             cluster_domain: "cluster.local".into(),

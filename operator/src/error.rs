@@ -43,15 +43,6 @@ pub enum Error {
     #[error("Function has no namespace")]
     MissingNamespace,
 
-    #[error("the schedule records of Function {name} changed since they were read")]
-    ScheduleConflict { name: String },
-
-    #[error("writing the schedule records of Function {name}")]
-    WriteSchedules { name: String, source: kube::Error },
-
-    #[error("Function {name} is gone")]
-    FunctionGone { name: String },
-
     #[error("{action} Lease {name}")]
     Lease {
         action: &'static str,
@@ -70,15 +61,11 @@ impl Error {
             | Error::ListPods { source, .. }
             | Error::PatchStatus { source, .. }
             | Error::ClearWake { source, .. }
-            | Error::WriteSchedules { source, .. }
             | Error::Lease { source, .. } => match source {
                 kube::Error::Api(status) => Some(status),
                 _ => None,
             },
-            Error::SerializeCrd { .. }
-            | Error::MissingNamespace
-            | Error::ScheduleConflict { .. }
-            | Error::FunctionGone { .. } => None,
+            Error::SerializeCrd { .. } | Error::MissingNamespace => None,
         }
     }
 
@@ -120,9 +107,6 @@ impl Error {
             Error::MissingNamespace => "missing_namespace",
             Error::Lease { .. } => "lease",
             Error::ClearWake { .. } => "clear_wake",
-            Error::ScheduleConflict { .. } => "schedule_conflict",
-            Error::WriteSchedules { .. } => "write_schedules",
-            Error::FunctionGone { .. } => "function_gone",
         }
     }
 }

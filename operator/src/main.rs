@@ -21,7 +21,8 @@ use zeroscale_operator::leader::{self, LeaderMetrics};
 use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
-use zeroscale_operator::schedule::{self, ScheduleMetrics};
+use zeroscale_operator::schedule;
+use zeroscale_triggers::ScheduleMetrics;
 
 #[derive(Parser)]
 #[command(

@@ -29,12 +29,12 @@ use tokio::sync::{mpsc, watch};
 use tower_test::mock::Handle;
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::{Function, FunctionSpec, FunctionStatus, Schedule, ScheduleStatus};
-use zeroscale_operator::Result;
-use zeroscale_operator::schedule::{
-    Attempt, Call, HttpInvoker, Invoker, KubeStore, MemoryStore, Notice, SCHEDULER_FIELD_MANAGER,
-    ScaledClock, ScheduleMetrics, ScheduleStore, Scheduler, Versioned,
-};
+use zeroscale_operator::schedule::{KubeStore, SCHEDULER_FIELD_MANAGER};
 use zeroscale_operator::watched::WatchedFunctions;
+use zeroscale_triggers::{
+    Attempt, Call, HttpInvoker, Invoker, MemoryStore, Notice, Result, ScaledClock, ScheduleMetrics,
+    ScheduleStore, Scheduler, Versioned,
+};
 
 const STATUS: &str = "/apis/zeroscale.dev/v1alpha1/namespaces/default/functions/hello/status";
 /// Longest any awaited step may take before the test fails.

@@ -14,10 +14,9 @@ use zeroscale_api::{Function, FunctionSpec, Schedule, ScheduleStatus};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
-use zeroscale_operator::schedule::{
-    Attempt, Call, Invoker, KubeStore, ScheduleMetrics, Scheduler, SystemClock,
-};
+use zeroscale_operator::schedule::KubeStore;
 use zeroscale_tests::{cluster_client, in_temporary_namespace};
+use zeroscale_triggers::{Attempt, Call, Invoker, ScheduleMetrics, Scheduler, SystemClock};
 
 /// Longer than two ticks of a schedule of every minute.
 const WAIT: Duration = Duration::from_secs(150);

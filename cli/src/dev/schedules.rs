@@ -1,4 +1,4 @@
-//! `zeroscale dev` fires schedule triggers too: the operator's scheduler over an
+//! `zeroscale dev` fires schedule triggers too: the scheduler of `zeroscale-triggers` over an
 //! in-memory store, calling the in-process activator (so a tick wakes a Function at
 //! zero), with the same CloudEvents headers as in a cluster. Each attempt is printed.
 
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use zeroscale_operator::schedule::{
+use zeroscale_triggers::{
     Attempt, Call, Clock, HttpInvoker, Invoker, MemoryStore, ScaledClock, ScheduleMetrics,
     Scheduler, SystemClock, key_of,
 };

@@ -1,25 +1,18 @@
 //! Where the scheduler finds Functions and keeps its per-trigger records: read them,
 //! and write them only if nothing changed since the read. In a cluster that is the
-//! Function's status ([`KubeStore`]: a patch of the status subresource that carries the
-//! resourceVersion it read, so a stale or deposed replica's write fails with 409); in
-//! tests, `zeroscale dev` and the bench, a map in memory ([`MemoryStore`]).
+//! Function's status (the operator's `KubeStore`: a patch of the status subresource
+//! that carries the resourceVersion it read, so a stale or deposed replica's write
+//! fails with 409); in tests, `zeroscale dev` and the bench, a map in memory
+//! ([`MemoryStore`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::{Function, ScheduleStatus};
 
-use crate::watched::WatchedFunctions;
 use crate::{Error, Result};
-
-/// The field manager of the scheduler's status writes (merge patches of
-/// `status.schedules` only; the reconciler's status apply never includes that field).
-pub const SCHEDULER_FIELD_MANAGER: &str = "zeroscale-scheduler";
 
 /// A Function's trigger records and the version they were read at.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,7 +37,7 @@ pub trait ScheduleStore: Send + Sync + 'static {
     /// The records of `key` now.
     fn read(&self, key: &FunctionKey) -> impl Future<Output = Result<Versioned>> + Send;
     /// Replaces the records of `key` if they are still at `version`; fails with
-    /// [`Error::ScheduleConflict`] otherwise.
+    /// [`Error::Conflict`] otherwise.
     fn write(
         &self,
         key: &FunctionKey,
@@ -61,134 +54,6 @@ pub fn key_of(function: &Function) -> FunctionKey {
         function.namespace().unwrap_or_default(),
         function.name_any(),
     )
-}
-
-/// Records in the Function's status, read from the controllers' watch cache and
-/// written with a resourceVersion precondition.
-pub struct KubeStore {
-    client: kube::Client,
-    recorder: kube::runtime::events::Recorder,
-    /// The Functions the controllers watch.
-    functions: Arc<WatchedFunctions>,
-    /// Per Function, the version this store last wrote over and what that write
-    /// returned: while the watch cache still shows the overwritten version, reads return
-    /// the write's result instead, so a lagging cache costs no conflict.
-    written: Mutex<HashMap<FunctionKey, (String, Versioned)>>,
-}
-
-impl KubeStore {
-    /// A store over the Functions the controllers watch, its Events naming `reporter`.
-    pub fn new(
-        client: kube::Client,
-        reporter: kube::runtime::events::Reporter,
-        functions: Arc<WatchedFunctions>,
-    ) -> Self {
-        Self {
-            recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
-            client,
-            functions,
-            written: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn written(&self) -> MutexGuard<'_, HashMap<FunctionKey, (String, Versioned)>> {
-        self.written.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl ScheduleStore for KubeStore {
-    fn functions(&self) -> Vec<Arc<Function>> {
-        let functions: Vec<Arc<Function>> = self
-            .functions
-            .all()
-            .into_iter()
-            .filter(|function| !function.spec.triggers.schedules.is_empty())
-            .collect();
-        let keys: std::collections::HashSet<FunctionKey> =
-            functions.iter().map(|function| key_of(function)).collect();
-        self.written().retain(|key, _| keys.contains(key));
-        functions
-    }
-
-    async fn read(&self, key: &FunctionKey) -> Result<Versioned> {
-        let reference = ObjectRef::new(&key.name).within(&key.namespace);
-        let function = self
-            .functions
-            .get(&reference)
-            .ok_or_else(|| Error::FunctionGone {
-                name: key.to_string(),
-            })?;
-        let version = function.resource_version().unwrap_or_default();
-        if let Some((over, result)) = self.written().get(key)
-            && *over == version
-        {
-            return Ok(result.clone());
-        }
-        Ok(Versioned {
-            version,
-            schedules: function
-                .status
-                .as_ref()
-                .map(|status| status.schedules.clone())
-                .unwrap_or_default(),
-        })
-    }
-
-    async fn write(
-        &self,
-        key: &FunctionKey,
-        version: &str,
-        schedules: &[ScheduleStatus],
-    ) -> Result<Versioned> {
-        let api: Api<Function> = Api::namespaced(self.client.clone(), &key.namespace);
-        let body = serde_json::json!({
-            "metadata": {"resourceVersion": version},
-            "status": {"schedules": schedules},
-        });
-        let params = PatchParams {
-            field_manager: Some(SCHEDULER_FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        let function = api
-            .patch_status(&key.name, &params, &Patch::Merge(body))
-            .await
-            .map_err(|source| match source {
-                kube::Error::Api(status) if status.code == 409 => Error::ScheduleConflict {
-                    name: key.to_string(),
-                },
-                source => Error::WriteSchedules {
-                    name: key.to_string(),
-                    source,
-                },
-            })?;
-        let result = Versioned {
-            version: function.resource_version().unwrap_or_default(),
-            schedules: function
-                .status
-                .map(|status| status.schedules)
-                .unwrap_or_default(),
-        };
-        self.written()
-            .insert(key.clone(), (version.to_owned(), result.clone()));
-        Ok(result)
-    }
-
-    async fn notify(&self, function: &Function, notice: Notice) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: notice.reason.into(),
-            note: Some(notice.note),
-            action: "Schedule".into(),
-            secondary: None,
-        };
-        if let Err(error) = self
-            .recorder
-            .publish(&event, &function.object_ref(&()))
-            .await
-        {
-            tracing::warn!(error = %zeroscale_admin::process::ErrorChain(&error), "publishing event failed");
-        }
-    }
 }
 
 /// Records in memory, versioned by a counter: for tests, `zeroscale dev` and the bench.
@@ -259,7 +124,7 @@ impl ScheduleStore for MemoryStore {
     async fn read(&self, key: &FunctionKey) -> Result<Versioned> {
         let state = self.state();
         let entry = state.get(key).ok_or_else(|| Error::FunctionGone {
-            name: key.to_string(),
+            function: key.clone(),
         })?;
         Ok(Versioned {
             version: entry.version.to_string(),
@@ -275,11 +140,11 @@ impl ScheduleStore for MemoryStore {
     ) -> Result<Versioned> {
         let mut state = self.state();
         let entry = state.get_mut(key).ok_or_else(|| Error::FunctionGone {
-            name: key.to_string(),
+            function: key.clone(),
         })?;
         if entry.version.to_string() != version {
-            return Err(Error::ScheduleConflict {
-                name: key.to_string(),
+            return Err(Error::Conflict {
+                function: key.clone(),
             });
         }
         entry.version += 1;

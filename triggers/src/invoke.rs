@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use jiff::Timestamp;
 use zeroscale_api::Schedule;
 
-use super::plan::{Attempt, event_id};
+use crate::plan::{Attempt, event_id};
 
 /// One tick's request, ready to send (again, on a retry).
 #[derive(Debug, Clone)]
@@ -31,16 +31,16 @@ pub struct Call {
 
 /// The Function a tick is for, as the call needs it.
 #[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
-    pub namespace: &'a str,
-    pub name: &'a str,
-    pub uid: &'a str,
+pub(crate) struct Target<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) uid: &'a str,
 }
 
 impl Call {
     /// The request of `schedule`'s `tick` to `target`, with the CloudEvents headers:
     /// `ce-time` is the scheduled time, `ce-id` is [`event_id`].
-    pub fn new(
+    pub(crate) fn new(
         target: Target<'_>,
         schedule: &Schedule,
         tick: Timestamp,

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zeroscale_api::{ConcurrencyPolicy, Schedule, ScheduleStatus};
 
 use super::*;
+use crate::plan::{Delivery, Plan, Trigger, backoff, event_id, finish, plan};
 
 const ME: &str = "operator-0";
 const HOLD: Duration = Duration::from_secs(60);

@@ -15,10 +15,10 @@ use zeroscale_admin::process::ErrorChain;
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::{Function, Schedule, ScheduleStatus};
 
-use super::invoke::{Call, Invoker, Target};
-use super::plan::{self, Attempt, Delivery, Firing, Trigger, add, backoff};
-use super::store::{Notice, ScheduleStore, key_of};
 use crate::Error;
+use crate::invoke::{Call, Invoker, Target};
+use crate::plan::{self, Attempt, Delivery, Firing, Trigger, add, backoff};
+use crate::store::{Notice, ScheduleStore, key_of};
 
 /// What time it is for the scheduler, and how it waits.
 pub trait Clock: Send + Sync + 'static {
@@ -193,7 +193,7 @@ impl<S: ScheduleStore, I: Invoker, C: Clock> Scheduler<S, I, C> {
         for function in self.shared.store.functions() {
             let next = match self.plan_function(&function, calls).await {
                 Ok(next) => next,
-                Err(Error::ScheduleConflict { .. }) => add(now, CONFLICT_RETRY),
+                Err(Error::Conflict { .. }) => add(now, CONFLICT_RETRY),
                 Err(error) => {
                     tracing::warn!(function = %key_of(&function), error = %ErrorChain(&error), "planning schedules failed");
                     add(now, ERROR_RETRY)
@@ -419,7 +419,7 @@ impl<S: ScheduleStore, I: Invoker, C: Clock> Shared<S, I, C> {
             .await;
             match outcome {
                 Ok(()) | Err(Error::FunctionGone { .. }) => return,
-                Err(Error::ScheduleConflict { .. }) => {
+                Err(Error::Conflict { .. }) => {
                     self.clock
                         .sleep_until(add(self.clock.now(), CONFLICT_RETRY * tries))
                         .await;
@@ -434,26 +434,4 @@ impl<S: ScheduleStore, I: Invoker, C: Clock> Shared<S, I, C> {
         }
         tracing::warn!(function = %key, schedule, tick = %delivery.tick, "could not record a schedule tick as done; it will be sent again once its claim expires");
     }
-}
-
-/// A scheduler for the cluster: records in the status of the Functions the controllers
-/// watch (`functions`), calls through the activator Service (`activator_host`),
-/// wall-clock time.
-pub fn in_cluster(
-    client: kube::Client,
-    reporter: kube::runtime::events::Reporter,
-    functions: Arc<crate::watched::WatchedFunctions>,
-    activator_host: &str,
-    identity: String,
-    metrics: ScheduleMetrics,
-) -> Scheduler<super::KubeStore, super::HttpInvoker, SystemClock> {
-    // Port 80 of the activator Service, where Function Services send their callers too.
-    let address = format!("{activator_host}:80");
-    Scheduler::new(
-        super::KubeStore::new(client, reporter, functions),
-        super::HttpInvoker::new(address),
-        SystemClock,
-        identity,
-        metrics,
-    )
 }

@@ -12,7 +12,7 @@ use zeroscale_api::validate::{parse_cron, parse_time_zone};
 use zeroscale_api::{ActiveTick, ConcurrencyPolicy, Schedule, ScheduleStatus, TickResult};
 
 /// A tick sent later than this after its scheduled time is marked late.
-pub const LATE_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const LATE_AFTER: Duration = Duration::from_secs(10);
 
 /// Most due ticks one plan walks through; an outage longer than that many ticks is
 /// caught up over several plans.
@@ -20,8 +20,8 @@ const MAX_TICKS_PER_PLAN: u32 = 10_000;
 
 /// A schedule trigger, parsed.
 #[derive(Debug, Clone)]
-pub struct Trigger {
-    pub name: String,
+pub(crate) struct Trigger {
+    pub(crate) name: String,
     cron: Cron,
     zone: TimeZone,
     starting_deadline: Option<Duration>,
@@ -31,7 +31,7 @@ pub struct Trigger {
 
 impl Trigger {
     /// Parses a schedule of a spec that passed validation (the error says why it did not).
-    pub fn parse(schedule: &Schedule) -> Result<Self, String> {
+    pub(crate) fn parse(schedule: &Schedule) -> Result<Self, String> {
         let zone = match &schedule.time_zone {
             Some(zone) => parse_time_zone(zone)?,
             None => TimeZone::UTC,
@@ -63,13 +63,13 @@ impl Trigger {
     }
 
     /// The first tick strictly after `after`.
-    pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         self.next(after, false)
     }
 
     /// The last moment `tick` may still be sent (and retried): its startingDeadline, or
     /// else until the next tick is due.
-    pub fn deadline(&self, tick: Timestamp) -> Timestamp {
+    pub(crate) fn deadline(&self, tick: Timestamp) -> Timestamp {
         match self.starting_deadline {
             Some(deadline) => add(tick, deadline),
             None => self
@@ -80,7 +80,7 @@ impl Trigger {
 }
 
 /// `time` plus `duration`, saturating at the largest timestamp.
-pub fn add(time: Timestamp, duration: Duration) -> Timestamp {
+pub(crate) fn add(time: Timestamp, duration: Duration) -> Timestamp {
     SignedDuration::try_from(duration)
         .ok()
         .and_then(|d| time.checked_add(d).ok())
@@ -89,28 +89,28 @@ pub fn add(time: Timestamp, duration: Duration) -> Timestamp {
 
 /// A tick to send once the plan's record is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Firing {
+pub(crate) struct Firing {
     /// The tick's scheduled time.
-    pub tick: Timestamp,
+    pub(crate) tick: Timestamp,
     /// Retries stop after this; the first attempt is always made.
-    pub deadline: Timestamp,
+    pub(crate) deadline: Timestamp,
     /// Whether an earlier sender claimed it and stopped before recording it done.
-    pub redelivery: bool,
+    pub(crate) redelivery: bool,
 }
 
 /// What a trigger needs now.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The trigger's record to write before anything else; None when unchanged.
-    pub record: Option<ScheduleStatus>,
+    pub(crate) record: Option<ScheduleStatus>,
     /// The tick to send after `record` is written.
-    pub send: Option<Firing>,
+    pub(crate) send: Option<Firing>,
     /// Ticks found past their deadline, recorded as missed.
-    pub missed: u32,
+    pub(crate) missed: u32,
     /// Ticks skipped (suspended, or Forbid while the previous call runs).
-    pub skipped: u32,
+    pub(crate) skipped: u32,
     /// When to plan again at the latest.
-    pub wake: Option<Timestamp>,
+    pub(crate) wake: Option<Timestamp>,
 }
 
 /// Decides what `trigger` needs at `now`, given its `current` record. `me` identifies
@@ -123,7 +123,7 @@ pub struct Plan {
 /// nothing; then due ticks are walked in order: past their deadline they are missed,
 /// while suspended (or, with Forbid, while a call runs) they are skipped, and the first
 /// one left is claimed and sent. One tick is sent per plan: plan again at once after it.
-pub fn plan(
+pub(crate) fn plan(
     trigger: &Trigger,
     current: Option<&ScheduleStatus>,
     now: Timestamp,
@@ -226,17 +226,17 @@ pub fn plan(
 
 /// How one tick's call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The tick's scheduled time.
-    pub tick: Timestamp,
+    pub(crate) tick: Timestamp,
     /// When the first attempt started.
-    pub first_attempt: Timestamp,
+    pub(crate) first_attempt: Timestamp,
     /// When the last attempt ended.
-    pub finished: Timestamp,
+    pub(crate) finished: Timestamp,
     /// Attempts made.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// The last attempt's answer.
-    pub last: Attempt,
+    pub(crate) last: Attempt,
 }
 
 /// One attempt's answer: an HTTP status, or why there was none.
@@ -254,14 +254,14 @@ impl Attempt {
 }
 
 /// Delay before retry number `retry` (1-based): 200 ms doubling up to 10 s.
-pub fn backoff(retry: u32) -> Duration {
+pub(crate) fn backoff(retry: u32) -> Duration {
     let millis = 200u64.saturating_mul(1 << retry.saturating_sub(1).min(16));
     Duration::from_millis(millis.min(10_000))
 }
 
 impl Delivery {
     /// How late the first attempt was.
-    pub fn lateness(&self) -> Duration {
+    pub(crate) fn lateness(&self) -> Duration {
         self.first_attempt
             .duration_since(self.tick)
             .try_into()
@@ -271,7 +271,7 @@ impl Delivery {
 
 /// The record once `delivery` is done: its tick is no longer active and it is the last
 /// result.
-pub fn finish(current: &ScheduleStatus, delivery: &Delivery) -> ScheduleStatus {
+pub(crate) fn finish(current: &ScheduleStatus, delivery: &Delivery) -> ScheduleStatus {
     let mut record = current.clone();
     record
         .active
@@ -307,6 +307,6 @@ fn millis(duration: SignedDuration) -> i64 {
 
 /// The CloudEvents `ce-id` of a tick: the same for every delivery of it, different for
 /// every other tick, so a Function can drop repeats.
-pub fn event_id(uid: &str, trigger: &str, tick: Timestamp) -> String {
+pub(crate) fn event_id(uid: &str, trigger: &str, tick: Timestamp) -> String {
     format!("{uid}:{trigger}:{}", tick.as_second())
 }
