@@ -377,22 +377,29 @@ async fn list_watch_prints_the_table_again_on_every_change() {
     assert!(tables[1].contains("\npayments "), "{printed}");
 }
 
-#[tokio::test]
-async fn list_without_the_crd_says_how_to_install_it() {
-    let error = exchange(
+/// What `list` returns when the API server answers it with a `Status` error.
+async fn list_error(code: u16, reason: &'static str, message: &'static str) -> Error {
+    exchange(
         |mut api| async move {
-            api.next(Method::GET, FUNCTIONS).await.fail(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-                None,
-            );
+            api.next(Method::GET, FUNCTIONS)
+                .await
+                .fail(code, reason, message, None);
             api.done().await;
         },
         async |cluster| list::run(cluster, false, Format::Human, &mut Vec::new()).await,
     )
     .await
-    .expect_err("no CRD");
+    .expect_err("the API server refused the list")
+}
+
+#[tokio::test]
+async fn list_without_the_crd_says_how_to_install_it() {
+    let error = list_error(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+    .await;
     assert!(matches!(error, Error::CrdMissing), "{error:?}");
     assert!(
         error.to_string().contains("helm install zeroscale"),
@@ -422,20 +429,12 @@ async fn describe_without_the_crd_says_how_to_install_it_rather_than_not_found()
 
 #[tokio::test]
 async fn forbidden_names_the_verb_the_resource_and_the_namespace() {
-    let error = exchange(
-        |mut api| async move {
-            api.next(Method::GET, FUNCTIONS).await.fail(
-            403,
-            "Forbidden",
-            "functions.zeroscale.dev is forbidden: User \"ada\" cannot list resource \"functions\"",
-            None,
-        );
-            api.done().await;
-        },
-        async |cluster| list::run(cluster, false, Format::Human, &mut Vec::new()).await,
+    let error = list_error(
+        403,
+        "Forbidden",
+        "functions.zeroscale.dev is forbidden: User \"ada\" cannot list resource \"functions\"",
     )
-    .await
-    .expect_err("forbidden");
+    .await;
     assert!(
         error.to_string().starts_with(
             "forbidden: you may not list functions.zeroscale.dev in namespace default"
