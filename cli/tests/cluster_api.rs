@@ -60,6 +60,11 @@ fn serving(name: &str) -> Value {
     function(name, "True", "Serving", "1 of 1 pods ready")
 }
 
+/// `hello`, applied but not yet Ready.
+fn deploying(message: &str) -> Value {
+    function("hello", "Unknown", "Deploying", message)
+}
+
 fn list_of(kind: &str, items: Vec<Value>) -> Value {
     json!({
         "apiVersion": "v1",
@@ -546,7 +551,7 @@ async fn deploy_applies_only_the_flags_given_under_the_cli_field_manager() {
                     },
                 })
             );
-            call.ok(&function("hello", "Unknown", "Deploying", "starting"));
+            call.ok(&deploying("starting"));
             api.done().await;
         },
         async |cluster| {
@@ -561,36 +566,25 @@ async fn deploy_applies_only_the_flags_given_under_the_cli_field_manager() {
     );
 }
 
-#[tokio::test]
-async fn deploy_waits_for_ready_showing_progress_then_prints_the_url() {
-    let body = parse::<deploy::Args>(&["hello", "--image", "ghcr.io/acme/hello:1"])
+/// Deploys `hello` from `--image image`, waiting up to a minute for Ready, against an
+/// API server `script` plays after answering the apply with [`deploying`]`(applied)`.
+/// Returns the outcome, the output and the progress.
+async fn deploy_and_wait<S>(
+    image: &str,
+    applied: &'static str,
+    script: impl FnOnce(ApiServer) -> S + Send + 'static,
+) -> (Result<(), Error>, String, String)
+where
+    S: Future<Output = ()> + Send + 'static,
+{
+    let body = parse::<deploy::Args>(&["hello", "--image", image])
         .function("default")
         .expect("valid flags");
     let (mut out, mut progress) = (Vec::new(), Vec::new());
-    exchange(
+    let outcome = exchange(
         |mut api| async move {
-            api.next(Method::PATCH, HELLO).await.ok(&function(
-                "hello",
-                "Unknown",
-                "Deploying",
-                "0 of 1 pods ready",
-            ));
-            let call = api.next(Method::GET, FUNCTIONS).await;
-            assert_eq!(call.param("fieldSelector"), Some("metadata.name=hello"));
-            call.ok(&list_of(
-                "FunctionList",
-                vec![function(
-                    "hello",
-                    "Unknown",
-                    "Deploying",
-                    "0 of 1 pods ready",
-                )],
-            ));
-            let call = api.next(Method::GET, FUNCTIONS).await;
-            assert_eq!(call.param("watch"), Some("true"));
-            let event = json!({"type": "MODIFIED", "object": serving("hello")});
-            call.respond_text(StatusCode::OK, format!("{event}\n"));
-            api.done().await;
+            api.next(Method::PATCH, HELLO).await.ok(&deploying(applied));
+            script(api).await;
         },
         async |cluster| {
             deploy::run(
@@ -604,52 +598,57 @@ async fn deploy_waits_for_ready_showing_progress_then_prints_the_url() {
             .await
         },
     )
-    .await
-    .expect("becomes Ready");
+    .await;
+    (outcome, text(out), text(progress))
+}
+
+#[tokio::test]
+async fn deploy_waits_for_ready_showing_progress_then_prints_the_url() {
+    let (outcome, out, progress) = deploy_and_wait(
+        "ghcr.io/acme/hello:1",
+        "0 of 1 pods ready",
+        |mut api| async move {
+            let call = api.next(Method::GET, FUNCTIONS).await;
+            assert_eq!(call.param("fieldSelector"), Some("metadata.name=hello"));
+            call.ok(&list_of(
+                "FunctionList",
+                vec![deploying("0 of 1 pods ready")],
+            ));
+            let call = api.next(Method::GET, FUNCTIONS).await;
+            assert_eq!(call.param("watch"), Some("true"));
+            let event = json!({"type": "MODIFIED", "object": serving("hello")});
+            call.respond_text(StatusCode::OK, format!("{event}\n"));
+            api.done().await;
+        },
+    )
+    .await;
+    outcome.expect("becomes Ready");
     assert_eq!(
-        text(progress),
+        progress,
         "Function hello applied in namespace default\n  Deploying: 0 of 1 pods ready (1/1 pods ready)\n"
     );
     assert_eq!(
-        text(out),
+        out,
         "Function hello is Ready: http://hello.default.svc.cluster.local\n"
     );
 }
 
 #[tokio::test]
 async fn deploy_that_fails_reports_the_reason_and_the_pod_message() {
-    let body = parse::<deploy::Args>(&["hello", "--image", "ghcr.io/acme/nope:1"])
-        .function("default")
-        .expect("valid flags");
     let message = "pod hello-1: ImagePullBackOff: Back-off pulling image ghcr.io/acme/nope:1";
-    let error = exchange(
-        |mut api| async move {
-            api.next(Method::PATCH, HELLO).await.ok(&function(
-                "hello",
-                "Unknown",
-                "Deploying",
-                "starting",
-            ));
+    let (outcome, _, _) = deploy_and_wait(
+        "ghcr.io/acme/nope:1",
+        "starting",
+        move |mut api| async move {
             api.next(Method::GET, FUNCTIONS).await.ok(&list_of(
                 "FunctionList",
                 vec![function("hello", "False", "DeploymentFailed", message)],
             ));
             api.done().await;
         },
-        async |cluster| {
-            deploy::run(
-                cluster,
-                body,
-                Some(Duration::from_secs(60)),
-                Format::Human,
-                &mut Vec::new(),
-                &mut Vec::new(),
-            )
-            .await
-        },
     )
-    .await
-    .expect_err("fails");
+    .await;
+    let error = outcome.expect_err("fails");
     assert_eq!(
         error.to_string(),
         format!("Function hello failed: DeploymentFailed: {message}")
