@@ -259,6 +259,20 @@ fn text(out: Vec<u8>) -> String {
     String::from_utf8(out).expect("UTF-8 output")
 }
 
+/// Expects a list of `path` chosen by the query parameter `selector` (name, value), and
+/// answers with a list of `kind` holding `items`.
+async fn expect_list(
+    api: &mut ApiServer,
+    path: &str,
+    (param, selector): (&str, &str),
+    kind: &str,
+    items: Vec<Value>,
+) {
+    let call = api.next(Method::GET, path).await;
+    assert_eq!(call.param(param), Some(selector), "{param} of {path}");
+    call.ok(&list_of(kind, items));
+}
+
 // ---------------------------------------------------------------------------------------
 // list
 
@@ -608,12 +622,14 @@ async fn deploy_waits_for_ready_showing_progress_then_prints_the_url() {
         "ghcr.io/acme/hello:1",
         "0 of 1 pods ready",
         |mut api| async move {
-            let call = api.next(Method::GET, FUNCTIONS).await;
-            assert_eq!(call.param("fieldSelector"), Some("metadata.name=hello"));
-            call.ok(&list_of(
+            expect_list(
+                &mut api,
+                FUNCTIONS,
+                ("fieldSelector", "metadata.name=hello"),
                 "FunctionList",
                 vec![deploying("0 of 1 pods ready")],
-            ));
+            )
+            .await;
             let call = api.next(Method::GET, FUNCTIONS).await;
             assert_eq!(call.param("watch"), Some("true"));
             let event = json!({"type": "MODIFIED", "object": serving("hello")});
@@ -694,21 +710,18 @@ async fn expect_activator_pods(api: &mut ApiServer) {
         "metadata": {"name": "zeroscale-activator", "namespace": "zeroscale-system"},
         "spec": {"selector": {"app.kubernetes.io/component": "activator"}},
     }));
-    let call = api
-        .next(Method::GET, "/api/v1/namespaces/zeroscale-system/pods")
-        .await;
-    assert_eq!(
-        call.param("labelSelector"),
-        Some("app.kubernetes.io/component=activator")
-    );
-    call.ok(&list_of(
+    expect_list(
+        api,
+        "/api/v1/namespaces/zeroscale-system/pods",
+        ("labelSelector", "app.kubernetes.io/component=activator"),
         "PodList",
         vec![pod(
             "activator-0",
             "zeroscale-system",
             json!([{"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 9090}]),
         )],
-    ));
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -717,14 +730,13 @@ async fn describe_reads_events_and_the_activators_figures_through_the_pod_proxy(
     exchange(
         |mut api| async move {
             api.next(Method::GET, HELLO).await.ok(&serving("hello"));
-            let call = api
-                .next(Method::GET, "/api/v1/namespaces/default/events")
-                .await;
-            assert_eq!(
-                call.param("fieldSelector"),
-                Some("involvedObject.kind=Function,involvedObject.name=hello")
-            );
-            call.ok(&list_of(
+            expect_list(
+                &mut api,
+                "/api/v1/namespaces/default/events",
+                (
+                    "fieldSelector",
+                    "involvedObject.kind=Function,involvedObject.name=hello",
+                ),
                 "EventList",
                 vec![json!({
                     "metadata": {"name": "hello.1", "namespace": "default"},
@@ -734,7 +746,8 @@ async fn describe_reads_events_and_the_activators_figures_through_the_pod_proxy(
                     "type": "Normal",
                     "eventTime": "2026-12-07T10:02:00.000000Z",
                 })],
-            ));
+            )
+            .await;
             expect_activator_pods(&mut api).await;
             let proxy = "/api/v1/namespaces/zeroscale-system/pods/activator-0:9090/proxy";
             api.next(Method::GET, &format!("{proxy}/stats"))
@@ -768,14 +781,14 @@ async fn describe_reads_events_and_the_activators_figures_through_the_pod_proxy(
 
 /// Expects the look-up of `hello`'s pods by its label, and answers with `pods`.
 async fn expect_hello_pods(api: &mut ApiServer, pods: Vec<Value>) {
-    let call = api
-        .next(Method::GET, "/api/v1/namespaces/default/pods")
-        .await;
-    assert_eq!(
-        call.param("labelSelector"),
-        Some("zeroscale.dev/function=hello")
-    );
-    call.ok(&list_of("PodList", pods));
+    expect_list(
+        api,
+        "/api/v1/namespaces/default/pods",
+        ("labelSelector", "zeroscale.dev/function=hello"),
+        "PodList",
+        pods,
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
