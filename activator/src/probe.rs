@@ -309,47 +309,50 @@ mod tests {
         (addr, saw)
     }
 
-    fn assert_closed_cleanly(saw: &ServerSaw) {
+    /// Probes a [`server_in_two_parts`] (writes 100 ms apart), checks that the probe
+    /// closed the connection cleanly, and returns the probe's verdict.
+    async fn probe_two_parts(head: &'static str, body: &'static str) -> bool {
+        let (addr, saw) = server_in_two_parts(head, body, Duration::from_millis(100)).await;
+        let healthy = probe(addr, PodProtocol::Http1, Some("/healthz"), TIMEOUT).await;
+        let saw = saw.await.expect("server");
         assert!(saw.second_write.is_ok(), "{saw:?}");
         assert!(saw.shutdown.is_ok(), "{saw:?}");
         assert!(matches!(saw.read_after, Ok(0)), "{saw:?}");
+        healthy
     }
 
     #[tokio::test]
     async fn server_writing_its_response_in_parts_sees_a_clean_close_not_a_reset() {
-        let (addr, saw) = server_in_two_parts(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\n",
-            "ok",
-            Duration::from_millis(100),
-        )
-        .await;
-        assert!(probe(addr, PodProtocol::Http1, Some("/healthz"), TIMEOUT).await);
-        assert_closed_cleanly(&saw.await.expect("server"));
+        assert!(
+            probe_two_parts(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\n",
+                "ok",
+            )
+            .await
+        );
     }
 
     #[tokio::test]
     async fn body_without_a_length_is_read_until_the_server_closes() {
         // Python's http.server answers HTTP/1.0 and ends the body by closing.
-        let (addr, saw) = server_in_two_parts(
-            "HTTP/1.0 200 OK\r\nServer: BaseHTTP/0.6 Python/3.12\r\n\r\n",
-            "{\"status\": \"ok\"}",
-            Duration::from_millis(100),
-        )
-        .await;
-        assert!(probe(addr, PodProtocol::Http1, Some("/healthz"), TIMEOUT).await);
-        assert_closed_cleanly(&saw.await.expect("server"));
+        assert!(
+            probe_two_parts(
+                "HTTP/1.0 200 OK\r\nServer: BaseHTTP/0.6 Python/3.12\r\n\r\n",
+                "{\"status\": \"ok\"}",
+            )
+            .await
+        );
     }
 
     #[tokio::test]
     async fn chunked_body_is_read_to_its_last_chunk() {
-        let (addr, saw) = server_in_two_parts(
-            "HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwait",
-            "\r\n0\r\n\r\n",
-            Duration::from_millis(100),
-        )
-        .await;
-        assert!(!probe(addr, PodProtocol::Http1, Some("/healthz"), TIMEOUT).await);
-        assert_closed_cleanly(&saw.await.expect("server"));
+        assert!(
+            !probe_two_parts(
+                "HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwait",
+                "\r\n0\r\n\r\n",
+            )
+            .await
+        );
     }
 
     #[tokio::test]

@@ -60,6 +60,11 @@ fn serving(name: &str) -> Value {
     function(name, "True", "Serving", "1 of 1 pods ready")
 }
 
+/// `hello`, applied but not yet Ready.
+fn deploying(message: &str) -> Value {
+    function("hello", "Unknown", "Deploying", message)
+}
+
 fn list_of(kind: &str, items: Vec<Value>) -> Value {
     json!({
         "apiVersion": "v1",
@@ -92,6 +97,23 @@ fn cluster() -> (Cluster, ApiServer) {
         namespace: "default".into(),
     };
     (cluster, ApiServer(handle))
+}
+
+/// Runs `command` against a cluster whose API server `script` plays, then awaits the
+/// script to its end.
+async fn exchange<S, T>(
+    script: impl FnOnce(ApiServer) -> S,
+    command: impl AsyncFnOnce(&Cluster) -> T,
+) -> T
+where
+    S: Future<Output = ()> + Send + 'static,
+{
+    let (cluster, api) = cluster();
+    let verifier = tokio::spawn(script(api));
+    let outcome = command(&cluster).await;
+    drop(cluster);
+    verified(verifier).await;
+    outcome
 }
 
 /// Awaits the verifier for at most 5 s, so that a missing request (or a client kept
@@ -160,6 +182,11 @@ impl ApiServer {
 }
 
 impl Call {
+    /// The query parameter `key`, if the request has it.
+    fn param(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+
     fn respond(self, status: StatusCode, body: &Value) {
         let body = serde_json::to_vec(body).expect("serializes");
         self.respond_text(status, body);
@@ -232,25 +259,38 @@ fn text(out: Vec<u8>) -> String {
     String::from_utf8(out).expect("UTF-8 output")
 }
 
+/// Expects a list of `path` chosen by the query parameter `selector` (name, value), and
+/// answers with a list of `kind` holding `items`.
+async fn expect_list(
+    api: &mut ApiServer,
+    path: &str,
+    (param, selector): (&str, &str),
+    kind: &str,
+    items: Vec<Value>,
+) {
+    let call = api.next(Method::GET, path).await;
+    assert_eq!(call.param(param), Some(selector), "{param} of {path}");
+    call.ok(&list_of(kind, items));
+}
+
 // ---------------------------------------------------------------------------------------
 // list
 
 #[tokio::test]
 async fn list_reads_the_namespace_and_prints_a_row_per_function() {
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::GET, FUNCTIONS).await.ok(&list_of(
-            "FunctionList",
-            vec![serving("hello"), serving("payments")],
-        ));
-        api.done().await;
-    });
     let mut out = Vec::new();
-    list::run(&cluster, false, Format::Human, &mut out)
-        .await
-        .expect("lists");
-    drop(cluster);
-    verified(verifier).await;
+    exchange(
+        |mut api| async move {
+            api.next(Method::GET, FUNCTIONS).await.ok(&list_of(
+                "FunctionList",
+                vec![serving("hello"), serving("payments")],
+            ));
+            api.done().await;
+        },
+        async |cluster| list::run(cluster, false, Format::Human, &mut out).await,
+    )
+    .await
+    .expect("lists");
     let out = text(out);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
@@ -266,19 +306,18 @@ async fn list_reads_the_namespace_and_prints_a_row_per_function() {
 
 #[tokio::test]
 async fn list_of_every_namespace_reads_the_cluster_wide_path_and_prints_json() {
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::GET, "/apis/zeroscale.dev/v1alpha1/functions")
-            .await
-            .ok(&list_of("FunctionList", vec![serving("hello")]));
-        api.done().await;
-    });
     let mut out = Vec::new();
-    list::run(&cluster, true, Format::Json, &mut out)
-        .await
-        .expect("lists");
-    drop(cluster);
-    verified(verifier).await;
+    exchange(
+        |mut api| async move {
+            api.next(Method::GET, "/apis/zeroscale.dev/v1alpha1/functions")
+                .await
+                .ok(&list_of("FunctionList", vec![serving("hello")]));
+            api.done().await;
+        },
+        async |cluster| list::run(cluster, true, Format::Json, &mut out).await,
+    )
+    .await
+    .expect("lists");
     let printed: Value = serde_json::from_slice(&out).expect("JSON output");
     assert_eq!(printed[0]["metadata"]["name"], "hello");
     assert_eq!(printed[0]["status"]["readyReplicas"], 1);
@@ -299,35 +338,49 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-#[tokio::test]
-async fn list_watch_prints_the_table_again_on_every_change() {
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::GET, FUNCTIONS)
-            .await
-            .ok(&list_of("FunctionList", vec![serving("hello")]));
-        let call = api.next(Method::GET, FUNCTIONS).await;
-        assert_eq!(call.query.get("watch").map(String::as_str), Some("true"));
-        let event = json!({"type": "ADDED", "object": serving("payments")});
-        call.respond_text(StatusCode::OK, format!("{event}\n"));
-        // The watch reconnects after that stream ends; the test stops it before.
-    });
+/// Runs a command that does not end by itself (a watch, a follow) until what it has
+/// printed is `enough`, and returns that.
+async fn printed_until(
+    command: impl AsyncFnOnce(&mut ChannelWriter) -> Result<(), Error>,
+    enough: impl Fn(&str) -> bool,
+) -> String {
     let (sender, mut written) = tokio::sync::mpsc::unbounded_channel();
     let mut out = ChannelWriter(sender);
     let mut printed = String::new();
     tokio::select! {
-        result = list::watch(&cluster, false, Format::Human, &mut out) => {
-            panic!("the watch ended: {result:?}");
-        }
+        result = command(&mut out) => panic!("the command ended: {result:?}"),
         () = async {
-            while printed.matches("NAME").count() < 2 || !printed.ends_with("\n\n") {
-                let chunk = written.recv().await.expect("the watch writes");
+            while !enough(&printed) {
+                let chunk = written.recv().await.expect("the command writes");
                 printed.push_str(&String::from_utf8_lossy(&chunk));
             }
         } => {}
     }
-    drop(cluster);
-    verified(verifier).await;
+    printed
+}
+
+#[tokio::test]
+async fn list_watch_prints_the_table_again_on_every_change() {
+    let printed = exchange(
+        |mut api| async move {
+            api.next(Method::GET, FUNCTIONS)
+                .await
+                .ok(&list_of("FunctionList", vec![serving("hello")]));
+            let call = api.next(Method::GET, FUNCTIONS).await;
+            assert_eq!(call.param("watch"), Some("true"));
+            let event = json!({"type": "ADDED", "object": serving("payments")});
+            call.respond_text(StatusCode::OK, format!("{event}\n"));
+            // The watch reconnects after that stream ends; the test stops it before.
+        },
+        async |cluster| {
+            printed_until(
+                async |out| list::watch(cluster, false, Format::Human, out).await,
+                |printed| printed.matches("NAME").count() >= 2 && printed.ends_with("\n\n"),
+            )
+            .await
+        },
+    )
+    .await;
     let tables: Vec<&str> = printed.split("\n\n").collect();
     assert_eq!(tables.len(), 3, "{printed}");
     assert_eq!(
@@ -343,23 +396,29 @@ async fn list_watch_prints_the_table_again_on_every_change() {
     assert!(tables[1].contains("\npayments "), "{printed}");
 }
 
+/// What `list` returns when the API server answers it with a `Status` error.
+async fn list_error(code: u16, reason: &'static str, message: &'static str) -> Error {
+    exchange(
+        |mut api| async move {
+            api.next(Method::GET, FUNCTIONS)
+                .await
+                .fail(code, reason, message, None);
+            api.done().await;
+        },
+        async |cluster| list::run(cluster, false, Format::Human, &mut Vec::new()).await,
+    )
+    .await
+    .expect_err("the API server refused the list")
+}
+
 #[tokio::test]
 async fn list_without_the_crd_says_how_to_install_it() {
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::GET, FUNCTIONS).await.fail(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-            None,
-        );
-        api.done().await;
-    });
-    let error = list::run(&cluster, false, Format::Human, &mut Vec::new())
-        .await
-        .expect_err("no CRD");
-    drop(cluster);
-    verified(verifier).await;
+    let error = list_error(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+    .await;
     assert!(matches!(error, Error::CrdMissing), "{error:?}");
     assert!(
         error.to_string().contains("helm install zeroscale"),
@@ -369,42 +428,32 @@ async fn list_without_the_crd_says_how_to_install_it() {
 
 #[tokio::test]
 async fn describe_without_the_crd_says_how_to_install_it_rather_than_not_found() {
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        let missing = "the server could not find the requested resource";
-        api.next(Method::GET, HELLO)
-            .await
-            .fail(404, "NotFound", missing, None);
-        api.next(Method::GET, FUNCTIONS)
-            .await
-            .fail(404, "NotFound", missing, None);
-        api.done().await;
-    });
-    let error = describe::run(&cluster, "hello", Format::Human, &mut Vec::new())
-        .await
-        .expect_err("no CRD");
-    drop(cluster);
-    verified(verifier).await;
+    let error = exchange(
+        |mut api| async move {
+            let missing = "the server could not find the requested resource";
+            api.next(Method::GET, HELLO)
+                .await
+                .fail(404, "NotFound", missing, None);
+            api.next(Method::GET, FUNCTIONS)
+                .await
+                .fail(404, "NotFound", missing, None);
+            api.done().await;
+        },
+        async |cluster| describe::run(cluster, "hello", Format::Human, &mut Vec::new()).await,
+    )
+    .await
+    .expect_err("no CRD");
     assert!(matches!(error, Error::CrdMissing), "{error:?}");
 }
 
 #[tokio::test]
 async fn forbidden_names_the_verb_the_resource_and_the_namespace() {
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::GET, FUNCTIONS).await.fail(
-            403,
-            "Forbidden",
-            "functions.zeroscale.dev is forbidden: User \"ada\" cannot list resource \"functions\"",
-            None,
-        );
-        api.done().await;
-    });
-    let error = list::run(&cluster, false, Format::Human, &mut Vec::new())
-        .await
-        .expect_err("forbidden");
-    drop(cluster);
-    verified(verifier).await;
+    let error = list_error(
+        403,
+        "Forbidden",
+        "functions.zeroscale.dev is forbidden: User \"ada\" cannot list resource \"functions\"",
+    )
+    .await;
     assert!(
         error.to_string().starts_with(
             "forbidden: you may not list functions.zeroscale.dev in namespace default"
@@ -418,49 +467,47 @@ async fn forbidden_names_the_verb_the_resource_and_the_namespace() {
 
 #[tokio::test]
 async fn delete_deletes_the_function_in_the_background() {
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        let call = api.next(Method::DELETE, HELLO).await;
-        assert_eq!(
-            call.body["propagationPolicy"], "Background",
-            "{}",
-            call.body
-        );
-        call.ok(&serving("hello"));
-        api.done().await;
-    });
     let mut out = Vec::new();
-    delete::run(&cluster, "hello", &mut out)
-        .await
-        .expect("deletes");
-    drop(cluster);
-    verified(verifier).await;
+    exchange(
+        |mut api| async move {
+            let call = api.next(Method::DELETE, HELLO).await;
+            assert_eq!(
+                call.body["propagationPolicy"], "Background",
+                "{}",
+                call.body
+            );
+            call.ok(&serving("hello"));
+            api.done().await;
+        },
+        async |cluster| delete::run(cluster, "hello", &mut out).await,
+    )
+    .await
+    .expect("deletes");
     assert_eq!(text(out), "Function hello deleted from namespace default\n");
 }
 
 #[tokio::test]
 async fn deleting_a_missing_function_lists_near_names() {
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        let path = "/apis/zeroscale.dev/v1alpha1/namespaces/default/functions/helo";
-        let not_found = "functions.zeroscale.dev \"helo\" not found";
-        api.next(Method::DELETE, path)
-            .await
-            .fail(404, "NotFound", not_found, Some("helo"));
-        api.next(Method::GET, path)
-            .await
-            .fail(404, "NotFound", not_found, Some("helo"));
-        api.next(Method::GET, FUNCTIONS).await.ok(&list_of(
-            "FunctionList",
-            vec![serving("hello"), serving("orders")],
-        ));
-        api.done().await;
-    });
-    let error = delete::run(&cluster, "helo", &mut Vec::new())
-        .await
-        .expect_err("not found");
-    drop(cluster);
-    verified(verifier).await;
+    let error = exchange(
+        |mut api| async move {
+            let path = "/apis/zeroscale.dev/v1alpha1/namespaces/default/functions/helo";
+            let not_found = "functions.zeroscale.dev \"helo\" not found";
+            api.next(Method::DELETE, path)
+                .await
+                .fail(404, "NotFound", not_found, Some("helo"));
+            api.next(Method::GET, path)
+                .await
+                .fail(404, "NotFound", not_found, Some("helo"));
+            api.next(Method::GET, FUNCTIONS).await.ok(&list_of(
+                "FunctionList",
+                vec![serving("hello"), serving("orders")],
+            ));
+            api.done().await;
+        },
+        async |cluster| delete::run(cluster, "helo", &mut Vec::new()).await,
+    )
+    .await
+    .expect_err("not found");
     assert_eq!(
         error.to_string(),
         "Function helo not found in namespace default; did you mean hello?"
@@ -470,19 +517,20 @@ async fn deleting_a_missing_function_lists_near_names() {
 // ---------------------------------------------------------------------------------------
 // deploy
 
-fn deploy_args(args: &[&str]) -> deploy::Args {
+/// The flags of a subcommand, parsed from `args` as clap would from its command line.
+fn parse<A: clap::Args>(args: &[&str]) -> A {
     use clap::Parser;
     #[derive(clap::Parser)]
-    struct Cli {
+    struct Cli<A: clap::Args> {
         #[command(flatten)]
-        deploy: deploy::Args,
+        args: A,
     }
-    Cli::parse_from(std::iter::once("deploy").chain(args.iter().copied())).deploy
+    Cli::parse_from(std::iter::once("zeroscale").chain(args.iter().copied())).args
 }
 
 #[tokio::test]
 async fn deploy_applies_only_the_flags_given_under_the_cli_field_manager() {
-    let args = deploy_args(&[
+    let args = parse::<deploy::Args>(&[
         "hello",
         "--image",
         "ghcr.io/acme/hello:1",
@@ -494,134 +542,129 @@ async fn deploy_applies_only_the_flags_given_under_the_cli_field_manager() {
         "5",
     ]);
     let body = args.function("default").expect("valid flags");
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        let call = api.next(Method::PATCH, HELLO).await;
-        assert_eq!(
-            call.query.get("fieldManager").map(String::as_str),
-            Some("zeroscale-cli")
-        );
-        assert_eq!(call.query.get("force").map(String::as_str), Some("true"));
-        assert_eq!(
-            call.content_type.as_deref(),
-            Some("application/apply-patch+yaml")
-        );
-        assert_eq!(
-            call.body,
-            json!({
-                "apiVersion": "zeroscale.dev/v1alpha1",
-                "kind": "Function",
-                "metadata": {"name": "hello", "namespace": "default"},
-                "spec": {
-                    "image": "ghcr.io/acme/hello:1",
-                    "env": [{"name": "GREETING", "value": "hi"}],
-                    "scaling": {"minReplicas": 0, "maxReplicas": 5},
-                },
-            })
-        );
-        call.ok(&function("hello", "Unknown", "Deploying", "starting"));
-        api.done().await;
-    });
     let (mut out, mut progress) = (Vec::new(), Vec::new());
-    deploy::run(&cluster, body, None, Format::Human, &mut out, &mut progress)
-        .await
-        .expect("applies");
-    drop(cluster);
-    verified(verifier).await;
+    exchange(
+        |mut api| async move {
+            let call = api.next(Method::PATCH, HELLO).await;
+            assert_eq!(call.param("fieldManager"), Some("zeroscale-cli"));
+            assert_eq!(call.param("force"), Some("true"));
+            assert_eq!(
+                call.content_type.as_deref(),
+                Some("application/apply-patch+yaml")
+            );
+            assert_eq!(
+                call.body,
+                json!({
+                    "apiVersion": "zeroscale.dev/v1alpha1",
+                    "kind": "Function",
+                    "metadata": {"name": "hello", "namespace": "default"},
+                    "spec": {
+                        "image": "ghcr.io/acme/hello:1",
+                        "env": [{"name": "GREETING", "value": "hi"}],
+                        "scaling": {"minReplicas": 0, "maxReplicas": 5},
+                    },
+                })
+            );
+            call.ok(&deploying("starting"));
+            api.done().await;
+        },
+        async |cluster| {
+            deploy::run(cluster, body, None, Format::Human, &mut out, &mut progress).await
+        },
+    )
+    .await
+    .expect("applies");
     assert_eq!(
         text(out),
         "Function hello applied: http://hello.default.svc.cluster.local\n"
     );
 }
 
-#[tokio::test]
-async fn deploy_waits_for_ready_showing_progress_then_prints_the_url() {
-    let body = deploy_args(&["hello", "--image", "ghcr.io/acme/hello:1"])
+/// Deploys `hello` from `--image image`, waiting up to a minute for Ready, against an
+/// API server `script` plays after answering the apply with [`deploying`]`(applied)`.
+/// Returns the outcome, the output and the progress.
+async fn deploy_and_wait<S>(
+    image: &str,
+    applied: &'static str,
+    script: impl FnOnce(ApiServer) -> S + Send + 'static,
+) -> (Result<(), Error>, String, String)
+where
+    S: Future<Output = ()> + Send + 'static,
+{
+    let body = parse::<deploy::Args>(&["hello", "--image", image])
         .function("default")
         .expect("valid flags");
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::PATCH, HELLO).await.ok(&function(
-            "hello",
-            "Unknown",
-            "Deploying",
-            "0 of 1 pods ready",
-        ));
-        let call = api.next(Method::GET, FUNCTIONS).await;
-        assert_eq!(
-            call.query.get("fieldSelector").map(String::as_str),
-            Some("metadata.name=hello")
-        );
-        call.ok(&list_of(
-            "FunctionList",
-            vec![function(
-                "hello",
-                "Unknown",
-                "Deploying",
-                "0 of 1 pods ready",
-            )],
-        ));
-        let call = api.next(Method::GET, FUNCTIONS).await;
-        assert_eq!(call.query.get("watch").map(String::as_str), Some("true"));
-        let event = json!({"type": "MODIFIED", "object": serving("hello")});
-        call.respond_text(StatusCode::OK, format!("{event}\n"));
-        api.done().await;
-    });
     let (mut out, mut progress) = (Vec::new(), Vec::new());
-    deploy::run(
-        &cluster,
-        body,
-        Some(Duration::from_secs(60)),
-        Format::Human,
-        &mut out,
-        &mut progress,
+    let outcome = exchange(
+        |mut api| async move {
+            api.next(Method::PATCH, HELLO).await.ok(&deploying(applied));
+            script(api).await;
+        },
+        async |cluster| {
+            deploy::run(
+                cluster,
+                body,
+                Some(Duration::from_secs(60)),
+                Format::Human,
+                &mut out,
+                &mut progress,
+            )
+            .await
+        },
     )
-    .await
-    .expect("becomes Ready");
-    drop(cluster);
-    verified(verifier).await;
+    .await;
+    (outcome, text(out), text(progress))
+}
+
+#[tokio::test]
+async fn deploy_waits_for_ready_showing_progress_then_prints_the_url() {
+    let (outcome, out, progress) = deploy_and_wait(
+        "ghcr.io/acme/hello:1",
+        "0 of 1 pods ready",
+        |mut api| async move {
+            expect_list(
+                &mut api,
+                FUNCTIONS,
+                ("fieldSelector", "metadata.name=hello"),
+                "FunctionList",
+                vec![deploying("0 of 1 pods ready")],
+            )
+            .await;
+            let call = api.next(Method::GET, FUNCTIONS).await;
+            assert_eq!(call.param("watch"), Some("true"));
+            let event = json!({"type": "MODIFIED", "object": serving("hello")});
+            call.respond_text(StatusCode::OK, format!("{event}\n"));
+            api.done().await;
+        },
+    )
+    .await;
+    outcome.expect("becomes Ready");
     assert_eq!(
-        text(progress),
+        progress,
         "Function hello applied in namespace default\n  Deploying: 0 of 1 pods ready (1/1 pods ready)\n"
     );
     assert_eq!(
-        text(out),
+        out,
         "Function hello is Ready: http://hello.default.svc.cluster.local\n"
     );
 }
 
 #[tokio::test]
 async fn deploy_that_fails_reports_the_reason_and_the_pod_message() {
-    let body = deploy_args(&["hello", "--image", "ghcr.io/acme/nope:1"])
-        .function("default")
-        .expect("valid flags");
     let message = "pod hello-1: ImagePullBackOff: Back-off pulling image ghcr.io/acme/nope:1";
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::PATCH, HELLO).await.ok(&function(
-            "hello",
-            "Unknown",
-            "Deploying",
-            "starting",
-        ));
-        api.next(Method::GET, FUNCTIONS).await.ok(&list_of(
-            "FunctionList",
-            vec![function("hello", "False", "DeploymentFailed", message)],
-        ));
-        api.done().await;
-    });
-    let error = deploy::run(
-        &cluster,
-        body,
-        Some(Duration::from_secs(60)),
-        Format::Human,
-        &mut Vec::new(),
-        &mut Vec::new(),
+    let (outcome, _, _) = deploy_and_wait(
+        "ghcr.io/acme/nope:1",
+        "starting",
+        move |mut api| async move {
+            api.next(Method::GET, FUNCTIONS).await.ok(&list_of(
+                "FunctionList",
+                vec![function("hello", "False", "DeploymentFailed", message)],
+            ));
+            api.done().await;
+        },
     )
-    .await
-    .expect_err("fails");
-    drop(cluster);
-    verified(verifier).await;
+    .await;
+    let error = outcome.expect_err("fails");
     assert_eq!(
         error.to_string(),
         format!("Function hello failed: DeploymentFailed: {message}")
@@ -630,11 +673,11 @@ async fn deploy_that_fails_reports_the_reason_and_the_pod_message() {
 
 #[test]
 fn deploy_flags_are_checked_with_the_operators_rules() {
-    let error = deploy_args(&["hello", "--image", "x", "--min", "3", "--max", "1"])
+    let error = parse::<deploy::Args>(&["hello", "--image", "x", "--min", "3", "--max", "1"])
         .function("default")
         .expect_err("min above max");
     assert!(error.to_string().contains("minReplicas"), "{error}");
-    let error = deploy_args(&["hello", "--image", "x", "--env", "NOVALUE"])
+    let error = parse::<deploy::Args>(&["hello", "--image", "x", "--env", "NOVALUE"])
         .function("default")
         .expect_err("env without =");
     assert_eq!(error.to_string(), "--env NOVALUE: expected K=V");
@@ -667,65 +710,61 @@ async fn expect_activator_pods(api: &mut ApiServer) {
         "metadata": {"name": "zeroscale-activator", "namespace": "zeroscale-system"},
         "spec": {"selector": {"app.kubernetes.io/component": "activator"}},
     }));
-    let call = api
-        .next(Method::GET, "/api/v1/namespaces/zeroscale-system/pods")
-        .await;
-    assert_eq!(
-        call.query.get("labelSelector").map(String::as_str),
-        Some("app.kubernetes.io/component=activator")
-    );
-    call.ok(&list_of(
+    expect_list(
+        api,
+        "/api/v1/namespaces/zeroscale-system/pods",
+        ("labelSelector", "app.kubernetes.io/component=activator"),
         "PodList",
         vec![pod(
             "activator-0",
             "zeroscale-system",
             json!([{"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 9090}]),
         )],
-    ));
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn describe_reads_events_and_the_activators_figures_through_the_pod_proxy() {
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::GET, HELLO).await.ok(&serving("hello"));
-        let call = api
-            .next(Method::GET, "/api/v1/namespaces/default/events")
-            .await;
-        assert_eq!(
-            call.query.get("fieldSelector").map(String::as_str),
-            Some("involvedObject.kind=Function,involvedObject.name=hello")
-        );
-        call.ok(&list_of(
-            "EventList",
-            vec![json!({
-                "metadata": {"name": "hello.1", "namespace": "default"},
-                "involvedObject": {"kind": "Function", "name": "hello"},
-                "reason": "ScaledFromZero",
-                "message": "hello: 0 -> 1 (Wake)",
-                "type": "Normal",
-                "eventTime": "2026-12-07T10:02:00.000000Z",
-            })],
-        ));
-        expect_activator_pods(&mut api).await;
-        let proxy = "/api/v1/namespaces/zeroscale-system/pods/activator-0:9090/proxy";
-        api.next(Method::GET, &format!("{proxy}/stats"))
-            .await
-            .respond_text(StatusCode::OK, STATS);
-        api.next(Method::GET, &format!("{proxy}/metrics"))
-            .await
-            .respond_text(StatusCode::OK, METRICS);
-        api.next(Method::GET, &format!("{proxy}/stats"))
-            .await
-            .respond_text(StatusCode::OK, STATS_LATER);
-        api.done().await;
-    });
     let mut out = Vec::new();
-    describe::run(&cluster, "hello", Format::Human, &mut out)
-        .await
-        .expect("describes");
-    drop(cluster);
-    verified(verifier).await;
+    exchange(
+        |mut api| async move {
+            api.next(Method::GET, HELLO).await.ok(&serving("hello"));
+            expect_list(
+                &mut api,
+                "/api/v1/namespaces/default/events",
+                (
+                    "fieldSelector",
+                    "involvedObject.kind=Function,involvedObject.name=hello",
+                ),
+                "EventList",
+                vec![json!({
+                    "metadata": {"name": "hello.1", "namespace": "default"},
+                    "involvedObject": {"kind": "Function", "name": "hello"},
+                    "reason": "ScaledFromZero",
+                    "message": "hello: 0 -> 1 (Wake)",
+                    "type": "Normal",
+                    "eventTime": "2026-12-07T10:02:00.000000Z",
+                })],
+            )
+            .await;
+            expect_activator_pods(&mut api).await;
+            let proxy = "/api/v1/namespaces/zeroscale-system/pods/activator-0:9090/proxy";
+            api.next(Method::GET, &format!("{proxy}/stats"))
+                .await
+                .respond_text(StatusCode::OK, STATS);
+            api.next(Method::GET, &format!("{proxy}/metrics"))
+                .await
+                .respond_text(StatusCode::OK, METRICS);
+            api.next(Method::GET, &format!("{proxy}/stats"))
+                .await
+                .respond_text(StatusCode::OK, STATS_LATER);
+            api.done().await;
+        },
+        async |cluster| describe::run(cluster, "hello", Format::Human, &mut out).await,
+    )
+    .await
+    .expect("describes");
     let out = text(out);
     assert!(
         out.contains("Scaling decisions:\n  AGE ")
@@ -738,6 +777,18 @@ async fn describe_reads_events_and_the_activators_figures_through_the_pod_proxy(
         ),
         "{out}"
     );
+}
+
+/// Expects the look-up of `hello`'s pods by its label, and answers with `pods`.
+async fn expect_hello_pods(api: &mut ApiServer, pods: Vec<Value>) {
+    expect_list(
+        api,
+        "/api/v1/namespaces/default/pods",
+        ("labelSelector", "zeroscale.dev/function=hello"),
+        "PodList",
+        pods,
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -784,20 +835,10 @@ async fn activator(
     (url, requests)
 }
 
-fn invoke_args(args: &[&str]) -> invoke::Args {
-    use clap::Parser;
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        invoke: invoke::Args,
-    }
-    Cli::parse_from(std::iter::once("invoke").chain(args.iter().copied())).invoke
-}
-
 #[tokio::test]
 async fn invoke_sends_the_request_with_the_functions_host_and_prints_the_answer() {
     let (url, mut requests) = activator("hi ada\n").await;
-    let args = invoke_args(&[
+    let args = parse::<invoke::Args>(&[
         "hello",
         "--url",
         &url,
@@ -809,30 +850,19 @@ async fn invoke_sends_the_request_with_the_functions_host_and_prints_the_answer(
         "/greet?x=1",
         "-v",
     ]);
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        let mut at_zero = serving("hello");
-        at_zero["status"]["readyReplicas"] = json!(0);
-        api.next(Method::GET, HELLO).await.ok(&at_zero);
-        let call = api
-            .next(Method::GET, "/api/v1/namespaces/default/pods")
-            .await;
-        assert_eq!(
-            call.query.get("labelSelector").map(String::as_str),
-            Some("zeroscale.dev/function=hello")
-        );
-        call.ok(&list_of(
-            "PodList",
-            vec![pod("hello-7d9-abcde", "default", json!([]))],
-        ));
-        api.done().await;
-    });
     let (mut out, mut verbose) = (Vec::new(), Vec::new());
-    invoke::run(&cluster, &args, &mut out, &mut verbose)
-        .await
-        .expect("invokes");
-    drop(cluster);
-    verified(verifier).await;
+    exchange(
+        |mut api| async move {
+            let mut at_zero = serving("hello");
+            at_zero["status"]["readyReplicas"] = json!(0);
+            api.next(Method::GET, HELLO).await.ok(&at_zero);
+            expect_hello_pods(&mut api, vec![pod("hello-7d9-abcde", "default", json!([]))]).await;
+            api.done().await;
+        },
+        async |cluster| invoke::run(cluster, &args, &mut out, &mut verbose).await,
+    )
+    .await
+    .expect("invokes");
     let (method, host, path, body) = requests.recv().await.expect("a request");
     assert_eq!(
         (method, host.as_str(), path.as_str(), &body[..]),
@@ -855,124 +885,85 @@ async fn invoke_sends_the_request_with_the_functions_host_and_prints_the_answer(
 
 #[tokio::test]
 async fn logs_prefix_every_line_with_its_pod() {
-    let args = {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            logs: logs::Args,
-        }
-        Cli::parse_from(["logs", "hello", "--tail", "5", "--since", "10m"]).logs
-    };
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::GET, HELLO).await.ok(&serving("hello"));
-        let call = api
-            .next(Method::GET, "/api/v1/namespaces/default/pods")
-            .await;
-        assert_eq!(
-            call.query.get("labelSelector").map(String::as_str),
-            Some("zeroscale.dev/function=hello")
-        );
-        call.ok(&list_of(
-            "PodList",
-            vec![
-                pod("hello-a", "default", json!([])),
-                pod("hello-b", "default", json!([])),
-            ],
-        ));
-        for (pod, text) in [("hello-a", "one\ntwo\n"), ("hello-b", "three\n")] {
-            let call = api
-                .next(
-                    Method::GET,
-                    &format!("/api/v1/namespaces/default/pods/{pod}/log"),
-                )
-                .await;
-            assert_eq!(call.query.get("tailLines").map(String::as_str), Some("5"));
-            assert_eq!(
-                call.query.get("sinceSeconds").map(String::as_str),
-                Some("600")
-            );
-            call.respond_text(StatusCode::OK, text);
-        }
-        api.done().await;
-    });
+    let args = parse::<logs::Args>(&["hello", "--tail", "5", "--since", "10m"]);
     let mut out = Vec::new();
-    logs::run(&cluster, &args, &mut out)
-        .await
-        .expect("reads logs");
-    drop(cluster);
-    verified(verifier).await;
+    exchange(
+        |mut api| async move {
+            api.next(Method::GET, HELLO).await.ok(&serving("hello"));
+            expect_hello_pods(
+                &mut api,
+                vec![
+                    pod("hello-a", "default", json!([])),
+                    pod("hello-b", "default", json!([])),
+                ],
+            )
+            .await;
+            for (pod, text) in [("hello-a", "one\ntwo\n"), ("hello-b", "three\n")] {
+                let call = api
+                    .next(
+                        Method::GET,
+                        &format!("/api/v1/namespaces/default/pods/{pod}/log"),
+                    )
+                    .await;
+                assert_eq!(call.param("tailLines"), Some("5"));
+                assert_eq!(call.param("sinceSeconds"), Some("600"));
+                call.respond_text(StatusCode::OK, text);
+            }
+            api.done().await;
+        },
+        async |cluster| logs::run(cluster, &args, &mut out).await,
+    )
+    .await
+    .expect("reads logs");
     assert_eq!(text(out), "hello-a | one\nhello-a | two\nhello-b | three\n");
 }
 
 #[tokio::test]
 async fn logs_follow_streams_each_running_pod_as_it_appears() {
-    let args = {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            logs: logs::Args,
-        }
-        Cli::parse_from(["logs", "hello", "-f"]).logs
-    };
+    let args = parse::<logs::Args>(&["hello", "-f"]);
     let mut running = pod("hello-a", "default", json!([]));
     running["status"]["containerStatuses"] = json!([{
         "name": "main", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
         "state": {"running": {}},
     }]);
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        api.next(Method::GET, HELLO).await.ok(&serving("hello"));
-        let call = api
-            .next(Method::GET, "/api/v1/namespaces/default/pods")
-            .await;
-        assert_eq!(
-            call.query.get("labelSelector").map(String::as_str),
-            Some("zeroscale.dev/function=hello")
-        );
-        call.ok(&list_of("PodList", vec![running]));
-        // The log stream of the running pod and the watch of new pods, in either order.
-        for _ in 0..2 {
-            let Some((request, reply)) = api.0.next_request().await else {
-                panic!("expected the log stream and the pod watch");
-            };
-            let query = query_pairs(request.uri().query().unwrap_or_default());
-            let call = Call {
-                query: query.clone(),
-                content_type: None,
-                body: Value::Null,
-                reply,
-            };
-            match request.uri().path() {
-                "/api/v1/namespaces/default/pods/hello-a/log" => {
-                    assert_eq!(query.get("follow").map(String::as_str), Some("true"));
-                    call.respond_text(StatusCode::OK, "one\ntwo\n");
+    let printed = exchange(
+        |mut api| async move {
+            api.next(Method::GET, HELLO).await.ok(&serving("hello"));
+            expect_hello_pods(&mut api, vec![running]).await;
+            // The log stream of the running pod and the watch of new pods, in either order.
+            for _ in 0..2 {
+                let Some((request, reply)) = api.0.next_request().await else {
+                    panic!("expected the log stream and the pod watch");
+                };
+                let call = Call {
+                    query: query_pairs(request.uri().query().unwrap_or_default()),
+                    content_type: None,
+                    body: Value::Null,
+                    reply,
+                };
+                match request.uri().path() {
+                    "/api/v1/namespaces/default/pods/hello-a/log" => {
+                        assert_eq!(call.param("follow"), Some("true"));
+                        call.respond_text(StatusCode::OK, "one\ntwo\n");
+                    }
+                    "/api/v1/namespaces/default/pods" => {
+                        assert_eq!(call.param("watch"), Some("true"));
+                        // Held open: no new pods.
+                        std::mem::forget(call);
+                    }
+                    other => panic!("unexpected request {other}"),
                 }
-                "/api/v1/namespaces/default/pods" => {
-                    assert_eq!(query.get("watch").map(String::as_str), Some("true"));
-                    // Held open: no new pods.
-                    std::mem::forget(call);
-                }
-                other => panic!("unexpected request {other}"),
             }
-        }
-    });
-    let (sender, mut written) = tokio::sync::mpsc::unbounded_channel();
-    let mut out = ChannelWriter(sender);
-    let mut printed = String::new();
-    tokio::select! {
-        result = logs::run(&cluster, &args, &mut out) => panic!("logs -f ended: {result:?}"),
-        () = async {
-            while printed.matches('\n').count() < 2 {
-                let chunk = written.recv().await.expect("logs writes");
-                printed.push_str(&String::from_utf8_lossy(&chunk));
-            }
-        } => {}
-    }
-    drop(cluster);
-    verified(verifier).await;
+        },
+        async |cluster| {
+            printed_until(
+                async |out| logs::run(cluster, &args, out).await,
+                |printed| printed.matches('\n').count() >= 2,
+            )
+            .await
+        },
+    )
+    .await;
     assert_eq!(printed, "hello-a | one\nhello-a | two\n");
 }
 
@@ -989,31 +980,22 @@ async fn deploy_from_a_manifest_applies_the_whole_function() {
         body.get("status").is_none(),
         "status is not applied: {body}"
     );
-    let (cluster, mut api) = cluster();
-    let verifier = tokio::spawn(async move {
-        let call = api.next(Method::PATCH, HELLO).await;
-        assert_eq!(
-            call.query.get("fieldManager").map(String::as_str),
-            Some("zeroscale-cli")
-        );
-        assert_eq!(call.body["spec"]["image"], "ghcr.io/acme/hello:1");
-        assert_eq!(call.body["spec"]["port"], 8080, "defaults are applied too");
-        call.ok(&serving("hello"));
-        api.done().await;
-    });
     let mut out = Vec::new();
-    deploy::run(
-        &cluster,
-        body,
-        None,
-        Format::Json,
-        &mut out,
-        &mut Vec::new(),
+    exchange(
+        |mut api| async move {
+            let call = api.next(Method::PATCH, HELLO).await;
+            assert_eq!(call.param("fieldManager"), Some("zeroscale-cli"));
+            assert_eq!(call.body["spec"]["image"], "ghcr.io/acme/hello:1");
+            assert_eq!(call.body["spec"]["port"], 8080, "defaults are applied too");
+            call.ok(&serving("hello"));
+            api.done().await;
+        },
+        async |cluster| {
+            deploy::run(cluster, body, None, Format::Json, &mut out, &mut Vec::new()).await
+        },
     )
     .await
     .expect("applies");
-    drop(cluster);
-    verified(verifier).await;
     let printed: Value = serde_json::from_slice(&out).expect("JSON output");
     assert_eq!(printed["metadata"]["name"], "hello");
 }

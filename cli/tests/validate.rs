@@ -21,29 +21,9 @@ fn examples_directory_is_valid() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("Function hello is valid"));
 }
 
-#[test]
-fn invalid_manifest_fails_naming_the_field() {
-    let dir = std::env::temp_dir().join(format!("zeroscale-validate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("bad.yaml");
-    std::fs::write(
-        &path,
-        "apiVersion: zeroscale.dev/v1alpha1\nkind: Function\nmetadata: {name: bad}\nspec:\n  image: x\n  scaling: {minReplicas: 3, maxReplicas: 1}\n",
-    )
-    .expect("write manifest");
-    let output = zeroscale()
-        .arg("validate")
-        .arg(&path)
-        .output()
-        .expect("runs");
-    std::fs::remove_dir_all(&dir).expect("clean up");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("spec.scaling.minReplicas"), "{stderr}");
-}
-
-/// Runs `zeroscale validate` on one manifest with `content`: exit code and stderr.
-fn validate(test: &str, content: &str) -> (Option<i32>, String) {
+/// Runs `zeroscale validate` on one manifest with `content`, checks that it refuses the
+/// manifest (exit code 1), and returns what it printed on stderr.
+fn refused(test: &str, content: &str) -> String {
     let dir =
         std::env::temp_dir().join(format!("zeroscale-validate-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -55,19 +35,26 @@ fn validate(test: &str, content: &str) -> (Option<i32>, String) {
         .output()
         .expect("runs");
     std::fs::remove_dir_all(&dir).expect("clean up");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+#[test]
+fn invalid_manifest_fails_naming_the_field() {
+    let stderr = refused(
+        "bad",
+        "apiVersion: zeroscale.dev/v1alpha1\nkind: Function\nmetadata: {name: bad}\nspec:\n  image: x\n  scaling: {minReplicas: 3, maxReplicas: 1}\n",
+    );
+    assert!(stderr.contains("spec.scaling.minReplicas"), "{stderr}");
 }
 
 #[test]
 fn unknown_fields_are_refused_naming_their_path_at_every_level() {
-    let (code, stderr) = validate(
+    let stderr = refused(
         "unknown",
         "apiVersion: zeroscale.dev/v1alpha1\nkind: Function\nmetadata: {name: typo}\nspec:\n  image: x\n  scalling: {minReplicas: 1}\n  env: [{name: A, vaule: b}]\n  volumes: [{name: v, emptyDir: {}}]\n",
     );
-    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("spec.scalling: unknown field"), "{stderr}");
     assert!(
         stderr.contains("spec.env[0].vaule: unknown field"),
@@ -81,11 +68,10 @@ fn unknown_fields_are_refused_naming_their_path_at_every_level() {
 
 #[test]
 fn broken_yaml_names_the_file_line_and_column() {
-    let (code, stderr) = validate(
+    let stderr = refused(
         "broken",
         "apiVersion: zeroscale.dev/v1alpha1\nkind: Function\nmetadata:\n  name: broken\nspec:\n  image: [x\n",
     );
-    assert_eq!(code, Some(1), "{stderr}");
     let (location, _) = stderr
         .split_once(": not valid YAML")
         .unwrap_or_else(|| panic!("no YAML error: {stderr}"));

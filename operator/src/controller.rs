@@ -527,7 +527,6 @@ async fn report_refused(
 
 /// Applies the status and publishes an Event when the Ready or HostsClaimed reason changed.
 async fn write_status(function: &Function, ctx: &Context, status: FunctionStatus) -> Result<()> {
-    let name = function.name_any();
     let previous = |type_: &str| {
         function
             .status
@@ -536,26 +535,7 @@ async fn write_status(function: &Function, ctx: &Context, status: FunctionStatus
             .map(|c| c.reason.clone())
     };
     let (previous_ready, previous_claims) = (previous(READY), previous(HOSTS_CLAIMED));
-    let functions: Api<Function> = Api::namespaced(
-        ctx.client.clone(),
-        &function.namespace().unwrap_or_default(),
-    );
-    let body = serde_json::json!({
-        "apiVersion": Function::api_version(&()),
-        "kind": Function::kind(&()),
-        "status": status,
-    });
-    functions
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map_err(|source| Error::PatchStatus {
-            name: name.clone(),
-            source,
-        })?;
+    replicas::apply_status(&ctx.client, function, FIELD_MANAGER, &status).await?;
 
     if let Some(ready) = status.ready_condition()
         && previous_ready.as_deref() != Some(ready.reason.as_str())
@@ -600,13 +580,7 @@ async fn publish_transition(function: &Function, ctx: &Context, condition: &Cond
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &function.object_ref(&()))
-        .await
-    {
-        tracing::warn!(error = %ErrorChain(&error), "publishing event failed");
-    }
+    replicas::publish(&ctx.recorder, function, &event, "event").await;
 }
 
 #[cfg(test)]

@@ -118,27 +118,11 @@ impl ReplicaWriter {
     /// the autoscaler's field manager) and an Event. A failure to publish the Event is
     /// logged, not returned.
     async fn record(&self, function: &Function, from: i32, to: i32, reason: &str) -> Result<()> {
-        let name = function.name_any();
-        let functions: Api<Function> = Api::namespaced(self.client.clone(), &namespace(function));
-        let body = serde_json::json!({
-            "apiVersion": Function::api_version(&()),
-            "kind": Function::kind(&()),
-            "status": {
-                "lastScaleTime": Time(jiff::Timestamp::now()),
-                "lastScaleReason": format!("{reason}: {from} -> {to}"),
-            },
+        let status = serde_json::json!({
+            "lastScaleTime": Time(jiff::Timestamp::now()),
+            "lastScaleReason": format!("{reason}: {from} -> {to}"),
         });
-        functions
-            .patch_status(
-                &name,
-                &PatchParams::apply(AUTOSCALER_FIELD_MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await
-            .map_err(|source| Error::PatchStatus {
-                name: name.clone(),
-                source,
-            })?;
+        apply_status(&self.client, function, AUTOSCALER_FIELD_MANAGER, status).await?;
         let event = Event {
             type_: EventType::Normal,
             reason: match (from, to) {
@@ -146,18 +130,49 @@ impl ReplicaWriter {
                 (0, _) => "ScaledFromZero".into(),
                 _ => "Scaled".into(),
             },
-            note: Some(format!("{name}: {from} -> {to} ({reason})")),
+            note: Some(format!(
+                "{}: {from} -> {to} ({reason})",
+                function.name_any()
+            )),
             action: "Scale".into(),
             secondary: None,
         };
-        if let Err(error) = self
-            .recorder
-            .publish(&event, &function.object_ref(&()))
-            .await
-        {
-            tracing::warn!(error = %ErrorChain(&error), "publishing the scale event failed");
-        }
+        publish(&self.recorder, function, &event, "the scale event").await;
         Ok(())
+    }
+}
+
+/// Server-side applies `status` (the fields `field_manager` owns) to the Function's
+/// status subresource. The reconciler writes its conditions through this too.
+pub(crate) async fn apply_status(
+    client: &Client,
+    function: &Function,
+    field_manager: &str,
+    status: impl serde::Serialize,
+) -> Result<()> {
+    let name = function.name_any();
+    let functions: Api<Function> = Api::namespaced(client.clone(), &namespace(function));
+    let body = serde_json::json!({
+        "apiVersion": Function::api_version(&()),
+        "kind": Function::kind(&()),
+        "status": status,
+    });
+    functions
+        .patch_status(
+            &name,
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map(drop)
+        .map_err(|source| Error::PatchStatus { name, source })
+}
+
+/// Publishes `event` about the Function; a failure to publish `what` is logged, not
+/// returned, since an Event is news, not state.
+pub(crate) async fn publish(recorder: &Recorder, function: &Function, event: &Event, what: &str) {
+    if let Err(error) = recorder.publish(event, &function.object_ref(&())).await {
+        tracing::warn!(error = %ErrorChain(&error), "publishing {what} failed");
     }
 }
 

@@ -210,6 +210,25 @@ fn gathered(registry: &prometheus::Registry) -> String {
         .expect("metrics encode")
 }
 
+/// Waits for the work's next term (`what`) to start, then checks that this replica holds
+/// the Lease, is ready and reports itself as the leader.
+async fn assert_leads(
+    what: &str,
+    terms: &mut mpsc::UnboundedReceiver<Term>,
+    api: &FakeApi,
+    readiness: &Readiness,
+    registry: &prometheus::Registry,
+) {
+    assert_eq!(next(terms, what).await, Term::Started);
+    assert_eq!(api.holder().as_deref(), Some(ME));
+    assert!(readiness.is_ready(), "{:?}", readiness.reason());
+    let metrics_text = gathered(registry);
+    assert!(
+        metrics_text.contains("zeroscale_operator_leader 1"),
+        "{metrics_text}"
+    );
+}
+
 #[tokio::test]
 async fn a_replica_that_lost_the_lease_while_the_api_server_was_down_leads_again_once_it_is_back() {
     let api = FakeApi::start().await;
@@ -237,14 +256,7 @@ async fn a_replica_that_lost_the_lease_while_the_api_server_was_down_leads_again
         .await
     });
 
-    assert_eq!(next(&mut terms, "the first term").await, Term::Started);
-    assert_eq!(api.holder().as_deref(), Some(ME));
-    assert!(readiness.is_ready(), "{:?}", readiness.reason());
-    let metrics_text = gathered(&registry);
-    assert!(
-        metrics_text.contains("zeroscale_operator_leader 1"),
-        "{metrics_text}"
-    );
+    assert_leads("the first term", &mut terms, &api, &readiness, &registry).await;
 
     // Down for longer than the renew deadline (lease duration minus renew period).
     api.set_reachable(false);
@@ -264,14 +276,7 @@ async fn a_replica_that_lost_the_lease_while_the_api_server_was_down_leads_again
     );
 
     api.set_reachable(true);
-    assert_eq!(next(&mut terms, "the second term").await, Term::Started);
-    assert_eq!(api.holder().as_deref(), Some(ME));
-    assert!(readiness.is_ready(), "{:?}", readiness.reason());
-    let metrics_text = gathered(&registry);
-    assert!(
-        metrics_text.contains("zeroscale_operator_leader 1"),
-        "{metrics_text}"
-    );
+    assert_leads("the second term", &mut terms, &api, &readiness, &registry).await;
 
     drop(stop);
     leading.abort();

@@ -3,12 +3,15 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config, ResourceExt};
 
 /// Environment variable naming the kubeconfig of a disposable cluster for cluster tests.
 pub const KUBECONFIG_ENV: &str = "ZEROSCALE_TEST_KUBECONFIG";
@@ -28,6 +31,25 @@ pub async fn cluster_client(test: &str) -> anyhow::Result<Client> {
     let kubeconfig = Kubeconfig::read_from(&path)?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)
+}
+
+/// Applies the Function CRD and waits up to `wait` for the API server to establish it.
+pub async fn install_crd(client: &Client, wait: Duration) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = zeroscale_api::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply("zeroscale-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    tokio::time::timeout(
+        wait,
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await??;
+    Ok(())
 }
 
 /// Runs `body` (given a client and the namespace's name) in a fresh namespace labelled [`TEST_NAMESPACE_LABEL`], and deletes the

@@ -11,7 +11,6 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
@@ -25,30 +24,12 @@ use zeroscale_operator::autoscaler::{self, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
-use zeroscale_tests::{cluster_client, in_temporary_namespace};
+use zeroscale_tests::{cluster_client, in_temporary_namespace, install_crd};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// An image whose container does nothing: the tests need pods, not what they serve.
 const PAUSE: &str = "registry.k8s.io/pause:3.10";
-
-async fn install_crd(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = zeroscale_api::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("zeroscale-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    tokio::time::timeout(
-        WAIT,
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await??;
-    Ok(())
-}
 
 /// Runs the controller for `namespace` in this process until the returned sender drops.
 fn start_controller(
@@ -99,7 +80,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let client = cluster_client(test).await?;
-    install_crd(&client).await?;
+    install_crd(&client, WAIT).await?;
     in_temporary_namespace(&client, prefix, body).await
 }
 

@@ -163,6 +163,7 @@ pub(super) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::tests::values;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -170,14 +171,6 @@ mod tests {
             headers.append(*name, HeaderValue::from_static(value));
         }
         headers
-    }
-
-    fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
-        headers
-            .get_all(name)
-            .iter()
-            .map(|value| value.to_str().expect("ascii"))
-            .collect()
     }
 
     #[test]

@@ -174,7 +174,8 @@ async fn recording_pod() -> (SocketAddr, mpsc::UnboundedReceiver<(Parts, Bytes)>
     (addr, heads)
 }
 
-fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+/// Every value of header `name`, in order.
+pub(super) fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers
         .get_all(name)
         .iter()

@@ -42,12 +42,13 @@ pub struct Args {
     pub dev: DevTarget,
 }
 
-/// The Functions API `list` reads: one namespace, or all of them.
-fn api(cluster: &Cluster, all_namespaces: bool) -> Api<Function> {
+/// The Functions API `list` reads, one namespace or all of them, and that namespace
+/// (none for all) for error messages.
+fn scope(cluster: &Cluster, all_namespaces: bool) -> (Api<Function>, Option<&str>) {
     if all_namespaces {
-        Api::all(cluster.client.clone())
+        (Api::all(cluster.client.clone()), None)
     } else {
-        cluster.functions()
+        (cluster.functions(), Some(cluster.namespace.as_str()))
     }
 }
 
@@ -58,8 +59,8 @@ pub async fn run(
     format: Format,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let namespace = (!all_namespaces).then_some(cluster.namespace.as_str());
-    let functions = api(cluster, all_namespaces)
+    let (api, namespace) = scope(cluster, all_namespaces);
+    let functions = api
         .list(&ListParams::default())
         .await
         .map_err(|source| Error::api("list", FUNCTIONS, namespace, source))?
@@ -74,10 +75,10 @@ pub async fn watch(
     format: Format,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let namespace = (!all_namespaces).then_some(cluster.namespace.as_str());
+    let (api, namespace) = scope(cluster, all_namespaces);
     let mut known = BTreeMap::new();
     let mut initial = BTreeMap::new();
-    let mut events = watcher(api(cluster, all_namespaces), watcher::Config::default())
+    let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     let mut started = false;
