@@ -186,7 +186,7 @@ pub async fn serve(
                 Ok((stream, _peer)) => stream,
                 Err(error) if is_connection_error(&error) => continue,
                 Err(error) => {
-                    tracing::warn!(%error, "admin server failed to accept a connection");
+                    tracing::warn!(error = %process::ErrorChain(&error), "admin server failed to accept a connection");
                     tokio::select! {
                         () = &mut shutdown => break,
                         () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
@@ -202,7 +202,7 @@ pub async fn serve(
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(%error, "admin connection failed");
+                tracing::debug!(error = %process::ErrorChain(&error), "admin connection failed");
             }
         });
     }
@@ -276,7 +276,7 @@ fn metrics(registry: &prometheus::Registry) -> Response<Full<Bytes>> {
     match encoder.encode_to_string(&registry.gather()) {
         Ok(text) => with_content_type(StatusCode::OK, prometheus::TEXT_FORMAT, text),
         Err(error) => {
-            tracing::warn!(%error, "encoding metrics failed");
+            tracing::warn!(error = %process::ErrorChain(&error), "encoding metrics failed");
             plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("encoding metrics failed: {error}\n"),

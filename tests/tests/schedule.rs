@@ -5,17 +5,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use kube::api::{Api, PostParams};
 use kube::runtime::events::Reporter;
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, ResourceExt};
+use kube::runtime::wait::await_condition;
 use zeroscale_api::{Function, FunctionSpec, Schedule, ScheduleStatus};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
 use zeroscale_operator::schedule::KubeStore;
-use zeroscale_tests::{cluster_client, in_temporary_namespace};
+use zeroscale_tests::{cluster_client, in_temporary_namespace, install_crd};
 use zeroscale_triggers::{Attempt, Call, Invoker, ScheduleMetrics, Scheduler, SystemClock};
 
 /// Longer than two ticks of a schedule of every minute.
@@ -43,24 +42,6 @@ impl Recorded {
     fn ids(&self) -> Vec<String> {
         self.0.lock().expect("lock").clone()
     }
-}
-
-async fn install_crd(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = zeroscale_api::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("zeroscale-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await??;
-    Ok(())
 }
 
 /// A replica of the operator for `namespace`: the controller (whose watch cache the
@@ -134,7 +115,7 @@ async fn await_record(
 #[ignore = "needs a cluster: set ZEROSCALE_TEST_KUBECONFIG"]
 async fn a_schedule_of_every_minute_fires_and_its_status_shows_it() -> anyhow::Result<()> {
     let client = cluster_client("schedule_fires").await?;
-    install_crd(&client).await?;
+    install_crd(&client, Duration::from_secs(60)).await?;
     in_temporary_namespace(&client, "schedule", |client, namespace| async move {
         let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
         functions
@@ -161,7 +142,7 @@ async fn a_schedule_of_every_minute_fires_and_its_status_shows_it() -> anyhow::R
 async fn a_replica_taking_over_from_a_stopped_one_sends_each_tick_once_and_marks_the_late_one()
 -> anyhow::Result<()> {
     let client = cluster_client("schedule_takeover").await?;
-    install_crd(&client).await?;
+    install_crd(&client, Duration::from_secs(60)).await?;
     in_temporary_namespace(&client, "schedule", |client, namespace| async move {
         let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
         functions
