@@ -44,16 +44,9 @@ struct Receiver {
 
 impl Invoker for Receiver {
     async fn call(&self, call: &Call) -> Attempt {
-        let header = |name: &str| {
-            call.headers
-                .iter()
-                .find(|(n, _)| n.as_str() == name)
-                .and_then(|(_, v)| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
         let now = self.clock.now();
-        let lateness = header("ce-time")
+        let lateness = call
+            .header("ce-time")
             .parse::<Timestamp>()
             .ok()
             .and_then(|tick| Duration::try_from(now.duration_since(tick)).ok())
@@ -61,7 +54,7 @@ impl Invoker for Receiver {
         self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(header("ce-id"))
+            .entry(call.header("ce-id").to_owned())
             .and_modify(|(count, _)| *count += 1)
             .or_insert((1, lateness));
         let delay = self.random().below(TICK.as_millis() as u64 / 5);

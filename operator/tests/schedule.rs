@@ -32,8 +32,8 @@ use zeroscale_api::{Function, FunctionSpec, FunctionStatus, Schedule, ScheduleSt
 use zeroscale_operator::schedule::{KubeStore, SCHEDULER_FIELD_MANAGER};
 use zeroscale_operator::watched::WatchedFunctions;
 use zeroscale_triggers::{
-    Attempt, Call, HttpInvoker, Invoker, MemoryStore, Notice, Result, ScaledClock, ScheduleMetrics,
-    ScheduleStore, Scheduler, Versioned,
+    Attempt, Call, Clock, HttpInvoker, Invoker, MemoryStore, Notice, Result, ScaledClock,
+    ScheduleMetrics, ScheduleStore, Scheduler, Versioned,
 };
 
 const STATUS: &str = "/apis/zeroscale.dev/v1alpha1/namespaces/default/functions/hello/status";
@@ -172,18 +172,44 @@ fn patched(patch: &Value, version: &str) -> Value {
     stored
 }
 
+/// A scheduler running in a task of its own until [`Running::stop`].
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start<S, I, C>(scheduler: Scheduler<S, I, C>) -> Self
+    where
+        S: ScheduleStore + Send + Sync + 'static,
+        I: Invoker + Send + Sync + 'static,
+        C: Clock + Send + Sync + 'static,
+    {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            scheduler
+                .run(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the scheduler and waits for its task to end.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(STEP, self.task)
+            .await
+            .expect("the scheduler stops")
+            .expect("the scheduler does not panic");
+    }
+}
+
 #[tokio::test]
 async fn a_tick_is_recorded_as_started_before_its_call_and_as_done_after_it() {
     let (scheduler, mut api, mut calls, _writer) = kube_scheduler(&function());
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(async move {
-        let mut stopped = stopped;
-        scheduler
-            .run(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })
-            .await;
-    });
+    let running = Running::start(scheduler);
 
     let (claim, reply) = next_status_patch(&mut api).await;
     assert_eq!(
@@ -243,25 +269,13 @@ async fn a_tick_is_recorded_as_started_before_its_call_and_as_done_after_it() {
     );
     respond(reply, 200, &patched(&done, "3"));
 
-    let _ = stop.send(true);
-    tokio::time::timeout(STEP, running)
-        .await
-        .expect("the scheduler stops")
-        .expect("the scheduler does not panic");
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn a_conflict_on_the_start_write_means_no_call() {
     let (scheduler, mut api, mut calls, mut writer) = kube_scheduler(&function());
-    let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(async move {
-        let mut stopped = stopped;
-        scheduler
-            .run(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })
-            .await;
-    });
+    let running = Running::start(scheduler);
 
     let (claim, reply) = next_status_patch(&mut api).await;
     // Another replica recorded the tick first: this write is refused, and the watch
@@ -292,11 +306,7 @@ async fn a_conflict_on_the_start_write_means_no_call() {
         "a refused start write must not be followed by a call"
     );
 
-    let _ = stop.send(true);
-    tokio::time::timeout(STEP, running)
-        .await
-        .expect("the scheduler stops")
-        .expect("the scheduler does not panic");
+    running.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -393,20 +403,7 @@ async fn run_until<S: ScheduleStore>(
     mut changes: watch::Receiver<u64>,
     done: impl Fn() -> bool,
 ) {
-    let (stop, stopped) = watch::channel(false);
-    let running: Vec<_> = schedulers
-        .into_iter()
-        .map(|scheduler| {
-            let mut stopped = stopped.clone();
-            tokio::spawn(async move {
-                scheduler
-                    .run(async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    })
-                    .await;
-            })
-        })
-        .collect();
+    let running: Vec<_> = schedulers.into_iter().map(Running::start).collect();
     tokio::time::timeout(Duration::from_secs(20), async {
         while !done() {
             changes.changed().await.expect("the store lives");
@@ -414,9 +411,8 @@ async fn run_until<S: ScheduleStore>(
     })
     .await
     .expect("the ticks are recorded in time");
-    let _ = stop.send(true);
     for running in running {
-        running.await.expect("the scheduler does not panic");
+        running.stop().await;
     }
 }
 

@@ -90,6 +90,19 @@ fn every_minute() -> Function {
     Function::new("cron", spec)
 }
 
+/// Creates the Function with a schedule of every minute in `namespace`; returns its API
+/// and the recorder of the calls its replicas will make.
+async fn create_every_minute(
+    client: &Client,
+    namespace: &str,
+) -> anyhow::Result<(Api<Function>, Recorded)> {
+    let functions: Api<Function> = Api::namespaced(client.clone(), namespace);
+    functions
+        .create(&PostParams::default(), &every_minute())
+        .await?;
+    Ok((functions, Recorded::default()))
+}
+
 /// Waits until the record of schedule `tick` satisfies `done`.
 async fn await_record(
     functions: &Api<Function>,
@@ -117,11 +130,7 @@ async fn a_schedule_of_every_minute_fires_and_its_status_shows_it() -> anyhow::R
     let client = cluster_client("schedule_fires").await?;
     install_crd(&client, Duration::from_secs(60)).await?;
     in_temporary_namespace(&client, "schedule", |client, namespace| async move {
-        let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
-        functions
-            .create(&PostParams::default(), &every_minute())
-            .await?;
-        let calls = Recorded::default();
+        let (functions, calls) = create_every_minute(&client, &namespace).await?;
         let _replica = start_replica(&client, &namespace, "replica-a", calls.clone())?;
 
         let record = await_record(&functions, |r| r.last_result.is_some()).await?;
@@ -144,11 +153,7 @@ async fn a_replica_taking_over_from_a_stopped_one_sends_each_tick_once_and_marks
     let client = cluster_client("schedule_takeover").await?;
     install_crd(&client, Duration::from_secs(60)).await?;
     in_temporary_namespace(&client, "schedule", |client, namespace| async move {
-        let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
-        functions
-            .create(&PostParams::default(), &every_minute())
-            .await?;
-        let calls = Recorded::default();
+        let (functions, calls) = create_every_minute(&client, &namespace).await?;
         let first = start_replica(&client, &namespace, "replica-a", calls.clone())?;
         let record = await_record(&functions, |r| r.last_result.is_some()).await?;
         let first_tick = record.last_result.expect("a result").schedule_time.0;

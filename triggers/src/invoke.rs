@@ -29,6 +29,17 @@ pub struct Call {
     pub timeout: Duration,
 }
 
+impl Call {
+    /// The value of header `name` (such as `ce-id`), or "" when absent or not text.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .and_then(|(_, v)| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
 /// The Function a tick is for, as the call needs it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Target<'a> {

@@ -112,13 +112,6 @@ struct Printed(HttpInvoker);
 impl Invoker for Printed {
     async fn call(&self, call: &Call) -> Attempt {
         let attempt = self.0.call(call).await;
-        let header = |name: &str| {
-            call.headers
-                .iter()
-                .find(|(n, _)| n.as_str() == name)
-                .and_then(|(_, v)| v.to_str().ok())
-                .unwrap_or_default()
-        };
         let outcome = match &attempt {
             Attempt::Status(code) => code.to_string(),
             Attempt::Failed(error) => error.clone(),
@@ -126,8 +119,8 @@ impl Invoker for Printed {
         console::event(format_args!(
             "{}: schedule tick {} ({}) {} {} -> {outcome}",
             call.host,
-            header("ce-time"),
-            header("ce-id"),
+            call.header("ce-time"),
+            call.header("ce-id"),
             call.method,
             call.path,
         ));
