@@ -112,13 +112,24 @@ async fn list_describe_and_invoke_work_against_a_running_dev() {
         stderr(&invoked)
     );
 
-    let described = dev.cli(&["describe", "hello", "--dev"]).await;
-    assert!(
-        succeeded(&described),
-        "describe failed: {}",
-        stderr(&described)
-    );
-    let page = stdout(&described);
+    // The activator answers as soon as its own probe reaches the new replica; the
+    // runtime's count of ready replicas follows at its next probe, so look until it does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let described = dev.cli(&["describe", "hello", "--dev"]).await;
+        assert!(
+            succeeded(&described),
+            "describe failed: {}",
+            stderr(&described)
+        );
+        let page = stdout(&described);
+        if page.contains("Replicas:    1 ready / 1 desired")
+            || tokio::time::Instant::now() > deadline
+        {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(page.contains("Replicas:    1 ready / 1 desired"), "{page}");
     assert!(page.contains("Cold starts:   1 (p50 "), "{page}");
 

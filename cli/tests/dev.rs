@@ -57,6 +57,8 @@ impl Dev {
             .args(["--listen", "127.0.0.1:0"])
             .args(["--autoscaler-tick", "200ms", "--reload-period", "200ms"])
             .args(["--drain-period", "10s"])
+            // A state file of the test's own, never the user's.
+            .env("ZEROSCALE_DEV_STATE", dir.with_extension("state.json"))
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

@@ -26,6 +26,8 @@ async fn a_tick_wakes_a_function_at_zero_in_zeroscale_dev() {
         .arg(&dir)
         .args(["--listen", "127.0.0.1:0", "--reload-period", "200ms"])
         .env("ZEROSCALE_DEV_SCHEDULE_SPEED", "60")
+        // A state file of the test's own, never the user's.
+        .env("ZEROSCALE_DEV_STATE", dir.with_extension("state.json"))
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
