@@ -172,6 +172,16 @@ fn patched(patch: &Value, version: &str) -> Value {
     stored
 }
 
+/// The `ce-id` header of a tick's request, as a test server received it.
+fn ce_id<B>(request: &Request<B>) -> String {
+    request
+        .headers()
+        .get("ce-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A scheduler running in a task of its own until [`Running::stop`].
 struct Running {
     stop: watch::Sender<bool>,
@@ -370,12 +380,7 @@ async fn function_server(statuses: Vec<u16>) -> (String, Arc<Mutex<Vec<String>>>
             );
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let id = request
-                        .headers()
-                        .get("ce-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
+                    let id = ce_id(&request);
                     seen.lock().expect("lock").push(id);
                     let n = answered.fetch_add(1, Ordering::SeqCst);
                     let status = statuses.get(n).or(statuses.last()).copied().unwrap_or(200);
@@ -525,12 +530,7 @@ async fn stalling_server() -> (String, Arc<Mutex<Vec<String>>>, mpsc::UnboundedR
             let (seen, received) = (Arc::clone(&seen_by_server), received.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let id = request
-                        .headers()
-                        .get("ce-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
+                    let id = ce_id(&request);
                     let first = {
                         let mut seen = seen.lock().expect("lock");
                         seen.push(id);
