@@ -142,7 +142,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
         stopped(),
     ));
     let schedules = tokio::spawn(schedules::run(
-        config.paths.clone(),
+        Arc::clone(&runtime),
         address,
         config.reload_period,
         schedule_metrics,

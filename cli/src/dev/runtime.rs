@@ -132,6 +132,14 @@ impl ProcessRuntime {
             .collect()
     }
 
+    /// Every Function as the manifests define it now.
+    pub fn functions(&self) -> Vec<Function> {
+        self.entries()
+            .values()
+            .map(|entry| entry.function().routed.clone())
+            .collect()
+    }
+
     /// Every Function with the status a cluster would show: replicas ready and desired,
     /// and `Ready` (cannot start, serving, at zero, or starting). `url` names the
     /// Function's URL.

@@ -3,7 +3,6 @@
 //! zero), with the same CloudEvents headers as in a cluster. Each attempt is printed.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,16 +12,16 @@ use zeroscale_triggers::{
 };
 
 use super::console;
-use crate::manifest;
+use super::runtime::ProcessRuntime;
 
 /// Test-only: run the schedulers' clock this many times as fast, so that a schedule of
 /// every minute ticks within a test's time. Unset in real use.
 const SPEED_ENV: &str = "ZEROSCALE_DEV_SCHEDULE_SPEED";
 
-/// Fires the schedules of the Functions in `paths` (re-read every `reload`) through the
-/// activator listening on `activator`, until `shutdown` resolves.
+/// Fires the schedules of the Functions `runtime` runs (looked at again every `reload`)
+/// through the activator listening on `activator`, until `shutdown` resolves.
 pub async fn run(
-    paths: Vec<PathBuf>,
+    runtime: Arc<ProcessRuntime>,
     activator: SocketAddr,
     reload: Duration,
     metrics: ScheduleMetrics,
@@ -37,14 +36,14 @@ pub async fn run(
     match speed {
         Some(speed) => {
             let clock = ScaledClock::new(jiff::Timestamp::now(), speed);
-            drive(store, invoker, clock, paths, reload, metrics, shutdown).await;
+            drive(store, invoker, clock, runtime, reload, metrics, shutdown).await;
         }
         None => {
             drive(
                 store,
                 invoker,
                 SystemClock,
-                paths,
+                runtime,
                 reload,
                 metrics,
                 shutdown,
@@ -58,7 +57,7 @@ async fn drive(
     store: Arc<MemoryStore>,
     invoker: Printed,
     clock: impl Clock,
-    paths: Vec<PathBuf>,
+    runtime: Arc<ProcessRuntime>,
     reload: Duration,
     metrics: ScheduleMetrics,
     shutdown: impl Future<Output = ()>,
@@ -77,31 +76,23 @@ async fn drive(
         reloads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             reloads.tick().await;
-            load(&store, &paths);
+            load(&store, &runtime);
         }
     };
-    load(&store, &paths);
+    load(&store, &runtime);
     tokio::select! {
         () = scheduler.run(shutdown) => {}
         _ = sync => {}
     }
 }
 
-/// Puts the Functions the manifests hold now in `store` and drops the others. Manifest
-/// errors are reported by the reload loop of `zeroscale dev`; here they only mean no
-/// change.
-fn load(store: &MemoryStore, paths: &[PathBuf]) {
+/// Puts the Functions `runtime` runs now in `store` and drops the others: the same
+/// Functions `zeroscale dev` loaded, so a manifest is read once, by its reload loop.
+fn load(store: &MemoryStore, runtime: &ProcessRuntime) {
     let mut keys = Vec::new();
-    for path in paths {
-        for file in manifest::files(path).unwrap_or_default() {
-            let Ok(manifest) = manifest::load(&file) else {
-                continue;
-            };
-            for function in manifest.functions {
-                keys.push(key_of(&function));
-                store.apply(function);
-            }
-        }
+    for function in runtime.functions() {
+        keys.push(key_of(&function));
+        store.apply(function);
     }
     store.retain(|key| keys.contains(key));
 }
