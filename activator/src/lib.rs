@@ -7,6 +7,7 @@
 pub mod body;
 pub(crate) mod capacity;
 pub mod cluster;
+pub mod connections;
 pub mod endpoints;
 pub(crate) mod errors;
 pub mod forward;

@@ -12,6 +12,7 @@ use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use zeroscale_activator::cluster::{KubeWake, watch_endpoint_slices, watch_functions};
+use zeroscale_activator::connections::ConnectionLimits;
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
 use zeroscale_activator::metrics::Metrics;
@@ -63,6 +64,18 @@ struct Cli {
     /// Longest a client may take to send a request's headers.
     #[arg(long, env = "ZEROSCALE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = zeroscale_api::duration::parse)]
     header_read_timeout: Duration,
+    /// Longest a new connection may stay silent before its first byte; closed then.
+    #[arg(long, env = "ZEROSCALE_FIRST_BYTE_TIMEOUT", default_value = "10s", value_parser = zeroscale_api::duration::parse)]
+    first_byte_timeout: Duration,
+    /// Longest a connection may stay idle between requests; closed then. HTTP/1.1
+    /// connections are also closed when the next request's headers take longer than
+    /// --header-read-timeout from the end of the last response.
+    #[arg(long, env = "ZEROSCALE_KEEP_ALIVE_TIMEOUT", default_value = "10s", value_parser = zeroscale_api::duration::parse)]
+    keep_alive_timeout: Duration,
+    /// Most client connections open at once over every listener (each is a file
+    /// descriptor); beyond it a new connection gets 503 and is closed. 0: no limit.
+    #[arg(long, env = "ZEROSCALE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
     /// Largest request head in bytes (431 beyond it).
     #[arg(long, env = "ZEROSCALE_MAX_HEADER_BYTES", default_value_t = 65536)]
     max_header_bytes: usize,
@@ -196,6 +209,11 @@ async fn main() -> anyhow::Result<()> {
         header_read_timeout: cli.header_read_timeout,
         max_header_bytes: cli.max_header_bytes,
         drain_period: cli.drain_period,
+        connections: ConnectionLimits {
+            first_byte_timeout: cli.first_byte_timeout,
+            keep_alive_timeout: cli.keep_alive_timeout,
+            max_connections: cli.max_connections,
+        },
     };
     // One single-threaded runtime per core for each listener (server::serve_per_core):
     // a connection and its pod connection stay on one thread, which the benchmark

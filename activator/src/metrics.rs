@@ -7,6 +7,8 @@ use prometheus::{
 
 use zeroscale_api::routing::FunctionKey;
 
+use crate::connections::ConnectionMetrics;
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
@@ -29,6 +31,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Active probes of starting pods by result (`ready`, `not_ready`).
     pub probes: IntCounterVec,
+    /// Client connections open, refused and closed for idling.
+    pub(crate) connections: ConnectionMetrics,
 }
 
 /// One Function's series.
@@ -114,6 +118,7 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            connections: ConnectionMetrics::new()?,
         })
     }
 
@@ -128,6 +133,7 @@ impl Metrics {
         registry.register(Box::new(self.queued.clone()))?;
         registry.register(Box::new(self.errors.clone()))?;
         registry.register(Box::new(self.probes.clone()))?;
+        self.connections.register(registry)?;
         Ok(())
     }
 

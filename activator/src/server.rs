@@ -19,6 +19,7 @@ use zeroscale_api::stats::StatsReport;
 
 use crate::body::ResponseBody;
 use crate::capacity::{CapacityError, Permit, Queued};
+use crate::connections::{ConnectionLimits, Connections, Counted};
 use crate::errors::ActivatorError;
 use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent};
 use crate::functions::{FunctionState, Functions, Listener};
@@ -39,6 +40,7 @@ pub struct Activator {
     wake: Arc<dyn Wake>,
     probe: ProbeConfig,
     metrics: Metrics,
+    connections: Arc<Connections>,
 }
 
 impl Activator {
@@ -50,6 +52,7 @@ impl Activator {
         metrics: Metrics,
     ) -> Self {
         Self {
+            connections: Arc::new(Connections::new(&metrics)),
             functions,
             forwarder,
             wake,
@@ -223,6 +226,8 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
     /// Longest shutdown waits for requests in flight and held.
     pub drain_period: Duration,
+    /// Idle timeouts and the cap on open connections.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerLimits {
@@ -231,6 +236,7 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             drain_period: Duration::from_secs(30),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -267,16 +273,25 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let Some((stream, state)) = activator.connections.admit(stream, &limits.connections) else {
+            continue;
+        };
         let activator = Arc::clone(&activator);
         let affinity = Arc::new(Affinity::default());
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let activator = Arc::clone(&activator);
             let affinity = Arc::clone(&affinity);
+            let in_flight = state.start_request();
+            let state = Arc::clone(&state);
             async move {
+                let response = activator
+                    .handle(request, exposure, client, "http", &affinity)
+                    .await;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    state.mark_upgraded();
+                }
                 Ok::<_, std::convert::Infallible>(
-                    activator
-                        .handle(request, exposure, client, "http", &affinity)
-                        .await,
+                    response.map(|body| Counted::new(body, in_flight)),
                 )
             }
         });
