@@ -6,8 +6,8 @@
 #   2. helm template of each, CRD included, with no two objects of one kind, namespace
 #      and name, validated against the Kubernetes JSON
 #      schemas of the oldest supported and a current version (kubernetes-validate
-#      --strict: unknown fields fail). ServiceMonitor is a custom resource the schemas
-#      lack: kubernetes-validate warns and skips it;
+#      --strict: unknown fields fail). ServiceMonitor and ReferenceGrant are custom
+#      resources the schemas lack: kubernetes-validate warns and skips them;
 #   3. the chart's CRD is byte-identical to crds/function.yaml (the generated one);
 #   4. the values table in README.md matches values.yaml's comments, and every
 #      value has one;
@@ -71,8 +71,9 @@ for values in "${value_sets[@]}"; do
             >"$work/validate.out" 2>&1; then
             cat "$work/validate.out" >&2
             fail "kubernetes-validate --strict -k $version ($name)"
-        elif grep -v "Couldn't find schema for kind ServiceMonitor" "$work/validate.out" | grep -q .; then
-            # Anything but the expected ServiceMonitor warning is worth a look.
+        elif grep -v -E "Couldn't find schema for kind (ServiceMonitor|ReferenceGrant) " "$work/validate.out" | grep -q .; then
+            # Anything but the expected warnings for custom resources (ServiceMonitor,
+            # the Gateway API's ReferenceGrant) is worth a look.
             cat "$work/validate.out" >&2
             fail "kubernetes-validate warned ($name, $version)"
         fi

@@ -22,6 +22,10 @@ pub const ALL_HOSTS_CLAIMED: &str = "AllHostsClaimed";
 /// says which and why.
 pub const HOST_CONFLICT: &str = "HostConflict";
 
+/// Type of the condition that says whether the Gateway named by the operator's
+/// `--gateway-parent` accepted the Function's HTTPRoute; set only for Functions with one.
+pub const ROUTED: &str = "Routed";
+
 /// Why a Function is, or is not, ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {

@@ -25,6 +25,7 @@ use zeroscale_api::routing::{Conflict, Domains, RouteSpec, RoutingTable, normali
 use zeroscale_api::{Function, FunctionStatus, keys};
 use zeroscale_autoscaler::ScalingPolicy;
 
+use crate::gateway::{self, GatewayConfig, HTTPRoute, Route};
 use crate::metrics::Metrics;
 use crate::replicas::{self, ReplicaWriter};
 use crate::resources::{self, Config};
@@ -192,7 +193,7 @@ pub async fn run(
     let controller = Controller::new(functions.clone(), watcher::Config::default().any_semantic());
     ctx.watched.add(controller.store());
     let claims = Arc::clone(&ctx);
-    controller
+    let controller = controller
         // A Function's change can win or give up a host that another one claims.
         .watches(
             functions,
@@ -203,8 +204,16 @@ pub async fn run(
         .owns(scoped::<Service>(&client, namespace), managed.clone())
         .owns(
             scoped::<HorizontalPodAutoscaler>(&client, namespace),
-            managed,
-        )
+            managed.clone(),
+        );
+    // Routes are read only when written: without --gateway-parent the Gateway API may
+    // not even be installed.
+    let controller = if ctx.config.gateway.is_some() {
+        controller.owns(scoped::<HTTPRoute>(&client, namespace), managed)
+    } else {
+        controller
+    };
+    controller
         .watches(
             scoped::<Pod>(&client, namespace),
             function_pods,
@@ -389,6 +398,10 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
         None if hpa_exists => delete_if_present(&hpas, &hpa_name).await?,
         None => {}
     }
+    let route = match &ctx.config.gateway {
+        Some(gateway) => apply_route(function, &namespace, gateway, ctx).await?,
+        None => Route::None,
+    };
     // Recorded only once every child is as wanted: a failure above checks again.
     ctx.children()
         .insert(function_ref, Children { hpa: hpa.is_some() });
@@ -421,12 +434,46 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
     let mut status = status::observe(function, &deployment, &pods, &ctx.config, now());
     let conflicts = ctx.host_conflicts(function);
     status::record_host_claims(&mut status, function, &conflicts, now());
+    if let Some(gateway) = &ctx.config.gateway {
+        gateway::record_route(&mut status, function, &route, gateway, now());
+    }
     write_status(function, ctx, status).await?;
     Ok(if conflicts.is_empty() {
         Outcome::Applied
     } else {
         Outcome::HostConflict
     })
+}
+
+/// Applies the HTTPRoute `function` needs, or deletes the one it no longer needs (it
+/// became cluster-local or lost its hosts). A route of that name zeroscale does not
+/// manage is left alone.
+async fn apply_route(
+    function: &Function,
+    namespace: &str,
+    gateway: &GatewayConfig,
+    ctx: &Context,
+) -> Result<Route> {
+    let routes: Api<HTTPRoute> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = function.name_any();
+    let existing = get_opt(&routes, &name).await?;
+    if existing
+        .as_ref()
+        .is_some_and(|found| !managed_for(found.meta(), &name))
+    {
+        return Ok(Route::NotOwned);
+    }
+    match gateway::http_route(function, &ctx.config, gateway) {
+        Some(route) => Ok(Route::Applied(Box::new(
+            apply(&routes, &route, FIELD_MANAGER).await?,
+        ))),
+        None => {
+            if existing.is_some() {
+                delete_if_present(&routes, &name).await?;
+            }
+            Ok(Route::None)
+        }
+    }
 }
 
 /// Server-side applies `object` under `manager`, taking ownership of conflicting fields.

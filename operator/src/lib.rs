@@ -12,6 +12,7 @@ pub mod crd;
 mod error;
 #[cfg(test)]
 mod fixtures;
+pub mod gateway;
 pub mod leader;
 pub mod lease;
 pub mod metrics;

@@ -17,6 +17,7 @@ use zeroscale_admin::{self as admin, AdminState, Liveness, Readiness};
 use zeroscale_api::ScalingDefaults;
 use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
+use zeroscale_operator::gateway::GatewayConfig;
 use zeroscale_operator::leader::{self, LeaderMetrics};
 use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
@@ -70,6 +71,18 @@ struct RunArgs {
     /// Namespaces to watch, comma-separated; all namespaces when empty.
     #[arg(long, env = "ZEROSCALE_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
+    /// Gateway API: give each public Function an HTTPRoute under this Gateway, as
+    /// `namespace/name` or `namespace/name/listener`. Off when unset.
+    #[arg(long, env = "ZEROSCALE_GATEWAY_PARENT")]
+    gateway_parent: Option<String>,
+    /// The activator's public Service the HTTPRoutes send requests to, as
+    /// `name.namespace:port`.
+    #[arg(
+        long,
+        env = "ZEROSCALE_GATEWAY_BACKEND",
+        default_value = "zeroscale-activator-public.zeroscale-system:80"
+    )]
+    gateway_backend: String,
     /// Address of the admin server (/metrics, /healthz, /readyz).
     #[arg(long, env = "ZEROSCALE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
@@ -279,6 +292,13 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
         public_domain: args.public_domain,
         cluster_domain: args.cluster_domain,
         scaling: ScalingDefaults::from(&args.scaling),
+        gateway: args
+            .gateway_parent
+            .as_deref()
+            .map(|parent| GatewayConfig::parse(parent, &args.gateway_backend))
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("--gateway-parent / --gateway-backend")?,
     };
     let reporter = Reporter {
         controller: "zeroscale-operator".into(),

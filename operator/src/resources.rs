@@ -21,6 +21,8 @@ use kube::{Resource, ResourceExt};
 use zeroscale_api::validate::InvalidSpec;
 use zeroscale_api::{Function, Metric, Protocol, ScalingDefaults, Visibility, keys, names};
 
+use crate::gateway::GatewayConfig;
+
 /// Settings of the operator that shape every Function's objects.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -32,6 +34,8 @@ pub struct Config {
     pub cluster_domain: String,
     /// Scaling settings for what Functions leave unset.
     pub scaling: ScalingDefaults,
+    /// The Gateway public Functions get an HTTPRoute under; none when unset.
+    pub gateway: Option<GatewayConfig>,
 }
 
 impl Config {
@@ -47,6 +51,7 @@ impl Config {
             public_domain: None,
             cluster_domain: "cluster.local".into(),
             scaling: ScalingDefaults::default(),
+            gateway: None,
         }
     }
 }

@@ -27,6 +27,7 @@ use zeroscale_api::conditions::Reason;
 use zeroscale_api::{Function, FunctionSpec, FunctionStatus, Metric};
 use zeroscale_operator::Error;
 use zeroscale_operator::controller::{Context, FIELD_MANAGER, error_policy, reconcile};
+use zeroscale_operator::gateway::GatewayConfig;
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::replicas::AUTOSCALER_FIELD_MANAGER;
 use zeroscale_operator::resources::{self, Config};
@@ -39,6 +40,7 @@ const HPA: &str = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscal
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const STATUS: &str = "/apis/zeroscale.dev/v1alpha1/namespaces/default/functions/hello/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes/hello";
 
 /// How often a healthy Function is reconciled again (the controller's resync).
 const RESYNC: Duration = Duration::from_secs(300);
@@ -210,6 +212,11 @@ type ApiServerHandle = Handle<Request<Body>, Response<Body>>;
 /// A reconcile context whose client talks to the returned [`ApiServer`], and the metrics
 /// it records into.
 fn context() -> (Arc<Context>, Metrics, ApiServer) {
+    context_with(Config::test())
+}
+
+/// [`context`] with the operator's `config`.
+fn context_with(config: Config) -> (Arc<Context>, Metrics, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics register");
@@ -217,7 +224,7 @@ fn context() -> (Arc<Context>, Metrics, ApiServer) {
         controller: "zeroscale-operator".into(),
         instance: Some("zeroscale-operator-0".into()),
     };
-    let ctx = Context::new(client, Config::test(), metrics.clone(), reporter);
+    let ctx = Context::new(client, config, metrics.clone(), reporter);
     (Arc::new(ctx), metrics, ApiServer(handle))
 }
 
@@ -1399,4 +1406,149 @@ async fn hosts_claimed_from_the_start_are_recorded_without_an_event() {
     let result = reconcile(Arc::new(function), ctx).await;
     verified(verifier).await;
     assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateway API
+
+/// The operator's configuration with `--public-domain fn.example.com` and
+/// `--gateway-parent edge/public`.
+fn gateway_config() -> Config {
+    Config {
+        public_domain: Some("fn.example.com".into()),
+        gateway: Some(
+            GatewayConfig::parse(
+                "edge/public",
+                "zeroscale-activator-public.zeroscale-system:80",
+            )
+            .expect("valid"),
+        ),
+        ..Config::test()
+    }
+}
+
+#[tokio::test]
+async fn a_public_function_gets_an_httproute_and_the_gateways_verdict_as_routed() {
+    let (ctx, _metrics, mut server) = context_with(gateway_config());
+    let mut function = Function::test("hello").serving();
+    function.spec.routing.path_prefix = Some("/api".into());
+    let stored = deployment_in_cluster(&function, 1, 1);
+    let expected = function.clone();
+    let verifier = tokio::spawn(async move {
+        server.get_deployment(Some(stored)).await;
+        server.names_free().await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        server
+            .next(Method::GET, ROUTE)
+            .await
+            .fail(404, "NotFound", "not found");
+        let call = server.next(Method::PATCH, ROUTE).await;
+        call.assert_applied_by(FIELD_MANAGER);
+        let applied = call.body.clone();
+        assert_eq!(applied["apiVersion"], "gateway.networking.k8s.io/v1");
+        assert_eq!(applied["kind"], "HTTPRoute");
+        assert_eq!(
+            applied["metadata"]["ownerReferences"][0]["uid"],
+            "uid-hello"
+        );
+        assert_eq!(
+            applied["spec"],
+            json!({
+                "parentRefs": [{"namespace": "edge", "name": "public"}],
+                "hostnames": ["hello.default.fn.example.com"],
+                "rules": [{
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                    "backendRefs": [{
+                        "name": "zeroscale-activator-public",
+                        "namespace": "zeroscale-system",
+                        "port": 80
+                    }]
+                }]
+            })
+        );
+        // The Gateway's controller refused the cross-namespace backend.
+        let mut stored = applied;
+        stored["status"] = json!({"parents": [{
+            "parentRef": {"namespace": "edge", "name": "public"},
+            "controllerName": "example.com/gateway",
+            "conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "ResolvedRefs", "status": "False", "reason": "RefNotPermitted",
+                 "message": "no ReferenceGrant", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ]
+        }]});
+        call.respond(StatusCode::OK, &stored);
+        let status = server.apply_status(&expected).await;
+        let routed = condition(&status, "Routed");
+        assert_eq!(routed["status"], "False");
+        assert_eq!(routed["reason"], "RefNotPermitted");
+        assert!(
+            routed["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no ReferenceGrant")),
+            "{routed}"
+        );
+        server.done().await;
+    });
+
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    result.expect("reconcile succeeds");
+}
+
+#[tokio::test]
+async fn a_function_turned_cluster_local_loses_its_route_but_someone_elses_is_left_alone() {
+    for (managed, deleted) in [(true, true), (false, false)] {
+        let (ctx, _metrics, mut server) = context_with(gateway_config());
+        let mut function = Function::test("hello").serving();
+        function.spec.routing.visibility = zeroscale_api::Visibility::ClusterLocal;
+        let stored = deployment_in_cluster(&function, 1, 1);
+        let expected = function.clone();
+        let verifier = tokio::spawn(async move {
+            server.get_deployment(Some(stored)).await;
+            server.names_free().await;
+            server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+            server.apply_services().await;
+            let mut route = json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": {"name": "hello", "namespace": "default"},
+                "spec": {"parentRefs": [], "hostnames": [], "rules": []},
+            });
+            if managed {
+                route["metadata"]["ownerReferences"] = json!([{
+                    "apiVersion": "zeroscale.dev/v1alpha1",
+                    "kind": "Function",
+                    "name": "hello",
+                    "uid": "uid-hello",
+                    "controller": true,
+                }]);
+            }
+            server
+                .next(Method::GET, ROUTE)
+                .await
+                .respond(StatusCode::OK, &route);
+            if deleted {
+                server
+                    .next(Method::DELETE, ROUTE)
+                    .await
+                    .respond(StatusCode::OK, &route);
+            }
+            let status = server.apply_status(&expected).await;
+            let conditions = status["conditions"].as_array().expect("conditions");
+            let routed = conditions.iter().find(|c| c["type"] == "Routed");
+            if managed {
+                assert!(routed.is_none(), "{status}");
+            } else {
+                assert_eq!(routed.expect("Routed")["reason"], "NotOwned");
+            }
+            server.done().await;
+        });
+
+        let result = reconcile(Arc::new(function), ctx).await;
+        verified(verifier).await;
+        result.expect("reconcile succeeds");
+    }
 }

@@ -16,12 +16,13 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
-use zeroscale_api::conditions::HOSTS_CLAIMED;
+use zeroscale_api::conditions::{HOSTS_CLAIMED, ROUTED};
 use zeroscale_api::stats::{FunctionStats, StatsReport};
 use zeroscale_api::{Function, FunctionSpec, Metric, Schedule, keys};
 use zeroscale_autoscaler::StatsSource;
 use zeroscale_operator::autoscaler::{self, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
+use zeroscale_operator::gateway::{GatewayConfig, HTTPRoute};
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
 use zeroscale_tests::{cluster_client, in_temporary_namespace, install_crd};
@@ -36,10 +37,19 @@ fn start_controller(
     client: &Client,
     namespace: &str,
 ) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+    start_controller_with(client, namespace, Config::test())
+}
+
+/// [`start_controller`] with the operator's `config`.
+fn start_controller_with(
+    client: &Client,
+    namespace: &str,
+    config: Config,
+) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
     let registry = prometheus::Registry::new();
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Config::test(),
+        config,
         Metrics::register(&registry)?,
         Reporter {
             controller: "zeroscale-tests".into(),
@@ -473,6 +483,84 @@ impl StatsSource for FakeActivator {
             }],
         }])
     }
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: set ZEROSCALE_TEST_KUBECONFIG"]
+async fn a_public_function_gets_an_httproute_under_the_named_gateway_until_it_is_cluster_local()
+-> anyhow::Result<()> {
+    with_cluster(
+        "a_public_function_gets_an_httproute_under_the_named_gateway_until_it_is_cluster_local",
+        "zeroscale-route",
+        |client, namespace| async move {
+            let routes: Api<HTTPRoute> = Api::namespaced(client.clone(), &namespace);
+            if let Err(kube::Error::Api(status)) = routes.list(&Default::default()).await
+                && status.is_not_found()
+            {
+                eprintln!(
+                    "the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) is not installed \
+                     in this cluster: nothing to check"
+                );
+                return Ok(());
+            }
+            let config = Config {
+                public_domain: Some("fn.example.com".into()),
+                gateway: Some(
+                    GatewayConfig::parse(
+                        "zeroscale-test-gateways/none",
+                        "zeroscale-activator-public.zeroscale-system:80",
+                    )
+                    .map_err(anyhow::Error::msg)?,
+                ),
+                ..Config::test()
+            };
+            let _controller = start_controller_with(&client, &namespace, config)?;
+            let functions: Api<Function> = Api::namespaced(client.clone(), &namespace);
+            functions
+                .create(
+                    &PostParams::default(),
+                    &function("shop", FunctionSpec::with_image(PAUSE)),
+                )
+                .await?;
+
+            let route = tokio::time::timeout(
+                WAIT,
+                await_condition(routes.clone(), "shop", conditions::is_created()),
+            )
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("no HTTPRoute"))?;
+            assert_eq!(
+                route.spec.hostnames,
+                vec![format!("shop.{namespace}.fn.example.com")]
+            );
+            assert_eq!(route.owner_references()[0].kind, "Function");
+            // No Gateway of that name exists: the route waits, and the Function says so.
+            let routed = |function: Option<&Function>| {
+                function.is_some_and(|f| {
+                    f.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == ROUTED && c.status != "True")
+                    })
+                })
+            };
+            tokio::time::timeout(WAIT, await_condition(functions.clone(), "shop", routed))
+                .await??;
+
+            let uid = route.uid().unwrap_or_default();
+            let local = serde_json::json!({"spec": {"routing": {"visibility": "cluster-local"}}});
+            functions
+                .patch("shop", &PatchParams::default(), &Patch::Merge(&local))
+                .await?;
+            tokio::time::timeout(
+                WAIT,
+                await_condition(routes.clone(), "shop", conditions::is_deleted(&uid)),
+            )
+            .await??;
+            Ok(())
+        },
+    )
+    .await
 }
 
 #[tokio::test]

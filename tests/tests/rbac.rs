@@ -39,6 +39,7 @@ use zeroscale_api::{Function, FunctionSpec, Metric, ScalingDefaults, keys};
 use zeroscale_autoscaler::StatsSource;
 use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
+use zeroscale_operator::gateway::GatewayConfig;
 use zeroscale_operator::lease::{Attempt, LeaderElector};
 use zeroscale_operator::metrics::Metrics as OperatorMetrics;
 use zeroscale_operator::resources::{self, Config};
@@ -68,6 +69,76 @@ async fn chart_rbac_grants_exactly_the_api_calls_the_operator_makes() {
         release_namespace: read_rules(&chart.join("operator-role.yaml")),
     };
     grants.assert_exactly(&api.accesses());
+}
+
+#[tokio::test]
+async fn chart_rbac_grants_exactly_the_gateway_api_calls_the_operator_makes() {
+    let api = FakeApi::start().await;
+    let metrics =
+        OperatorMetrics::register(&prometheus::Registry::new()).expect("metrics register");
+    let config = Config {
+        public_domain: Some("fn.example.com".into()),
+        gateway: Some(
+            GatewayConfig::parse(
+                "edge/public",
+                "zeroscale-activator-public.zeroscale-system:80",
+            )
+            .expect("valid"),
+        ),
+        scaling: scaling(),
+        ..Config::test()
+    };
+    let ctx = Arc::new(Context::new(api.client(), config, metrics, reporter()));
+
+    // A public Function gets its route; turned cluster-local, it loses it.
+    let hello = function("hello");
+    api.put_function(&hello);
+    controller::reconcile(Arc::new(hello.clone()), ctx.clone())
+        .await
+        .expect("reconcile a public Function");
+    let route = (
+        "/apis/gateway.networking.k8s.io/v1",
+        "default",
+        "httproutes",
+        "hello",
+    );
+    assert!(api.has(route.0, route.1, route.2, route.3));
+    let mut local = hello;
+    local.spec.routing.visibility = zeroscale_api::Visibility::ClusterLocal;
+    controller::reconcile(Arc::new(local), ctx.clone())
+        .await
+        .expect("reconcile it cluster-local");
+    assert!(!api.has(route.0, route.1, route.2, route.3));
+
+    // The controllers watch the routes they own.
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(controller::run(ctx.clone(), None, async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    api.wait_until("the controller's watch of HTTPRoutes", |calls| {
+        calls
+            .iter()
+            .any(|call| call.is_watch_of("httproutes", None))
+    })
+    .await;
+    stop.send_replace(true);
+    within("controller shutdown", running)
+        .await
+        .expect("controller task");
+
+    let chart = chart_dir().join("rbac");
+    let grants = Grants {
+        component: "operator (gateway)",
+        cluster: read_rules(&chart.join("operator-gateway-clusterrole.yaml")),
+        release_namespace: Vec::new(),
+    };
+    let gateway_calls: BTreeSet<Access> = api
+        .accesses()
+        .into_iter()
+        .filter(|access| access.group == "gateway.networking.k8s.io")
+        .collect();
+    grants.assert_exactly(&gateway_calls);
 }
 
 #[test]
