@@ -11,6 +11,7 @@ mod activator;
 mod burst;
 mod client;
 mod cold;
+mod connections;
 mod local;
 mod memory;
 mod procs;
@@ -81,6 +82,8 @@ enum Scenario {
     /// `zeroscale dev`: hello's cold start with its process, and the autoscaler's
     /// answer to a load step.
     Local,
+    /// Silent client connections: memory each, and closed by the first-byte timeout.
+    Connections,
 }
 
 /// Every knob; unset ones take the `all` or `smoke` default.
@@ -126,6 +129,9 @@ struct RunArgs {
     /// Memory: held requests [all: 10000; smoke: 200].
     #[arg(long)]
     held: Option<usize>,
+    /// Connections: silent client connections held open [all: 8000; smoke: 500].
+    #[arg(long)]
+    silent_connections: Option<usize>,
 }
 
 /// The kubelet's readiness probe period in the Deployments the operator makes
@@ -171,6 +177,7 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             Scenario::Cold,
             Scenario::Burst,
             Scenario::Memory,
+            Scenario::Connections,
             Scenario::Local,
         ]
     } else {
@@ -234,6 +241,12 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
                     held: args.held.unwrap_or(pick(10_000, 200)).max(2),
                 };
                 memory::run(&config).await
+            }
+            Scenario::Connections => {
+                let config = connections::ConnectionsConfig {
+                    connections: args.silent_connections.unwrap_or(pick(8000, 500)),
+                };
+                connections::run(&config).await
             }
             Scenario::Local => {
                 let config = local::LocalConfig {
