@@ -29,7 +29,7 @@ use zeroscale_api::routing::Domains;
 use zeroscale_api::stats::StatsReport;
 use zeroscale_autoscaler::{StatsSource, drive};
 
-use zeroscale_cli::cluster::dev::{DevState, FUNCTIONS_ROUTE, StateFile};
+use zeroscale_cli::cluster::dev::{DevState, FUNCTIONS_ROUTE, StateFile, USAGE_ROUTE};
 
 use crate::error::{Error, Result};
 use crate::manifest;
@@ -50,7 +50,7 @@ pub struct DevConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// Serve /metrics, /healthz, /readyz, /stats and /functions here (a free loopback
+    /// Serve /metrics, /healthz, /readyz, /stats, /functions and /usage here (a free loopback
     /// port when unset; the state file names it for `zeroscale list --dev`).
     #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN", hide_env_values = true)]
     pub admin_listen: Option<SocketAddr>,
@@ -72,6 +72,9 @@ const LOCAL_DOMAIN: &str = "localhost";
 /// Runs until SIGTERM or Ctrl-C, then drains requests and stops every replica.
 pub async fn run(config: DevConfig) -> Result<()> {
     let terminated = process::termination_signal().map_err(Error::Signal)?;
+    // Usage since dev started; made before `started` so that the in-process activator
+    // is never older than the meter, and all it counts is counted.
+    let usage = zeroscale_autoscaler::Usage::new(jiff::Timestamp::now(), None);
     let started = Instant::now();
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new()?;
@@ -139,6 +142,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
         },
         Arc::clone(&runtime),
         autoscaler_metrics,
+        usage.clone(),
         stopped(),
     ));
     let schedules = tokio::spawn(schedules::run(
@@ -189,7 +193,11 @@ pub async fn run(config: DevConfig) -> Result<()> {
             admin_listener,
             AdminState::new(registry, readiness)
                 .with_json_route("/stats", stats)
-                .with_json_route(FUNCTIONS_ROUTE, view),
+                .with_json_route(FUNCTIONS_ROUTE, view)
+                .with_query_json_route(
+                    USAGE_ROUTE,
+                    Arc::new(move |query| usage.answer(jiff::Timestamp::now(), query)),
+                ),
             stopped(),
         ));
     }
