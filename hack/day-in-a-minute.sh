@@ -14,7 +14,10 @@ work=$(mktemp -d)
 export ZEROSCALE_DEV_STATE="$work/state.json"
 dev_pid=
 cleanup() {
-  if [[ -n $dev_pid ]]; then kill "$dev_pid" 2>/dev/null && wait "$dev_pid" 2>/dev/null || true; fi
+  if [[ -n $dev_pid ]]; then
+    kill "$dev_pid" 2>/dev/null || true
+    wait "$dev_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -4,12 +4,16 @@
 //! On a cluster the figures come from the operator's `/usage`, read through the API
 //! server's pod proxy from the operator replica that holds the leader Lease (only the
 //! leader meters: a Service could answer from a standby with nothing counted). That
-//! needs `get` on `leases` and on `pods/proxy` in the operator's namespace.
+//! needs `get` on `leases` and on `pods/proxy` in the operator's namespace. Without a
+//! Lease (leader election off: one replica) it asks the running operator pod, which
+//! also needs `list` on `pods` there.
 
 use std::io::Write;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 use zeroscale_api::usage::{FunctionUsage, UsageReport};
 
 use super::connect::Cluster;
@@ -75,21 +79,7 @@ impl Args {
 /// The operator's usage report, from the leader through the API server's pod proxy.
 pub async fn from_cluster(cluster: &Cluster, args: &Args) -> Result<UsageReport> {
     let namespace = args.operator_namespace.as_str();
-    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), namespace);
-    let lease = leases
-        .get(&args.operator_lease)
-        .await
-        .map_err(|source| Error::api("get", "leases", Some(namespace), source))?;
-    let holder = lease
-        .spec
-        .and_then(|spec| spec.holder_identity)
-        .filter(|holder| !holder.is_empty())
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "no operator leads now (Lease {namespace}/{} has no holder): try again shortly",
-                args.operator_lease
-            ))
-        })?;
+    let holder = operator_pod(cluster, args).await?;
     let mut uri = format!(
         "/api/v1/namespaces/{namespace}/pods/{holder}:{}/proxy/usage",
         args.operator_admin_port
@@ -109,6 +99,44 @@ pub async fn from_cluster(cluster: &Cluster, args: &Args) -> Result<UsageReport>
     serde_json::from_str(&text).map_err(|e| Error::HttpBody {
         url: uri,
         reason: e.to_string(),
+    })
+}
+
+/// The operator pod that meters: the leader Lease's holder, or with no Lease the one
+/// running operator pod.
+async fn operator_pod(cluster: &Cluster, args: &Args) -> Result<String> {
+    let namespace = args.operator_namespace.as_str();
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), namespace);
+    let lease = leases
+        .get_opt(&args.operator_lease)
+        .await
+        .map_err(|source| Error::api("get", "leases", Some(namespace), source))?;
+    if let Some(lease) = lease {
+        return lease
+            .spec
+            .and_then(|spec| spec.holder_identity)
+            .filter(|holder| !holder.is_empty())
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "no operator leads now (Lease {namespace}/{} has no holder): try again shortly",
+                    args.operator_lease
+                ))
+            });
+    }
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    let selector = ListParams::default().labels("app.kubernetes.io/component=operator");
+    let running = pods
+        .list(&selector)
+        .await
+        .map_err(|source| Error::api("list", "pods", Some(namespace), source))?
+        .items
+        .into_iter()
+        .find(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+    running.map(|pod| pod.name_any()).ok_or_else(|| {
+        Error::Usage(format!(
+            "no operator runs in namespace {namespace} (no Lease {} and no running operator pod): pass --operator-namespace",
+            args.operator_lease
+        ))
     })
 }
 
