@@ -54,7 +54,7 @@ metadata:
 spec:
   image: zeroscale/flaky:dev
   resources: {requests: {cpu: 250m, memory: 128Mi}}
-  scaling: {initialReplicas: 0, scaleToZeroGracePeriod: 5s}
+  scaling: {initialReplicas: 0, scaleToZeroGracePeriod: 6s}
 YAML
 
 "$zeroscale" dev "$work" --listen 127.0.0.1:0 --autoscaler-tick 200ms >"$work/dev.log" 2>&1 &
@@ -82,7 +82,7 @@ for hour in "${!rates[@]}"; do
   now=$(date +%s.%N)
   python3 -c "import time; time.sleep(max(0.0, $hour_ends - $now))"
 done
-sleep 1 # one more autoscaler tick reads the last counters
+sleep 3 # the night ends at zero; one more autoscaler tick reads the last counters
 
 echo "Traffic sent over $(python3 -c "print(round($(date +%s.%N) - $started))") s:"
 printf '  requests %d: answered 200: %d, 500 (from /fail): %d, other: %d; /slow (200 ms): %d\n' \
