@@ -57,7 +57,8 @@ spec:
   scaling: {initialReplicas: 0, scaleToZeroGracePeriod: 6s}
 YAML
 
-"$zeroscale" dev "$work" --listen 127.0.0.1:0 --autoscaler-tick 200ms >"$work/dev.log" 2>&1 &
+# Prices near Lambda's x86 list prices, for the COST column.
+"$zeroscale" dev "$work" --listen 127.0.0.1:0 --autoscaler-tick 200ms --prices 0.20,0.0000166667,0.0000017 >"$work/dev.log" 2>&1 &
 dev_pid=$!
 for _ in $(seq 100); do
   address=$(sed -n 's|.*listening on http://\([0-9.:]*\).*|\1|p' "$work/dev.log" | head -1)

@@ -180,14 +180,16 @@ impl Totals {
             gib_seconds: now.gib_seconds - base.gib_seconds,
         };
         Totals {
+            // Totals only grow, so the base never exceeds them; saturating all the same.
             invocations: Invocations {
-                success: self.invocations.success - base.invocations.success,
-                function_error: self.invocations.function_error - base.invocations.function_error,
-                refused: self.invocations.refused - base.invocations.refused,
+                success: (self.invocations.success).saturating_sub(base.invocations.success),
+                function_error: (self.invocations.function_error)
+                    .saturating_sub(base.invocations.function_error),
+                refused: (self.invocations.refused).saturating_sub(base.invocations.refused),
             },
             execution_seconds: self.execution_seconds - base.execution_seconds,
             busy_seconds: self.busy_seconds - base.busy_seconds,
-            cold_starts: self.cold_starts - base.cold_starts,
+            cold_starts: self.cold_starts.saturating_sub(base.cold_starts),
             cold_start_seconds: self.cold_start_seconds - base.cold_start_seconds,
             replica_seconds: self.replica_seconds - base.replica_seconds,
             reserved: resources(self.reserved, base.reserved),

@@ -63,6 +63,31 @@ pub struct DevConfig {
     /// After Ctrl-C or SIGTERM: longest to wait for requests in flight and held.
     #[arg(long, default_value = "10s", value_parser = zeroscale_api::duration::parse)]
     pub drain_period: Duration,
+    /// Prices for the cost column of `zeroscale usage` (as the chart's usage.prices):
+    /// per million requests, per vCPU-second, per GiB-second, comma-separated.
+    #[arg(long, env = "ZEROSCALE_PRICES", value_parser = prices, value_name = "REQ,VCPU,GIB")]
+    pub prices: Option<zeroscale_api::usage::Prices>,
+}
+
+/// `--prices`: three non-negative numbers, comma-separated.
+fn prices(text: &str) -> std::result::Result<zeroscale_api::usage::Prices, String> {
+    let numbers: Vec<f64> = text
+        .split(',')
+        .map(|n| n.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    match numbers[..] {
+        [requests, vcpu, gib] if numbers.iter().all(|n| n.is_finite() && *n >= 0.0) => {
+            Ok(zeroscale_api::usage::Prices {
+                per_million_requests: requests,
+                per_vcpu_second: vcpu,
+                per_gib_second: gib,
+            })
+        }
+        _ => Err(format!(
+            "{text:?} is not three non-negative prices: per million requests, per vCPU-second, per GiB-second"
+        )),
+    }
 }
 
 /// The domain under which every Function is reachable: `<fn>.<ns>.localhost`, which
@@ -74,7 +99,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     let terminated = process::termination_signal().map_err(Error::Signal)?;
     // Usage since dev started; made before `started` so that the in-process activator
     // is never older than the meter, and all it counts is counted.
-    let usage = zeroscale_autoscaler::Usage::new(jiff::Timestamp::now(), None);
+    let usage = zeroscale_autoscaler::Usage::new(jiff::Timestamp::now(), config.prices);
     let started = Instant::now();
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new()?;
