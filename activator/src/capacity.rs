@@ -8,6 +8,10 @@
 //! that frees up, or a pod that turns ready, is handed straight to the oldest waiter, so
 //! waiters are served in arrival order and nobody overtakes them. A waiter that gives up
 //! (deadline, client gone) leaves the queue at once.
+//!
+//! For usage metering it also sums, per Function, the time permits were held
+//! (execution) and the time each pod had at least one permit out (busy), both counted
+//! when the permit or the busy stretch ends.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -55,6 +59,8 @@ pub struct Pod {
     pub addr: SocketAddr,
     pub protocol: PodProtocol,
     in_flight: AtomicUsize,
+    /// When the pod last went from idle to busy, in microseconds since `Shared::epoch`.
+    busy_since: AtomicU64,
 }
 
 impl Pod {
@@ -70,6 +76,8 @@ pub struct Permit {
     pod: Arc<Pod>,
     /// Where to hand the freed slot on drop; None when dropped while the queue is locked.
     shared: Option<Arc<Shared>>,
+    /// When the slot was reserved.
+    acquired: Instant,
 }
 
 impl Permit {
@@ -86,8 +94,17 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.pod.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let before = self.pod.in_flight.fetch_sub(1, Ordering::AcqRel);
         if let Some(shared) = self.shared.take() {
+            shared
+                .execution_micros
+                .fetch_add(micros(self.acquired.elapsed()), Ordering::Relaxed);
+            if before == 1 {
+                let since = self.pod.busy_since.load(Ordering::Acquire);
+                shared
+                    .busy_micros
+                    .fetch_add(shared.now_micros().saturating_sub(since), Ordering::Relaxed);
+            }
             shared.total_in_flight.fetch_sub(1, Ordering::AcqRel);
             if shared.waiting.load(Ordering::SeqCst) > 0 {
                 shared.dispatch(&mut shared.lock());
@@ -113,6 +130,12 @@ struct Shared {
     max_queued: AtomicUsize,
     /// Seed of the cheap random choice of pods.
     picks: AtomicU64,
+    /// Origin of the pods' `busy_since`.
+    epoch: Instant,
+    /// Time permits were held, in microseconds, counted as each is released.
+    execution_micros: AtomicU64,
+    /// Time pods had a permit out, in microseconds, counted as each busy stretch ends.
+    busy_micros: AtomicU64,
     queue: Mutex<Queue>,
 }
 
@@ -150,6 +173,9 @@ impl Capacity {
                 limit: AtomicUsize::new(per_pod_limit(limits.container_concurrency)),
                 max_queued: AtomicUsize::new(limits.max_queued),
                 picks: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+                epoch: Instant::now(),
+                execution_micros: AtomicU64::new(0),
+                busy_micros: AtomicU64::new(0),
                 queue: Mutex::new(Queue::default()),
             }),
         }
@@ -186,6 +212,7 @@ impl Capacity {
                             addr,
                             protocol,
                             in_flight: AtomicUsize::new(0),
+                            busy_since: AtomicU64::new(0),
                         })
                     })
             })
@@ -225,6 +252,17 @@ impl Capacity {
     /// Requests waiting for a pod.
     pub fn queued(&self) -> usize {
         self.shared.waiting.load(Ordering::Acquire)
+    }
+
+    /// Time permits were held, counted as each was released, in microseconds.
+    pub fn execution_micros(&self) -> u64 {
+        self.shared.execution_micros.load(Ordering::Relaxed)
+    }
+
+    /// Time pods had a request in flight, counted as each busy stretch ended, in
+    /// microseconds.
+    pub fn busy_micros(&self) -> u64 {
+        self.shared.busy_micros.load(Ordering::Relaxed)
     }
 
     /// A slot on a pod, at once when one is free and nobody waits; otherwise the
@@ -316,6 +354,23 @@ fn per_pod_limit(container_concurrency: usize) -> usize {
 }
 
 impl Shared {
+    /// Takes a slot on `pod` if it has one free; a pod that was idle turns busy.
+    fn reserve(&self, pod: &Pod, limit: usize) -> bool {
+        let reserved = pod
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        if reserved == Ok(0) {
+            pod.busy_since.store(self.now_micros(), Ordering::Release);
+        }
+        reserved.is_ok()
+    }
+
+    fn now_micros(&self) -> u64 {
+        micros(self.epoch.elapsed())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // The queue stays consistent across a panic elsewhere: keep serving.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -341,11 +396,12 @@ impl Shared {
         let preferred = if b.in_flight() < a.in_flight() { b } else { a };
         let pod = std::iter::once(preferred)
             .chain(pods.iter())
-            .find(|pod| reserve(pod, limit))?;
+            .find(|pod| self.reserve(pod, limit))?;
         self.total_in_flight.fetch_add(1, Ordering::AcqRel);
         Some(Permit {
             pod: Arc::clone(pod),
             shared: Some(Arc::clone(self)),
+            acquired: Instant::now(),
         })
     }
 
@@ -390,12 +446,8 @@ impl Drop for LeaveQueue<'_> {
     }
 }
 
-fn reserve(pod: &Pod, limit: usize) -> bool {
-    pod.in_flight
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .is_ok()
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// A cheap, well-mixed pseudo-random number from a counter (SplitMix64).
@@ -462,6 +514,33 @@ mod tests {
         drop(permit);
         assert_eq!(capacity.in_flight(), 0);
         assert_eq!(capacity.ready_pods()[0].in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn execution_and_busy_time_are_counted_when_requests_end() {
+        let capacity = capacity(0, 10);
+        capacity.set_ready_pods(pods(&[1]));
+        // Two overlapping requests on one pod: 3 s and 2 s held, the pod busy for 3 s.
+        let first = capacity.acquire(far(), |_| {}).await.expect("permit");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = capacity.acquire(far(), |_| {}).await.expect("permit");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            capacity.busy_micros(),
+            0,
+            "busy counts when the stretch ends"
+        );
+        drop(second);
+        drop(first);
+        assert_eq!(capacity.execution_micros(), 5_000_000);
+        assert_eq!(capacity.busy_micros(), 3_000_000);
+        // Idle for 10 s, then busy for 1 s more.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let third = capacity.acquire(far(), |_| {}).await.expect("permit");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(third);
+        assert_eq!(capacity.busy_micros(), 4_000_000);
+        assert_eq!(capacity.execution_micros(), 6_000_000);
     }
 
     #[tokio::test]

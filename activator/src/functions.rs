@@ -69,6 +69,8 @@ pub struct FunctionState {
     pods: Mutex<Pods>,
     /// Whether a prober runs for this Function (see [`crate::probe`]).
     probing: AtomicBool,
+    /// Usage time already added to the Prometheus counters.
+    published: crate::usage::Published,
 }
 
 /// The Function's pods as the EndpointSlices say, plus starting pods that answered an
@@ -96,6 +98,7 @@ impl FunctionState {
             concurrency_micros: AtomicU64::new(0),
             pods: Mutex::new(Pods::default()),
             probing: AtomicBool::new(false),
+            published: crate::usage::Published::default(),
         }
     }
 
@@ -117,18 +120,22 @@ impl FunctionState {
             self.concurrency_micros
                 .fetch_add(concurrency.saturating_mul(micros), Ordering::Relaxed);
         }
+        self.published.publish(&self.metrics, &self.capacity);
     }
 
     /// This Function's entry in the stats report.
     pub(crate) fn stats(&self) -> FunctionStats {
-        FunctionStats {
+        let mut stats = FunctionStats {
             namespace: self.key.namespace.clone(),
             name: self.key.name.clone(),
             requests_total: self.requests_total.load(Ordering::Relaxed),
             concurrency_seconds_total: self.concurrency_micros.load(Ordering::Relaxed) as f64 / 1e6,
             in_flight: self.capacity.in_flight() as u64,
             queued: self.capacity.queued() as u64,
-        }
+            ..FunctionStats::default()
+        };
+        crate::usage::fill(&mut stats, &self.metrics, &self.capacity);
+        stats
     }
 
     /// Starting pods not yet known to answer, to probe, with the protocol each speaks.

@@ -15,4 +15,5 @@ pub mod functions;
 pub mod metrics;
 pub mod probe;
 pub mod server;
+pub(crate) mod usage;
 pub mod wake;

@@ -2,12 +2,14 @@
 //! Function is added ([`FunctionMetrics`]), so the request path only touches atomics.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry,
 };
 
 use zeroscale_api::routing::FunctionKey;
 
 use crate::connections::ConnectionMetrics;
+use crate::usage::Outcome;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -33,6 +35,9 @@ pub struct Metrics {
     pub probes: IntCounterVec,
     /// Client connections open, refused and closed for idling.
     pub(crate) connections: ConnectionMetrics,
+    invocations: IntCounterVec,
+    execution_seconds: CounterVec,
+    busy_seconds: CounterVec,
 }
 
 /// One Function's series.
@@ -43,6 +48,10 @@ pub(crate) struct FunctionMetrics {
     pub queue_wait: Histogram,
     pub cold_start: Histogram,
     pub wakes: IntCounter,
+    /// Requests by [`Outcome`], in the order of [`Outcome::ALL`].
+    invocations: [IntCounter; 3],
+    pub execution_seconds: Counter,
+    pub busy_seconds: Counter,
 }
 
 impl FunctionMetrics {
@@ -50,6 +59,16 @@ impl FunctionMetrics {
     pub(crate) fn count_response(&self, status: http::StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.requests_by_class[class].inc();
+    }
+
+    /// Counts a request's outcome.
+    pub(crate) fn count_outcome(&self, outcome: Outcome) {
+        self.invocations[outcome as usize].inc();
+    }
+
+    /// Requests counted with `outcome`.
+    pub(crate) fn outcomes(&self, outcome: Outcome) -> u64 {
+        self.invocations[outcome as usize].get()
     }
 }
 
@@ -119,6 +138,27 @@ impl Metrics {
                 &["result"],
             )?,
             connections: ConnectionMetrics::new()?,
+            invocations: IntCounterVec::new(
+                Opts::new(
+                    "zeroscale_function_invocations_total",
+                    "Requests for a Function by outcome: success, function_error, refused",
+                ),
+                &["namespace", "function", "outcome"],
+            )?,
+            execution_seconds: CounterVec::new(
+                Opts::new(
+                    "zeroscale_function_execution_seconds_total",
+                    "Time requests held a pod of the Function, counted as each ends",
+                ),
+                function,
+            )?,
+            busy_seconds: CounterVec::new(
+                Opts::new(
+                    "zeroscale_function_busy_seconds_total",
+                    "Pod-seconds with a request in flight, counted as each busy stretch ends",
+                ),
+                function,
+            )?,
         })
     }
 
@@ -134,6 +174,9 @@ impl Metrics {
         registry.register(Box::new(self.errors.clone()))?;
         registry.register(Box::new(self.probes.clone()))?;
         self.connections.register(registry)?;
+        registry.register(Box::new(self.invocations.clone()))?;
+        registry.register(Box::new(self.execution_seconds.clone()))?;
+        registry.register(Box::new(self.busy_seconds.clone()))?;
         Ok(())
     }
 
@@ -148,6 +191,12 @@ impl Metrics {
             queue_wait: self.queue_wait.with_label_values(&labels),
             cold_start: self.cold_start.with_label_values(&labels),
             wakes: self.wakes.with_label_values(&labels),
+            invocations: Outcome::ALL.map(|outcome| {
+                self.invocations
+                    .with_label_values(&[namespace, name, outcome.metric_label()])
+            }),
+            execution_seconds: self.execution_seconds.with_label_values(&labels),
+            busy_seconds: self.busy_seconds.with_label_values(&labels),
         }
     }
 
@@ -168,6 +217,13 @@ impl Metrics {
         for class in STATUS_CLASSES {
             let _ = self.requests.remove_label_values(&[namespace, name, class]);
         }
+        for outcome in Outcome::ALL {
+            let _ =
+                self.invocations
+                    .remove_label_values(&[namespace, name, outcome.metric_label()]);
+        }
+        let _ = self.execution_seconds.remove_label_values(&labels);
+        let _ = self.busy_seconds.remove_label_values(&labels);
         for vec in [&self.request_duration, &self.queue_wait, &self.cold_start] {
             let _ = vec.remove_label_values(&labels);
         }
@@ -195,6 +251,7 @@ mod tests {
         let function = metrics.for_function(&key);
         function.count_response(http::StatusCode::OK);
         function.count_response(http::StatusCode::SERVICE_UNAVAILABLE);
+        function.count_outcome(Outcome::FunctionError);
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
             .expect("encodes");
@@ -202,6 +259,9 @@ mod tests {
             r#"zeroscale_activator_requests_total{code_class="2xx",function="hello",namespace="team"} 1"#
         ), "{text}");
         assert!(text.contains(r#"code_class="5xx",function="hello",namespace="team"} 1"#));
+        assert!(text.contains(
+            r#"zeroscale_function_invocations_total{function="hello",namespace="team",outcome="function_error"} 1"#
+        ), "{text}");
 
         metrics.forget(&key);
         let text = prometheus::TextEncoder::new()

@@ -25,6 +25,7 @@ use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent};
 use crate::functions::{FunctionState, Functions, Listener};
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeConfig};
+use crate::usage::Outcome;
 use crate::wake::Wake;
 
 /// Responses of the activator: the pod's, holding its slot, or the activator's own.
@@ -88,9 +89,15 @@ impl Activator {
             .dispatch(&function, request, client, scheme, arrived, affinity)
             .await
         {
-            Ok(response) => response,
+            Ok(response) => {
+                function
+                    .metrics
+                    .count_outcome(Outcome::of_status(response.status()));
+                response
+            }
             Err(error) => {
                 tracing::debug!(function = %function.key, error = %ErrorChain(&error), "request failed");
+                function.metrics.count_outcome(Outcome::of_error(&error));
                 self.refuse(error)
             }
         };

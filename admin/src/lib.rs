@@ -7,6 +7,7 @@
 //! | `GET /healthz` | 200 `ok` until [`Liveness`] fails, then 503 and why           |
 //! | `GET /readyz`  | 200 `ok` when [`Readiness`] says ready, else 503 and why not  |
 //! | `GET <path>`   | JSON from a route added with [`AdminState::with_json_route`]  |
+//! | `GET <path>?q` | JSON for the query, [`AdminState::with_query_json_route`]     |
 //!
 //! Any other path is 404 and any other method on these paths 405. HTTP/1.1 only.
 //!
@@ -40,6 +41,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Produces the JSON body of a status route, fresh for each request.
 pub type JsonProducer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Produces the JSON body of a route that reads the query string (None when the URI
+/// has none), or why the query is wrong (a 400).
+pub type QueryJsonProducer = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
 
 /// How long shutdown waits for requests in flight before dropping their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,6 +126,7 @@ pub struct AdminState {
     readiness: Readiness,
     liveness: Liveness,
     json_routes: Vec<(&'static str, JsonProducer)>,
+    query_routes: Vec<(&'static str, QueryJsonProducer)>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -143,6 +149,7 @@ impl AdminState {
             readiness,
             liveness: Liveness::new(),
             json_routes: Vec::new(),
+            query_routes: Vec::new(),
         }
     }
 
@@ -155,6 +162,16 @@ impl AdminState {
     /// Adds `GET path`, answered with the JSON `producer` returns.
     pub fn with_json_route(mut self, path: &'static str, producer: JsonProducer) -> Self {
         self.json_routes.push((path, producer));
+        self
+    }
+
+    /// Adds `GET path?query`, answered with the JSON `producer` returns for the query.
+    pub fn with_query_json_route(
+        mut self,
+        path: &'static str,
+        producer: QueryJsonProducer,
+    ) -> Self {
+        self.query_routes.push((path, producer));
         self
     }
 }
@@ -196,7 +213,9 @@ pub async fn serve(
         };
         let state = state.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let response = respond(&state, request.method(), request.uri().path());
+            let uri = request.uri();
+            let response = respond_query(&state, request.method(), uri.path(), uri.query())
+                .unwrap_or_else(|| respond(&state, request.method(), uri.path()));
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -226,6 +245,34 @@ fn is_connection_error(error: &std::io::Error) -> bool {
         error.kind(),
         ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
     )
+}
+
+/// The answer of a route added with [`AdminState::with_query_json_route`], or None
+/// when `path` is not one.
+fn respond_query(
+    state: &AdminState,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Response<Full<Bytes>>> {
+    let (_, producer) = state
+        .query_routes
+        .iter()
+        .find(|(route, _)| *route == path)?;
+    if method != Method::GET {
+        let mut response = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed; use GET\n".into(),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return Some(response);
+    }
+    Some(match producer(query) {
+        Ok(json) => with_content_type(StatusCode::OK, "application/json", json),
+        Err(message) => plain(StatusCode::BAD_REQUEST, format!("{message}\n")),
+    })
 }
 
 /// The answer to `method path`.
@@ -358,6 +405,27 @@ mod tests {
             answer(&state, Method::POST, "/metrics/extra").await.0,
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[tokio::test]
+    async fn query_routes_get_the_query_and_answer_its_errors_with_400() {
+        let (state, _, _) = state();
+        let state = state.with_query_json_route(
+            "/usage",
+            Arc::new(|query: Option<&str>| match query {
+                Some("since=bad") => Err("since: not a duration".to_owned()),
+                query => Ok(format!("{{\"query\":{:?}}}", query.unwrap_or(""))),
+            }),
+        );
+        let ok = respond_query(&state, &Method::GET, "/usage", Some("since=1h")).expect("a route");
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()[header::CONTENT_TYPE], "application/json");
+        let bad =
+            respond_query(&state, &Method::GET, "/usage", Some("since=bad")).expect("a route");
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        let post = respond_query(&state, &Method::POST, "/usage", None).expect("a route");
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(respond_query(&state, &Method::GET, "/stats", None).is_none());
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod names;
 pub mod routing;
 pub mod stats;
+pub mod usage;
 pub mod validate;
 
 pub use function::{

@@ -33,4 +33,27 @@ pub struct FunctionStats {
     pub in_flight: u64,
     /// Requests waiting for a pod now.
     pub queued: u64,
+    /// Requests the Function answered below 500 (the usage counters below default to
+    /// zero when an older activator leaves them out).
+    #[serde(default)]
+    pub success_total: u64,
+    /// Requests the Function answered 5xx, or failed while answering.
+    #[serde(default)]
+    pub function_errors_total: u64,
+    /// Requests the activator answered itself (queue full, timeout, cannot start).
+    #[serde(default)]
+    pub refused_total: u64,
+    /// Time requests held a pod's slot, counted when each ends.
+    #[serde(default)]
+    pub execution_seconds_total: f64,
+    /// Pod-seconds with at least one request in flight through this activator, counted
+    /// when each busy stretch ends.
+    #[serde(default)]
+    pub busy_seconds_total: f64,
+    /// Requests that found no pod ready and woke the Function.
+    #[serde(default)]
+    pub cold_starts_total: u64,
+    /// Time those requests waited for a pod.
+    #[serde(default)]
+    pub cold_start_seconds_total: f64,
 }

@@ -57,6 +57,7 @@ fn main() {
             key: key.clone(),
             policy: policy.clone(),
             replicas: Replicas { desired, ready },
+            resources: Default::default(),
         };
         let now = start + Duration::from_secs(second);
         for (_, decision) in fleet.tick(now, vec![target], Some(&observed)) {

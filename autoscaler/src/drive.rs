@@ -12,7 +12,7 @@ use zeroscale_admin::process::{ErrorChain, every};
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::stats::StatsReport;
 
-use crate::{Decision, Fleet, LoadMeter, Metrics, Replicas, Result, Target};
+use crate::{Decision, Fleet, LoadMeter, Metrics, Replicas, Result, Target, Usage};
 
 /// Where the loop gets the activators' reports. Any failure means "unknown": the loop
 /// then holds every Function's scale.
@@ -34,8 +34,9 @@ pub trait Runtime: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// Runs the loop until `shutdown` resolves: every `tick`, scrape `stats`, advance the
-/// [`Fleet`] over `runtime`'s targets, and apply every decision that changes replicas.
+/// Runs the loop until `shutdown` resolves: every `tick`, scrape `stats`, record them
+/// and `runtime`'s replicas in `usage`, advance the [`Fleet`] over `runtime`'s targets,
+/// and apply every decision that changes replicas.
 ///
 /// Everything the loop uses is moved into it: a step that borrowed from the caller
 /// would keep the loop's future from being `Send` (the compiler cannot prove it for a
@@ -45,12 +46,13 @@ pub async fn drive(
     stats: impl StatsSource,
     runtime: Arc<impl Runtime>,
     metrics: Metrics,
+    usage: Usage,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut meter = LoadMeter::default();
     let mut fleet = Fleet::default();
     every(tick, shutdown, async move || {
-        step(&stats, &*runtime, &metrics, &mut meter, &mut fleet).await;
+        step(&stats, &*runtime, &metrics, &usage, &mut meter, &mut fleet).await;
     })
     .await;
 }
@@ -60,18 +62,24 @@ async fn step(
     stats: &impl StatsSource,
     runtime: &impl Runtime,
     metrics: &Metrics,
+    usage: &Usage,
     meter: &mut LoadMeter,
     fleet: &mut Fleet,
 ) {
     let started = Instant::now();
-    let observed = match stats.scrape().await {
+    let scraped = stats.scrape().await;
+    let targets = runtime.targets();
+    let reports = scraped.as_ref().ok().map(Vec::as_slice);
+    for (key, reserved) in usage.record(jiff::Timestamp::now(), reports, &targets) {
+        metrics.count_reserved(&key, &reserved);
+    }
+    let observed = match scraped {
         Ok(reports) => Some(meter.observe(reports)),
         Err(error) => {
             tracing::warn!(error = %ErrorChain(&error), "activator stats unavailable; holding every Function's scale");
             None
         }
     };
-    let targets = runtime.targets();
     let current: HashMap<FunctionKey, Replicas> = targets
         .iter()
         .map(|t| (t.key.clone(), t.replicas))
@@ -169,6 +177,7 @@ mod tests {
                         desired: replicas,
                         ready: replicas,
                     },
+                    resources: Default::default(),
                 })
                 .collect()
         }
@@ -206,6 +215,7 @@ mod tests {
                 stats,
                 Arc::clone(&runtime),
                 metrics.clone(),
+                Usage::new(jiff::Timestamp::now(), None),
                 shutdown,
             ),
         )

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 use zeroscale_api::Metric;
 use zeroscale_api::routing::FunctionKey;
+use zeroscale_api::usage::PodResources;
 
 use crate::{Decision, DecisionState, Observed, Replicas, ScalingPolicy, Window, decide};
 
@@ -16,6 +17,8 @@ pub struct Target {
     pub key: FunctionKey,
     pub policy: ScalingPolicy,
     pub replicas: Replicas,
+    /// What one pod reserves, for usage metering.
+    pub resources: PodResources,
 }
 
 /// Windows and decision state of every tracked Function.
@@ -113,6 +116,7 @@ mod tests {
                 desired: replicas,
                 ready: replicas,
             },
+            resources: PodResources::default(),
         }
     }
 

@@ -49,6 +49,7 @@ mod fleet;
 mod meter;
 mod metrics;
 mod policy;
+mod usage;
 mod window;
 
 pub use decide::{Decision, Reason, Replicas};
@@ -58,6 +59,7 @@ pub use fleet::{Fleet, Target};
 pub use meter::Observed;
 pub use metrics::Metrics;
 pub use policy::ScalingPolicy;
+pub use usage::{Reserved, Usage};
 
 use decide::{DecisionState, decide};
 use meter::LoadMeter;

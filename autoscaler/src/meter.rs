@@ -96,6 +96,7 @@ mod tests {
                 concurrency_seconds_total: busy,
                 in_flight,
                 queued,
+                ..FunctionStats::default()
             }],
         }
     }

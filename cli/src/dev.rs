@@ -29,7 +29,7 @@ use zeroscale_api::routing::Domains;
 use zeroscale_api::stats::StatsReport;
 use zeroscale_autoscaler::{StatsSource, drive};
 
-use zeroscale_cli::cluster::dev::{DevState, FUNCTIONS_ROUTE, StateFile};
+use zeroscale_cli::cluster::dev::{DevState, FUNCTIONS_ROUTE, StateFile, USAGE_ROUTE};
 
 use crate::error::{Error, Result};
 use crate::manifest;
@@ -50,7 +50,7 @@ pub struct DevConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// Serve /metrics, /healthz, /readyz, /stats and /functions here (a free loopback
+    /// Serve /metrics, /healthz, /readyz, /stats, /functions and /usage here (a free loopback
     /// port when unset; the state file names it for `zeroscale list --dev`).
     #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN", hide_env_values = true)]
     pub admin_listen: Option<SocketAddr>,
@@ -63,6 +63,31 @@ pub struct DevConfig {
     /// After Ctrl-C or SIGTERM: longest to wait for requests in flight and held.
     #[arg(long, default_value = "10s", value_parser = zeroscale_api::duration::parse)]
     pub drain_period: Duration,
+    /// Prices for the cost column of `zeroscale usage` (as the chart's usage.prices):
+    /// per million requests, per vCPU-second, per GiB-second, comma-separated.
+    #[arg(long, env = "ZEROSCALE_PRICES", value_parser = prices, value_name = "REQ,VCPU,GIB")]
+    pub prices: Option<zeroscale_api::usage::Prices>,
+}
+
+/// `--prices`: three non-negative numbers, comma-separated.
+fn prices(text: &str) -> std::result::Result<zeroscale_api::usage::Prices, String> {
+    let numbers: Vec<f64> = text
+        .split(',')
+        .map(|n| n.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    match numbers[..] {
+        [requests, vcpu, gib] if numbers.iter().all(|n| n.is_finite() && *n >= 0.0) => {
+            Ok(zeroscale_api::usage::Prices {
+                per_million_requests: requests,
+                per_vcpu_second: vcpu,
+                per_gib_second: gib,
+            })
+        }
+        _ => Err(format!(
+            "{text:?} is not three non-negative prices: per million requests, per vCPU-second, per GiB-second"
+        )),
+    }
 }
 
 /// The domain under which every Function is reachable: `<fn>.<ns>.localhost`, which
@@ -72,6 +97,9 @@ const LOCAL_DOMAIN: &str = "localhost";
 /// Runs until SIGTERM or Ctrl-C, then drains requests and stops every replica.
 pub async fn run(config: DevConfig) -> Result<()> {
     let terminated = process::termination_signal().map_err(Error::Signal)?;
+    // Usage since dev started; made before `started` so that the in-process activator
+    // is never older than the meter, and all it counts is counted.
+    let usage = zeroscale_autoscaler::Usage::new(jiff::Timestamp::now(), config.prices);
     let started = Instant::now();
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new()?;
@@ -139,6 +167,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
         },
         Arc::clone(&runtime),
         autoscaler_metrics,
+        usage.clone(),
         stopped(),
     ));
     let schedules = tokio::spawn(schedules::run(
@@ -189,7 +218,11 @@ pub async fn run(config: DevConfig) -> Result<()> {
             admin_listener,
             AdminState::new(registry, readiness)
                 .with_json_route("/stats", stats)
-                .with_json_route(FUNCTIONS_ROUTE, view),
+                .with_json_route(FUNCTIONS_ROUTE, view)
+                .with_query_json_route(
+                    USAGE_ROUTE,
+                    Arc::new(move |query| usage.answer(jiff::Timestamp::now(), query)),
+                ),
             stopped(),
         ));
     }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower_test::mock::{Handle, SendResponse};
 use zeroscale_cli::cluster::connect::Cluster;
-use zeroscale_cli::cluster::{Error, Format, delete, deploy, describe, invoke, list, logs};
+use zeroscale_cli::cluster::{Error, Format, delete, deploy, describe, invoke, list, logs, usage};
 
 const FUNCTIONS: &str = "/apis/zeroscale.dev/v1alpha1/namespaces/default/functions";
 const HELLO: &str = "/apis/zeroscale.dev/v1alpha1/namespaces/default/functions/hello";
@@ -998,4 +998,77 @@ async fn deploy_from_a_manifest_applies_the_whole_function() {
     .expect("applies");
     let printed: Value = serde_json::from_slice(&out).expect("JSON output");
     assert_eq!(printed["metadata"]["name"], "hello");
+}
+
+// ---------------------------------------------------------------------------------------
+// usage
+
+#[tokio::test]
+async fn usage_asks_the_lease_holder_through_the_pod_proxy_and_prints_its_namespace() {
+    let args = usage::Args {
+        name: None,
+        since: Some(Duration::from_secs(3600)),
+        target: Default::default(),
+        all_namespaces: false,
+        output: Format::Human,
+        operator_namespace: "zeroscale-system".into(),
+        operator_lease: "zeroscale-operator".into(),
+        operator_admin_port: 9090,
+        dev: Default::default(),
+    };
+    let function = |namespace: &str| {
+        let seconds = json!({"vcpuSeconds": 1.5, "gibSeconds": 0.5});
+        json!({
+            "namespace": namespace, "name": "hello",
+            "invocations": {"success": 40, "functionError": 2, "refused": 1},
+            "executionSeconds": 3.5, "coldStarts": 2, "coldStartSeconds": 1.25,
+            "replicaSeconds": {"busy": 4.0, "idle": 56.0},
+            "reserved": seconds, "alwaysOn": seconds, "saving": seconds, "cost": null,
+        })
+    };
+    let report = exchange(
+        |mut api| async move {
+            api.next(
+                Method::GET,
+                "/apis/coordination.k8s.io/v1/namespaces/zeroscale-system/leases/zeroscale-operator",
+            )
+            .await
+            .ok(&json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": "zeroscale-operator", "namespace": "zeroscale-system"},
+                "spec": {"holderIdentity": "zeroscale-operator-7d9f-abcde"},
+            }));
+            let call = api
+                .next(
+                    Method::GET,
+                    "/api/v1/namespaces/zeroscale-system/pods/zeroscale-operator-7d9f-abcde:9090/proxy/usage",
+                )
+                .await;
+            assert_eq!(call.param("since"), Some("3600s"));
+            call.ok(&json!({
+                "from": "2026-12-07T10:00:00Z",
+                "to": "2026-12-07T11:00:00Z",
+                "prices": null,
+                "functions": [function("default"), function("team")],
+            }));
+            api.done().await;
+        },
+        async |cluster| usage::from_cluster(cluster, &args).await,
+    )
+    .await
+    .expect("reads the usage");
+    let mut out = Vec::new();
+    let report = usage::select(report, Some("default"), None);
+    usage::print(&report, false, Format::Human, &mut out).expect("prints");
+    let out = text(out);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        [
+            "hello", "40", "2", "1", "3.500", "2", "1.250", "4.0", "56.0", "1.5", "0.5", "1.5"
+        ],
+        "{out}"
+    );
 }

@@ -727,3 +727,117 @@ async fn the_users_example_says_redis_is_optional_when_none_runs() {
     assert!(line.contains("expected"), "{line}");
     assert!(line.contains("optional"), "{line}");
 }
+
+/// A Function for usage tests: `/fail` answers 500, `/slow` answers after 200 ms, any
+/// other path at once.
+const FLAKY: &str = r#"
+import os, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path.startswith("/slow"):
+            time.sleep(0.2)
+        status = 500 if self.path.startswith("/fail") else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "3")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+/// `zeroscale usage` against `dev`, with `args`.
+async fn usage(dev: &Dev, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_zeroscale"))
+        .arg("usage")
+        .args(args)
+        .env("ZEROSCALE_DEV_STATE", dev.dir.with_extension("state.json"))
+        .output()
+        .await
+        .expect("zeroscale usage runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_known_traffic_exactly_and_its_seconds_within_tolerance() {
+    let spec =
+        "  resources: {requests: {cpu: 500m, memory: 256Mi}}\n  scaling: {initialReplicas: 0}\n";
+    let dev = Dev::start(
+        "usage",
+        &[
+            ("flaky.py", FLAKY.to_owned()),
+            ("flaky.yaml", manifest("flaky", "python3 -u flaky.py", spec)),
+        ],
+    )
+    .await;
+    // One cold start (a slow request), then 9 quick, 3 failing and 2 more slow ones.
+    let mut sent = vec!["/slow"];
+    sent.extend(["/"; 9]);
+    sent.extend(["/fail"; 3]);
+    sent.extend(["/slow"; 2]);
+    for path in &sent {
+        dev.get("flaky.default", path).await.expect("answers");
+    }
+
+    // The autoscaler tick (200 ms) carries the activator's counters into the meter.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let json = usage(&dev, &["flaky", "-o", "json"]).await;
+        let report: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        let counted = &report["functions"][0]["invocations"];
+        if counted["success"].as_u64().unwrap_or(0) + counted["functionError"].as_u64().unwrap_or(0)
+            == 15
+        {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usage never counted 15 requests: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let flaky = &report["functions"][0];
+    let number = |value: &serde_json::Value| value.as_f64().expect("a number");
+    assert_eq!(flaky["invocations"]["success"], 12, "{flaky}");
+    assert_eq!(flaky["invocations"]["functionError"], 3, "{flaky}");
+    assert_eq!(flaky["invocations"]["refused"], 0, "{flaky}");
+    assert_eq!(flaky["coldStarts"], 1, "{flaky}");
+    // Seconds: three 200 ms requests plus at most 100 ms of overhead per request.
+    let execution = number(&flaky["executionSeconds"]);
+    assert!((0.6..2.1).contains(&execution), "{flaky}");
+    let cold = number(&flaky["coldStartSeconds"]);
+    assert!(cold > 0.0 && cold < 30.0, "{flaky}");
+    let busy = number(&flaky["replicaSeconds"]["busy"]);
+    let idle = number(&flaky["replicaSeconds"]["idle"]);
+    // A pod turns busy a moment before its permit is handed out.
+    assert!(busy <= execution + 0.01, "{flaky}");
+    // Reserved: replica-seconds times the pod's requests.
+    let replica_seconds = busy + idle;
+    assert!(replica_seconds > 0.0, "{flaky}");
+    let vcpu = number(&flaky["reserved"]["vcpuSeconds"]);
+    let gib = number(&flaky["reserved"]["gibSeconds"]);
+    assert!((vcpu - replica_seconds * 0.5).abs() < 1e-6, "{flaky}");
+    assert!((gib - replica_seconds * 0.25).abs() < 1e-6, "{flaky}");
+
+    let table = usage(&dev, &[]).await;
+    let row: Vec<&str> = table
+        .lines()
+        .find(|line| line.starts_with("flaky "))
+        .unwrap_or_else(|| panic!("a row for flaky in:\n{table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[1..4], ["12", "3", "0"], "{table}");
+    assert_eq!(row[5], "1", "{table}");
+}

@@ -15,9 +15,10 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use zeroscale_api::routing::FunctionKey;
+use zeroscale_api::usage::PodResources;
 use zeroscale_api::{Function, ScalingDefaults, keys};
 use zeroscale_autoscaler::{
-    Decision, Metrics, Replicas, Runtime, ScalingPolicy, StatsSource, Target, drive,
+    Decision, Metrics, Replicas, Runtime, ScalingPolicy, StatsSource, Target, Usage, drive,
 };
 
 use crate::replicas::ReplicaWriter;
@@ -72,16 +73,17 @@ impl Context {
 }
 
 /// Runs the Kubernetes autoscaler until `shutdown` resolves, over the Functions of
-/// `ctx` and their Deployments.
+/// `ctx` and their Deployments, metering their usage in `usage`.
 pub async fn run(
     ctx: Context,
     config: AutoscalerConfig,
     stats: impl StatsSource,
+    usage: Usage,
     shutdown: impl Future<Output = ()>,
 ) {
     let metrics = ctx.metrics.clone();
     let runtime = Arc::new(KubeRuntime::watch(ctx, &config.namespaces));
-    drive(config.tick, stats, runtime, metrics, shutdown).await;
+    drive(config.tick, stats, runtime, metrics, usage, shutdown).await;
 }
 
 /// Functions and their Deployments in a cluster: the Functions the controllers watch,
@@ -189,6 +191,7 @@ fn targets(
                 key: FunctionKey::new(namespace, name),
                 policy: ScalingPolicy::from_spec(&function.spec.scaling, &durations, defaults),
                 replicas,
+                resources: PodResources::from_requirements(function.spec.resources.as_ref()),
             })
         })
         .collect()

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use zeroscale_admin::process::{self, ErrorChain, LogFormat};
 use zeroscale_admin::{self as admin, AdminState, Liveness, Readiness};
 use zeroscale_api::ScalingDefaults;
+use zeroscale_api::usage::Prices;
+use zeroscale_autoscaler::Usage;
 use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::gateway::GatewayConfig;
@@ -83,7 +85,7 @@ struct RunArgs {
         default_value = "zeroscale-activator-public.zeroscale-system:80"
     )]
     gateway_backend: String,
-    /// Address of the admin server (/metrics, /healthz, /readyz).
+    /// Address of the admin server (/metrics, /healthz, /readyz, /usage).
     #[arg(long, env = "ZEROSCALE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
     /// Log format.
@@ -118,6 +120,37 @@ struct RunArgs {
     stats_timeout: Duration,
     #[command(flatten)]
     scaling: ScalingDefaultsArgs,
+    #[command(flatten)]
+    prices: PricesArgs,
+}
+
+/// Prices that turn usage into a cost estimate on `/usage` (none unless one is set).
+#[derive(clap::Args)]
+struct PricesArgs {
+    /// Price of one million requests a Function handled.
+    #[arg(long, env = "ZEROSCALE_PRICE_PER_MILLION_REQUESTS")]
+    price_per_million_requests: Option<f64>,
+    /// Price of one vCPU-second a Function's pods requested.
+    #[arg(long, env = "ZEROSCALE_PRICE_PER_VCPU_SECOND")]
+    price_per_vcpu_second: Option<f64>,
+    /// Price of one GiB-second of memory a Function's pods requested.
+    #[arg(long, env = "ZEROSCALE_PRICE_PER_GIB_SECOND")]
+    price_per_gib_second: Option<f64>,
+}
+
+impl PricesArgs {
+    fn prices(&self) -> Option<Prices> {
+        let prices = [
+            self.price_per_million_requests,
+            self.price_per_vcpu_second,
+            self.price_per_gib_second,
+        ];
+        prices.iter().any(Option::is_some).then(|| Prices {
+            per_million_requests: self.price_per_million_requests.unwrap_or(0.0),
+            per_vcpu_second: self.price_per_vcpu_second.unwrap_or(0.0),
+            per_gib_second: self.price_per_gib_second.unwrap_or(0.0),
+        })
+    }
 }
 
 /// Scaling settings for Functions that leave them unset (each Function may override them).
@@ -237,13 +270,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
+    // Totals since this process started; only the leader's autoscaler feeds them.
+    let usage = Usage::new(jiff::Timestamp::now(), args.prices.prices());
+    let usage_route = {
+        let usage = usage.clone();
+        Arc::new(move |query: Option<&str>| usage.answer(jiff::Timestamp::now(), query))
+    };
     let admin = tokio::spawn(admin::serve(
         listener,
-        AdminState::new(registry.clone(), readiness.clone()).with_liveness(liveness.clone()),
+        AdminState::new(registry.clone(), readiness.clone())
+            .with_liveness(liveness.clone())
+            .with_query_json_route("/usage", usage_route),
         stopped(),
     ));
 
-    let outcome = operate(args, &registry, &readiness, &stopped).await;
+    let outcome = operate(args, &registry, &readiness, usage, &stopped).await;
     if let Err(error) = &outcome {
         liveness.fail(format!("{error:#}"));
     }
@@ -262,6 +303,7 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
     args: RunArgs,
     registry: &prometheus::Registry,
     readiness: &Readiness,
+    usage: Usage,
     stopped: &impl Fn() -> S,
 ) -> anyhow::Result<()> {
     let identity = args
@@ -331,8 +373,13 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
                 .iter()
                 .map(|namespace| controller::run(ctx.clone(), namespace.as_deref(), stopped())),
         );
-        let autoscaling =
-            autoscaler::run(autoscaler_ctx, autoscaler_config.clone(), stats, stopped());
+        let autoscaling = autoscaler::run(
+            autoscaler_ctx,
+            autoscaler_config.clone(),
+            stats,
+            usage.clone(),
+            stopped(),
+        );
         let scheduler = schedule::in_cluster(
             client.clone(),
             reporter.clone(),

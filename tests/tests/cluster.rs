@@ -480,6 +480,7 @@ impl StatsSource for FakeActivator {
                 concurrency_seconds_total: 0.0,
                 in_flight: 0,
                 queued: u64::from(held),
+                ..FunctionStats::default()
             }],
         }])
     }
@@ -619,7 +620,8 @@ async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> any
                     holding: Arc::clone(&holding),
                 };
                 tokio::spawn(async move {
-                    autoscaler::run(ctx, config, stats, until_stopped()).await;
+                    let usage = zeroscale_autoscaler::Usage::new(jiff::Timestamp::now(), None);
+                    autoscaler::run(ctx, config, stats, usage, until_stopped()).await;
                 });
             }
 

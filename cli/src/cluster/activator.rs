@@ -315,6 +315,7 @@ zeroscale_activator_cold_start_seconds_bucket{function="other",namespace="defaul
                 concurrency_seconds_total: concurrency,
                 in_flight: 2,
                 queued: 1,
+                ..FunctionStats::default()
             }],
         }
     }

@@ -7,11 +7,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use zeroscale_api::Function;
 use zeroscale_api::stats::StatsReport;
+use zeroscale_api::usage::UsageReport;
 
 use super::{Error, Result, activator, http};
 
 /// The admin route where `zeroscale dev` serves its Functions, with their status.
 pub const FUNCTIONS_ROUTE: &str = "/functions";
+
+/// The admin route where `zeroscale dev` (and the operator) serve usage per Function.
+pub const USAGE_ROUTE: &str = "/usage";
 
 /// What `zeroscale dev` writes to [`state_path`] while it runs.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -142,6 +146,20 @@ impl DevEndpoint {
     pub async fn stats(&self) -> Result<StatsReport> {
         let url = format!("{}/stats", self.admin()?);
         activator::parse_stats(&url, &self.get(&url).await?)
+    }
+
+    /// Its usage per Function, over the last `since` (since it started when None).
+    pub async fn usage(&self, since: Option<&str>) -> Result<UsageReport> {
+        let mut url = format!("{}{USAGE_ROUTE}", self.admin()?);
+        if let Some(since) = since {
+            url.push_str("?since=");
+            url.push_str(since);
+        }
+        let text = self.get(&url).await?;
+        serde_json::from_str(&text).map_err(|e| Error::HttpBody {
+            url,
+            reason: e.to_string(),
+        })
     }
 
     /// Its `/metrics`, in the Prometheus text format.

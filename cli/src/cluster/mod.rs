@@ -1,6 +1,6 @@
 //! The commands that speak in Functions to a cluster (through the API server of the
 //! current kubeconfig context) or to a running `zeroscale dev`: deploy, list, describe,
-//! invoke, logs and delete. Each command is a function of a [`kube::Client`] (or a
+//! invoke, logs, delete and usage. Each command is a function of a [`kube::Client`] (or a
 //! [`dev::DevEndpoint`]) and a writer, so tests drive it against a mocked API server and
 //! read what it printed.
 
@@ -16,6 +16,7 @@ pub mod invoke;
 pub mod list;
 pub mod logs;
 pub mod render;
+pub mod usage;
 
 use std::io::Write;
 use std::path::Path;
@@ -92,6 +93,9 @@ pub enum Command {
     Logs(logs::Args),
     /// Delete a Function.
     Delete(delete::Args),
+    /// Usage and cost per Function: invocations, execution, cold starts, replica- and
+    /// resource-seconds, the saving from scale to zero.
+    Usage(usage::Args),
 }
 
 /// Loads the Functions of a manifest path (file or folder) for `deploy -f`.
@@ -160,6 +164,30 @@ pub async fn run(command: Command, load: Load<'_>) -> Result<()> {
         Command::Delete(args) => {
             let cluster = connect::connect(&args.target).await?;
             delete::run(&cluster, &args.name, stdout).await
+        }
+        Command::Usage(args) => {
+            // A running `zeroscale dev` (its state file exists) answers without --dev.
+            let dev = args
+                .dev
+                .dev
+                .clone()
+                .or_else(|| dev::state_path().exists().then(String::new));
+            let (report, namespace) = match &dev {
+                Some(url) => {
+                    let endpoint = dev::DevEndpoint::resolve(url)?;
+                    let since = args.since_query();
+                    let report = endpoint.usage(since.as_deref()).await?;
+                    (report, dev_namespace(&args.target))
+                }
+                None => {
+                    let cluster = connect::connect(&args.target).await?;
+                    let report = usage::from_cluster(&cluster, &args).await?;
+                    (report, cluster.namespace)
+                }
+            };
+            let namespace = (!args.all_namespaces).then_some(namespace.as_str());
+            let report = usage::select(report, namespace, args.name.as_deref());
+            usage::print(&report, args.all_namespaces, args.output, stdout)
         }
     }
 }

@@ -202,6 +202,9 @@ impl Runtime for ProcessRuntime {
                         desired: *entry.desired.borrow(),
                         ready: entry.shared.ready.load(Ordering::Relaxed),
                     },
+                    resources: zeroscale_api::usage::PodResources::from_requirements(
+                        function.routed.spec.resources.as_ref(),
+                    ),
                 })
             })
             .collect()
