@@ -14,7 +14,6 @@
 pub mod invoke;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus::proto::MetricFamily;
@@ -408,8 +407,9 @@ impl Console {
 
 /// Adds the console's page ([`PAGE_ROUTE`], and `/` redirecting to it), its state
 /// ([`STATE_ROUTE`]) and its invoke form ([`INVOKE_ROUTE`], sending through the
-/// activator listening at `activator`) to `state`.
-pub fn routes(state: AdminState, console: Arc<Console>, activator: SocketAddr) -> AdminState {
+/// activator at `activator`, `host:port`) to `state`.
+pub fn routes(state: AdminState, console: Arc<Console>, activator: String) -> AdminState {
+    let activator: Arc<str> = activator.into();
     let state_console = Arc::clone(&console);
     state
         .with_page(PAGE_ROUTE, PAGE)
@@ -418,7 +418,8 @@ pub fn routes(state: AdminState, console: Arc<Console>, activator: SocketAddr) -
             INVOKE_ROUTE,
             Arc::new(move |body| {
                 let console = Arc::clone(&console);
-                Box::pin(async move { invoke::invoke(&console, activator, &body).await })
+                let activator = Arc::clone(&activator);
+                Box::pin(async move { invoke::invoke(&console, &activator, &body).await })
             }),
         )
 }

@@ -210,7 +210,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
             .with_json_route(FUNCTIONS_ROUTE, view);
         tokio::spawn(zeroscale_admin::serve(
             admin_listener,
-            zeroscale_admin::console::routes(admin, live, address),
+            zeroscale_admin::console::routes(admin, live, address.to_string()),
             stopped(),
         ));
         console::event(format_args!("console on http://{admin_address}/console"));

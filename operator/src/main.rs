@@ -12,10 +12,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
+use zeroscale_admin::console::Console;
 use zeroscale_admin::process::{self, ErrorChain, LogFormat};
 use zeroscale_admin::{self as admin, AdminState, Liveness, Readiness};
 use zeroscale_api::ScalingDefaults;
 use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
+use zeroscale_operator::console::{self, LastScrape, Tee};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::leader::{self, LeaderMetrics};
 use zeroscale_operator::lease::LeaderElector;
@@ -70,7 +72,8 @@ struct RunArgs {
     /// Namespaces to watch, comma-separated; all namespaces when empty.
     #[arg(long, env = "ZEROSCALE_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
-    /// Address of the admin server (/metrics, /healthz, /readyz).
+    /// Address of the admin server (/metrics, /healthz, /readyz, and the live console at
+    /// /console).
     #[arg(long, env = "ZEROSCALE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
     /// Log format.
@@ -103,6 +106,10 @@ struct RunArgs {
     /// every Function's scale.
     #[arg(long, env = "ZEROSCALE_STATS_TIMEOUT", default_value = "500ms", value_parser = zeroscale_api::duration::parse)]
     stats_timeout: Duration,
+    /// Let the console's invoke form send requests to the Functions it lists, through
+    /// the activator Service. Off by default: the console is read-only.
+    #[arg(long, env = "ZEROSCALE_CONSOLE_INVOKE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    console_invoke: bool,
     #[command(flatten)]
     scaling: ScalingDefaultsArgs,
 }
@@ -224,13 +231,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
+    let live = Arc::new(Console::new("operator", args.console_invoke));
+    // Port 80 of the activator Service (the host of `Config::activator_host`), where
+    // Function Services send their callers too.
+    let activator = format!("{}.svc.{}:80", args.activator_service, args.cluster_domain);
     let admin = tokio::spawn(admin::serve(
         listener,
-        AdminState::new(registry.clone(), readiness.clone()).with_liveness(liveness.clone()),
+        admin::console::routes(
+            AdminState::new(registry.clone(), readiness.clone()).with_liveness(liveness.clone()),
+            Arc::clone(&live),
+            activator,
+        ),
         stopped(),
     ));
 
-    let outcome = operate(args, &registry, &readiness, &stopped).await;
+    let outcome = operate(args, &registry, &readiness, &live, &stopped).await;
     if let Err(error) = &outcome {
         liveness.fail(format!("{error:#}"));
     }
@@ -249,6 +264,7 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
     args: RunArgs,
     registry: &prometheus::Registry,
     readiness: &Readiness,
+    live: &Arc<Console>,
     stopped: &impl Fn() -> S,
 ) -> anyhow::Result<()> {
     let identity = args
@@ -305,7 +321,15 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
             reporter.clone(),
             Arc::clone(ctx.watched()),
         );
-        let stats = ActivatorStats::watch(client.clone(), &autoscaler_config);
+        // The console shows the load of the autoscaler's own scrapes, while this
+        // replica leads.
+        let last = LastScrape::default();
+        let stats = Tee {
+            inner: ActivatorStats::watch(client.clone(), &autoscaler_config),
+            last: last.clone(),
+        };
+        let sampling =
+            console::sample(Arc::clone(live), Arc::clone(ctx.watched()), last, stopped());
         let controllers = futures::future::join_all(
             namespaces
                 .iter()
@@ -322,7 +346,8 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
             schedule_metrics.clone(),
         );
         async move {
-            futures::future::join3(controllers, autoscaling, scheduler.run(stopped())).await;
+            futures::future::join4(controllers, autoscaling, scheduler.run(stopped()), sampling)
+                .await;
         }
     };
 

@@ -2,7 +2,6 @@
 //! the activator (never to any other address), answered for the page as JSON with the
 //! response, how long it took and whether it was a cold start.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, StatusCode, header};
@@ -60,12 +59,8 @@ struct Answer {
 }
 
 /// Sends the invocation in `request` (the form's JSON) to the activator at `activator`
-/// and answers the status and JSON body for the page.
-pub async fn invoke(
-    console: &Console,
-    activator: SocketAddr,
-    request: &[u8],
-) -> (StatusCode, String) {
+/// (`host:port`) and answers the status and JSON body for the page.
+pub async fn invoke(console: &Console, activator: &str, request: &[u8]) -> (StatusCode, String) {
     if !console.invoke_enabled() {
         return failure(
             StatusCode::FORBIDDEN,
@@ -156,6 +151,8 @@ mod tests {
 
     use std::convert::Infallible;
 
+    use std::net::SocketAddr;
+
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
@@ -163,9 +160,9 @@ mod tests {
     use crate::console::Observation;
 
     /// A stand-in activator on 127.0.0.1:0 that answers with the Host and path it got.
-    async fn activator() -> SocketAddr {
+    async fn activator() -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let address = listener.local_addr().expect("an address");
+        let address: SocketAddr = listener.local_addr().expect("an address");
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
@@ -189,7 +186,7 @@ mod tests {
                 );
             }
         });
-        address
+        address.to_string()
     }
 
     fn console(invoke: bool, replicas: i32) -> Console {
@@ -216,7 +213,7 @@ mod tests {
         let activator = activator().await;
         let (status, text) = invoke(
             &console(true, 0),
-            activator,
+            &activator,
             br#"{"function":"default/hello","method":"post","path":"/greet","body":"hi"}"#,
         )
         .await;
@@ -233,7 +230,7 @@ mod tests {
         let activator = activator().await;
         let (_, text) = invoke(
             &console(true, 1),
-            activator,
+            &activator,
             br#"{"function":"default/hello"}"#,
         )
         .await;
@@ -245,12 +242,12 @@ mod tests {
         let activator = activator().await;
         let body = br#"{"function":"default/other"}"#;
         assert_eq!(
-            invoke(&console(true, 1), activator, body).await.0,
+            invoke(&console(true, 1), &activator, body).await.0,
             StatusCode::NOT_FOUND
         );
         let (status, text) = invoke(
             &console(false, 1),
-            activator,
+            &activator,
             br#"{"function":"default/hello"}"#,
         )
         .await;
@@ -258,7 +255,7 @@ mod tests {
         assert!(text.contains("--console-invoke"), "{text}");
         let body = br#"{"function":"default/hello","path":"@evil.example/"}"#;
         assert_eq!(
-            invoke(&console(true, 1), activator, body).await.0,
+            invoke(&console(true, 1), &activator, body).await.0,
             StatusCode::BAD_REQUEST
         );
     }
