@@ -1,17 +1,18 @@
 //! The live console both `zeroscale dev` and the operator serve on their admin port: a
-//! page ([`PAGE`], one static file) that polls [`STATE_ROUTE`] every second, and the
-//! bounded history behind it.
+//! page (`/console`, one static file: console/page.html) that polls `/console/state`
+//! every second, an invoke form (`POST /console/invoke`), and the bounded history
+//! behind them. [`routes`] adds the three routes.
 //!
 //! A binary samples its Functions once a second into [`Observation`]s read from the
 //! counters its metrics and stats already hold (the activator's request counter, in
 //! flight and queued gauges, response classes and cold-start histogram; the
 //! autoscaler's desired replicas) and hands them to [`Console::record`]. The console
-//! turns counters into rates, keeps the last [`HISTORY`] samples per Function, marks a
+//! turns counters into rates, keeps the last 300 samples (five minutes) per Function, marks a
 //! scale event where the desired replicas changed, and answers the page with
 //! [`Console::state_json`]. Nothing is estimated: a figure the binary cannot read is
 //! `null` and the page says so.
 
-pub mod invoke;
+mod invoke;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,19 +23,19 @@ use serde::Serialize;
 use crate::AdminState;
 
 /// The console page: HTML, inline CSS and plain JavaScript, with its own SVG charts.
-pub const PAGE: &str = include_str!("console/page.html");
+const PAGE: &str = include_str!("console/page.html");
 
 /// Where the page is served.
-pub const PAGE_ROUTE: &str = "/console";
+const PAGE_ROUTE: &str = "/console";
 
 /// Where the page reads the console's state (JSON).
-pub const STATE_ROUTE: &str = "/console/state";
+const STATE_ROUTE: &str = "/console/state";
 
 /// Where the page's invoke form posts.
-pub const INVOKE_ROUTE: &str = "/console/invoke";
+const INVOKE_ROUTE: &str = "/console/invoke";
 
 /// Samples kept per Function: five minutes at one a second.
-pub const HISTORY: usize = 300;
+const HISTORY: usize = 300;
 
 /// Lines of output or events kept.
 const LOG_LINES: usize = 100;
@@ -405,8 +406,8 @@ impl Console {
     }
 }
 
-/// Adds the console's page ([`PAGE_ROUTE`], and `/` redirecting to it), its state
-/// ([`STATE_ROUTE`]) and its invoke form ([`INVOKE_ROUTE`], sending through the
+/// Adds the console's page (`/console`, and `/` redirecting to it), its state
+/// (`/console/state`) and its invoke form (`/console/invoke`, sending through the
 /// activator at `activator`, `host:port`) to `state`.
 pub fn routes(state: AdminState, console: Arc<Console>, activator: String) -> AdminState {
     let activator: Arc<str> = activator.into();

@@ -60,7 +60,11 @@ struct Answer {
 
 /// Sends the invocation in `request` (the form's JSON) to the activator at `activator`
 /// (`host:port`) and answers the status and JSON body for the page.
-pub async fn invoke(console: &Console, activator: &str, request: &[u8]) -> (StatusCode, String) {
+pub(super) async fn invoke(
+    console: &Console,
+    activator: &str,
+    request: &[u8],
+) -> (StatusCode, String) {
     if !console.invoke_enabled() {
         return failure(
             StatusCode::FORBIDDEN,
