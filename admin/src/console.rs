@@ -522,6 +522,31 @@ mod tests {
         assert_eq!(state["functions"][0]["errorRate"], 0.1);
     }
 
+    #[tokio::test]
+    async fn routes_serve_the_page_the_state_and_a_read_only_invoke() {
+        let console = Arc::new(Console::new("test", false));
+        console.record(1.0, vec![observed(3, 1)]);
+        let state = crate::AdminState::new(
+            prometheus::Registry::new(),
+            crate::Readiness::not_ready("test"),
+        );
+        let state = routes(state, console, "127.0.0.1:9".into());
+        let page = crate::respond(&state, &http::Method::GET, PAGE_ROUTE);
+        assert_eq!(page.status(), http::StatusCode::OK);
+        let json = crate::respond(&state, &http::Method::GET, STATE_ROUTE);
+        let body = http_body_util::BodyExt::collect(json.into_body())
+            .await
+            .expect("a body")
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(json["functions"][0]["requestsTotal"], 3);
+        let handler = &state.post_routes[0];
+        assert_eq!(handler.0, INVOKE_ROUTE);
+        let (status, _) = (handler.1)(hyper::body::Bytes::from_static(b"{}")).await;
+        assert_eq!(status, http::StatusCode::FORBIDDEN);
+        assert!(PAGE.contains("console/state") && PAGE.contains("console/invoke"));
+    }
+
     #[test]
     fn the_log_keeps_the_last_lines() {
         let console = Console::new("test", false);
