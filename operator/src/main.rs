@@ -72,8 +72,7 @@ struct RunArgs {
     /// Namespaces to watch, comma-separated; all namespaces when empty.
     #[arg(long, env = "ZEROSCALE_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
-    /// Address of the admin server (/metrics, /healthz, /readyz, and the live console at
-    /// /console).
+    /// Address of the admin server (/metrics, /healthz, /readyz).
     #[arg(long, env = "ZEROSCALE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
     /// Log format.
@@ -106,8 +105,9 @@ struct RunArgs {
     /// every Function's scale.
     #[arg(long, env = "ZEROSCALE_STATS_TIMEOUT", default_value = "500ms", value_parser = zeroscale_api::duration::parse)]
     stats_timeout: Duration,
-    /// Let the console's invoke form send requests to the Functions it lists, through
-    /// the activator Service. Off by default: the console is read-only.
+    /// Let the live console (/console on the admin address) send requests to the
+    /// Functions it lists with its invoke form, through the activator Service. Off by
+    /// default: the console is read-only.
     #[arg(long, env = "ZEROSCALE_CONSOLE_INVOKE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     console_invoke: bool,
     #[command(flatten)]
