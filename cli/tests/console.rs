@@ -131,10 +131,10 @@ async fn get(address: SocketAddr, host: &str, path: &str) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A chromedriver process and one browser session in it; killing chromedriver (on
-/// drop) ends its browser.
+/// A chromedriver process and one browser session in it. Dropping it kills
+/// chromedriver's whole process group, so a failed test leaves no browser behind.
 struct Browser {
-    _driver: Child,
+    driver: Child,
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
     session: String,
@@ -158,6 +158,8 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group, which the browsers it starts join.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver starts");
@@ -167,7 +169,7 @@ impl Browser {
             std::env::temp_dir().join(format!("zeroscale-console-chromium-{}", std::process::id())),
         );
         let mut browser = Self {
-            _driver: child,
+            driver: child,
             client,
             base,
             session: String::new(),
@@ -281,6 +283,17 @@ impl Browser {
     async fn screenshot(&self) -> Vec<u8> {
         let encoded = self.session_call(Method::GET, "/screenshot", None).await;
         base64_decode(encoded.as_str().expect("base64 text"))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
