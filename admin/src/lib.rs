@@ -8,12 +8,15 @@
 //! | `GET /readyz`  | 200 `ok` when [`Readiness`] says ready, else 503 and why not  |
 //! | `GET <path>`   | JSON from a route added with [`AdminState::with_json_route`]  |
 //! | `GET <path>?q` | JSON for the query, [`AdminState::with_query_json_route`]     |
+//! | `GET <path>`   | a page added with [`AdminState::with_page`]; `/` redirects to the first |
+//! | `POST <path>`  | the answer of a route added with [`AdminState::with_post_route`] |
 //!
 //! Any other path is 404 and any other method on these paths 405. HTTP/1.1 only.
 //!
 //! [`process`] holds the rest of what both binaries share: logging and the shutdown
-//! signal.
+//! signal; [`console`] the live console page and its state.
 
+pub mod console;
 pub mod process;
 
 use std::borrow::Cow;
@@ -45,6 +48,15 @@ pub type JsonProducer = Arc<dyn Fn() -> String + Send + Sync>;
 /// Produces the JSON body of a route that reads the query string (None when the URI
 /// has none), or why the query is wrong (a 400).
 pub type QueryJsonProducer = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+/// Answers a POST route from its request body: a status and a JSON body.
+pub type PostHandler = Arc<
+    dyn Fn(Bytes) -> std::pin::Pin<Box<dyn Future<Output = (StatusCode, String)> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Largest request body a POST route reads.
+const MAX_POST_BYTES: usize = 64 * 1024;
 
 /// How long shutdown waits for requests in flight before dropping their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,6 +139,8 @@ pub struct AdminState {
     liveness: Liveness,
     json_routes: Vec<(&'static str, JsonProducer)>,
     query_routes: Vec<(&'static str, QueryJsonProducer)>,
+    pages: Vec<(&'static str, &'static str)>,
+    post_routes: Vec<(&'static str, PostHandler)>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -150,6 +164,8 @@ impl AdminState {
             liveness: Liveness::new(),
             json_routes: Vec::new(),
             query_routes: Vec::new(),
+            pages: Vec::new(),
+            post_routes: Vec::new(),
         }
     }
 
@@ -172,6 +188,18 @@ impl AdminState {
         producer: QueryJsonProducer,
     ) -> Self {
         self.query_routes.push((path, producer));
+        self
+    }
+
+    /// Adds `GET path`, answered with the HTML `page`; `/` redirects to the first page.
+    pub fn with_page(mut self, path: &'static str, page: &'static str) -> Self {
+        self.pages.push((path, page));
+        self
+    }
+
+    /// Adds `POST path`, answered by `handler` from the request body (at most 64 KiB).
+    pub fn with_post_route(mut self, path: &'static str, handler: PostHandler) -> Self {
+        self.post_routes.push((path, handler));
         self
     }
 }
@@ -213,10 +241,8 @@ pub async fn serve(
         };
         let state = state.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let uri = request.uri();
-            let response = respond_query(&state, request.method(), uri.path(), uri.query())
-                .unwrap_or_else(|| respond(&state, request.method(), uri.path()));
-            async move { Ok::<_, Infallible>(response) }
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(answer(&state, request).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -275,6 +301,34 @@ fn respond_query(
     })
 }
 
+/// The answer to `request`: a query route's, a POST route's, or [`respond`]'s.
+async fn answer(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let uri = request.uri();
+    if let Some(response) = respond_query(state, request.method(), uri.path(), uri.query()) {
+        return response;
+    }
+    let path = request.uri().path();
+    let handler = state
+        .post_routes
+        .iter()
+        .find(|(route, _)| *route == path)
+        .map(|(_, handler)| Arc::clone(handler));
+    let (Some(handler), &Method::POST) = (handler, request.method()) else {
+        return respond(state, request.method(), path);
+    };
+    let body = http_body_util::Limited::new(request.into_body(), MAX_POST_BYTES);
+    match http_body_util::BodyExt::collect(body).await {
+        Ok(body) => {
+            let (status, json) = handler(body.to_bytes()).await;
+            with_content_type(status, "application/json", json)
+        }
+        Err(error) => plain(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body failed (at most 64 KiB): {error}\n"),
+        ),
+    }
+}
+
 /// The answer to `method path`.
 fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let json = state
@@ -282,7 +336,25 @@ fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byt
         .iter()
         .find(|(route, _)| *route == path)
         .map(|(_, producer)| producer);
-    if json.is_none() && !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+    let page = state.pages.iter().find(|(route, _)| *route == path);
+    if let (Some((first, _)), "/", &Method::GET) = (state.pages.first(), path, method) {
+        let mut response = plain(StatusCode::SEE_OTHER, format!("see {first}\n"));
+        response
+            .headers_mut()
+            .insert(header::LOCATION, header::HeaderValue::from_static(first));
+        return response;
+    }
+    if state.post_routes.iter().any(|(route, _)| *route == path) {
+        let mut response = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed; use POST\n".into(),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return response;
+    }
+    if json.is_none() && page.is_none() && !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return plain(StatusCode::NOT_FOUND, "not found\n".into());
     }
     if method != Method::GET {
@@ -297,6 +369,9 @@ fn respond(state: &AdminState, method: &Method, path: &str) -> Response<Full<Byt
     }
     if let Some(producer) = json {
         return with_content_type(StatusCode::OK, "application/json", producer());
+    }
+    if let Some((_, page)) = page {
+        return with_content_type(StatusCode::OK, "text/html; charset=utf-8", (*page).into());
     }
     match path {
         "/metrics" => metrics(&state.registry),
@@ -640,6 +715,55 @@ mod tests {
             let (status, _, body) = server.send(Method::POST, "/healthz").await;
             assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
             assert_eq!(body, "method not allowed; use GET\n");
+            server.stop().await.expect("a clean stop");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn pages_are_html_and_the_root_redirects_to_the_first() {
+        let (state, _, _) = state();
+        let state = state.with_page("/console", "<p>hi</p>");
+        let response = respond(&state, &Method::GET, "/console");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            answer(&state, Method::GET, "/console").await,
+            (StatusCode::OK, "<p>hi</p>".to_owned())
+        );
+        let response = respond(&state, &Method::GET, "/");
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(response.headers()[header::LOCATION], "/console");
+    }
+
+    #[tokio::test]
+    async fn post_routes_answer_from_the_request_body_and_refuse_other_methods() {
+        within_a_second(async {
+            let (state, _, _) = state();
+            let state = state.with_post_route(
+                "/echo",
+                Arc::new(|body: Bytes| {
+                    Box::pin(async move {
+                        let text = String::from_utf8_lossy(&body).into_owned();
+                        (StatusCode::CREATED, format!("{{\"got\":\"{text}\"}}"))
+                    })
+                }),
+            );
+            let server = Server::start(state).await;
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://{}/echo", server.address))
+                .body(http_body_util::Full::new(Bytes::from_static(b"hi")))
+                .expect("a valid request");
+            let client = Client::builder(TokioExecutor::new()).build_http();
+            let response = client.request(request).await.expect("a response");
+            assert_eq!(response.status(), StatusCode::CREATED);
+            let body = response.into_body().collect().await.expect("a body");
+            assert_eq!(body.to_bytes(), Bytes::from_static(b"{\"got\":\"hi\"}"));
+            let (status, _, _) = server.send(Method::GET, "/echo").await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
             server.stop().await.expect("a clean stop");
         })
         .await;

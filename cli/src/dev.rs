@@ -4,6 +4,7 @@
 //! change.
 
 mod console;
+mod live;
 mod local;
 mod replica;
 mod runtime;
@@ -50,8 +51,9 @@ pub struct DevConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// Serve /metrics, /healthz, /readyz, /stats, /functions and /usage here (a free loopback
-    /// port when unset; the state file names it for `zeroscale list --dev`).
+    /// Serve /metrics, /healthz, /readyz, /stats, /functions, /usage and the live
+    /// console (/console) here (a free loopback port when unset; the state file names it
+    /// for `zeroscale list --dev`).
     #[arg(long, env = "ZEROSCALE_ADMIN_LISTEN", hide_env_values = true)]
     pub admin_listen: Option<SocketAddr>,
     /// Time between autoscaler decisions.
@@ -101,6 +103,12 @@ pub async fn run(config: DevConfig) -> Result<()> {
     // is never older than the meter, and all it counts is counted.
     let usage = zeroscale_autoscaler::Usage::new(jiff::Timestamp::now(), config.prices);
     let started = Instant::now();
+    // The live console on the admin listener shows every line printed from here on.
+    let live = Arc::new(zeroscale_admin::console::Console::new(
+        "zeroscale dev",
+        true,
+    ));
+    console::tee_to(Arc::clone(&live));
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new()?;
     metrics.register(&registry)?;
@@ -191,6 +199,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
                     address: admin_address,
                     source,
                 })?;
+        let sampled = Arc::clone(&activator);
         let activator = Arc::clone(&activator);
         let stats = Arc::new(move || {
             serde_json::to_string(&activator.stats("zeroscale-dev", started.elapsed()))
@@ -214,17 +223,30 @@ pub async fn run(config: DevConfig) -> Result<()> {
         })?);
         let readiness = Readiness::not_ready("starting");
         readiness.set_ready();
-        tokio::spawn(zeroscale_admin::serve(
-            admin_listener,
-            AdminState::new(registry, readiness)
-                .with_json_route("/stats", stats)
-                .with_json_route(FUNCTIONS_ROUTE, view)
-                .with_query_json_route(
-                    USAGE_ROUTE,
-                    Arc::new(move |query| usage.answer(jiff::Timestamp::now(), query)),
-                ),
+        tokio::spawn(live::sample(
+            Arc::clone(&live),
+            live::Sources {
+                runtime: Arc::clone(&runtime),
+                activator: sampled,
+                registry: registry.clone(),
+                started,
+                address,
+            },
             stopped(),
         ));
+        let admin = AdminState::new(registry, readiness)
+            .with_json_route("/stats", stats)
+            .with_json_route(FUNCTIONS_ROUTE, view)
+            .with_query_json_route(
+                USAGE_ROUTE,
+                Arc::new(move |query| usage.answer(jiff::Timestamp::now(), query)),
+            );
+        tokio::spawn(zeroscale_admin::serve(
+            admin_listener,
+            zeroscale_admin::console::routes(admin, live, address.to_string()),
+            stopped(),
+        ));
+        console::event(format_args!("console on http://{admin_address}/console"));
     }
 
     let mut reloads = tokio::time::interval(config.reload_period);

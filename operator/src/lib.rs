@@ -7,6 +7,7 @@
 //! `zeroscale-admin`.
 
 pub mod autoscaler;
+pub mod console;
 pub mod controller;
 pub mod crd;
 mod error;

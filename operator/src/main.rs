@@ -12,12 +12,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::runtime::events::Reporter;
 use tokio::sync::watch;
+use zeroscale_admin::console::Console;
 use zeroscale_admin::process::{self, ErrorChain, LogFormat};
 use zeroscale_admin::{self as admin, AdminState, Liveness, Readiness};
 use zeroscale_api::ScalingDefaults;
 use zeroscale_api::usage::Prices;
 use zeroscale_autoscaler::Usage;
 use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
+use zeroscale_operator::console::{self, LastScrape, Tee};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::gateway::GatewayConfig;
 use zeroscale_operator::leader::{self, LeaderMetrics};
@@ -118,6 +120,11 @@ struct RunArgs {
     /// every Function's scale.
     #[arg(long, env = "ZEROSCALE_STATS_TIMEOUT", default_value = "500ms", value_parser = zeroscale_api::duration::parse)]
     stats_timeout: Duration,
+    /// Let the live console (/console on the admin address) send requests to the
+    /// Functions it lists with its invoke form, through the activator Service. Off by
+    /// default: the console is read-only.
+    #[arg(long, env = "ZEROSCALE_CONSOLE_INVOKE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    console_invoke: bool,
     #[command(flatten)]
     scaling: ScalingDefaultsArgs,
     #[command(flatten)]
@@ -276,15 +283,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let usage = usage.clone();
         Arc::new(move |query: Option<&str>| usage.answer(jiff::Timestamp::now(), query))
     };
+    let live = Arc::new(Console::new("operator", args.console_invoke));
+    // Port 80 of the activator Service (the host of `Config::activator_host`), where
+    // Function Services send their callers too.
+    let activator = format!("{}.svc.{}:80", args.activator_service, args.cluster_domain);
     let admin = tokio::spawn(admin::serve(
         listener,
-        AdminState::new(registry.clone(), readiness.clone())
-            .with_liveness(liveness.clone())
-            .with_query_json_route("/usage", usage_route),
+        admin::console::routes(
+            AdminState::new(registry.clone(), readiness.clone())
+                .with_liveness(liveness.clone())
+                .with_query_json_route("/usage", usage_route),
+            Arc::clone(&live),
+            activator,
+        ),
         stopped(),
     ));
 
-    let outcome = operate(args, &registry, &readiness, usage, &stopped).await;
+    let outcome = operate(args, &registry, &readiness, usage, &live, &stopped).await;
     if let Err(error) = &outcome {
         liveness.fail(format!("{error:#}"));
     }
@@ -304,6 +319,7 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
     registry: &prometheus::Registry,
     readiness: &Readiness,
     usage: Usage,
+    live: &Arc<Console>,
     stopped: &impl Fn() -> S,
 ) -> anyhow::Result<()> {
     let identity = args
@@ -367,7 +383,15 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
             reporter.clone(),
             Arc::clone(ctx.watched()),
         );
-        let stats = ActivatorStats::watch(client.clone(), &autoscaler_config);
+        // The console shows the load of the autoscaler's own scrapes, while this
+        // replica leads.
+        let last = LastScrape::default();
+        let stats = Tee {
+            inner: ActivatorStats::watch(client.clone(), &autoscaler_config),
+            last: last.clone(),
+        };
+        let sampling =
+            console::sample(Arc::clone(live), Arc::clone(ctx.watched()), last, stopped());
         let controllers = futures::future::join_all(
             namespaces
                 .iter()
@@ -389,7 +413,8 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
             schedule_metrics.clone(),
         );
         async move {
-            futures::future::join3(controllers, autoscaling, scheduler.run(stopped())).await;
+            futures::future::join4(controllers, autoscaling, scheduler.run(stopped()), sampling)
+                .await;
         }
     };
 
