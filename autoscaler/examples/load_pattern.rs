@@ -59,7 +59,7 @@ fn main() {
             replicas: Replicas { desired, ready },
         };
         let now = start + Duration::from_secs(second);
-        for (_, decision) in fleet.tick(now, vec![target], Some(&observed)) {
+        for (_, decision) in fleet.tick(now, vec![target], Some(&observed), &HashMap::new()) {
             if decision.desired != desired || second % 10 == 0 {
                 println!(
                     "{second:>4} {offered:>8.0} {:>7} {ready:>5}  {}{}",

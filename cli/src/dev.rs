@@ -27,7 +27,7 @@ use zeroscale_admin::process;
 use zeroscale_admin::{AdminState, Readiness};
 use zeroscale_api::routing::Domains;
 use zeroscale_api::stats::StatsReport;
-use zeroscale_autoscaler::{StatsSource, drive};
+use zeroscale_autoscaler::{NoBacklog, StatsSource, drive};
 
 use zeroscale_cli::cluster::dev::{DevState, FUNCTIONS_ROUTE, StateFile};
 
@@ -137,6 +137,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
             activator: Arc::clone(&activator),
             started,
         },
+        NoBacklog,
         Arc::clone(&runtime),
         autoscaler_metrics,
         stopped(),

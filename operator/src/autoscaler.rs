@@ -17,7 +17,7 @@ use kube::{Client, ResourceExt};
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::{Function, ScalingDefaults, keys};
 use zeroscale_autoscaler::{
-    Decision, Metrics, Replicas, Runtime, ScalingPolicy, StatsSource, Target, drive,
+    Decision, Metrics, NoBacklog, Replicas, Runtime, ScalingPolicy, StatsSource, Target, drive,
 };
 
 use crate::replicas::ReplicaWriter;
@@ -81,7 +81,7 @@ pub async fn run(
 ) {
     let metrics = ctx.metrics.clone();
     let runtime = Arc::new(KubeRuntime::watch(ctx, &config.namespaces));
-    drive(config.tick, stats, runtime, metrics, shutdown).await;
+    drive(config.tick, stats, NoBacklog, runtime, metrics, shutdown).await;
 }
 
 /// Functions and their Deployments in a cluster: the Functions the controllers watch,
