@@ -5,6 +5,7 @@
 
 mod console;
 mod local;
+mod nats;
 mod replica;
 mod runtime;
 mod schedules;
@@ -63,6 +64,10 @@ pub struct DevConfig {
     /// After Ctrl-C or SIGTERM: longest to wait for requests in flight and held.
     #[arg(long, default_value = "10s", value_parser = zeroscale_api::duration::parse)]
     pub drain_period: Duration,
+    /// NATS server (JetStream enabled) for async calls and queue triggers [default: a
+    /// local `nats-server -js` when installed, else none]
+    #[arg(long, env = "ZEROSCALE_NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
 }
 
 /// The domain under which every Function is reachable: `<fn>.<ns>.localhost`, which
@@ -103,6 +108,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
         source,
     })?;
     console::event(format_args!("zeroscale dev listening on http://{address}"));
+    let nats = nats::Nats::start(config.nats_url.clone(), setpriv().as_deref()).await;
     let mut manifests = Manifests::new(config.paths.clone(), setpriv(), address);
     if manifests.scan(&runtime, true).await? == 0 {
         console::event("no Functions to run yet: add or fix a manifest and save it");
@@ -214,6 +220,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     let _ = autoscaler.await;
     let _ = schedules.await;
     runtime.shutdown().await;
+    nats.stop().await;
     console::event("stopped");
     Ok(())
 }

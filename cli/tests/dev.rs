@@ -160,8 +160,30 @@ impl Drop for Dev {
     }
 }
 
-/// Pids of the processes whose parent is `parent`.
+/// Pids of the processes whose parent is `parent`, but for the local NATS server that
+/// `zeroscale dev` starts when `nats-server` is installed (see [`nats_servers`]).
 fn children(parent: i32) -> Vec<i32> {
+    processes(parent)
+        .into_iter()
+        .filter(|pid| !is_nats_server(*pid))
+        .collect()
+}
+
+/// The local NATS servers that `zeroscale dev` runs, a child of `parent`.
+fn nats_servers(parent: i32) -> Vec<i32> {
+    processes(parent)
+        .into_iter()
+        .filter(|pid| is_nats_server(*pid))
+        .collect()
+}
+
+fn is_nats_server(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim() == "nats-server")
+}
+
+/// Pids of every live process whose parent is `parent`.
+fn processes(parent: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -726,4 +748,55 @@ async fn the_users_example_says_redis_is_optional_when_none_runs() {
         .await;
     assert!(line.contains("expected"), "{line}");
     assert!(line.contains("optional"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_server_installed_dev_runs_a_local_jetstream_and_stops_it_on_exit() {
+    let installed = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([PathBuf::from("/usr/sbin")])
+        .any(|dir| dir.join("nats-server").is_file());
+    if !installed {
+        eprintln!("skipped: nats-server is not installed (hack/install-tools.sh installs it)");
+        return;
+    }
+    let mut dev = Dev::start("nats", &[]).await;
+    let line = dev
+        .wait_for("the NATS line", Duration::from_secs(30), |line| {
+            line.contains("local NATS JetStream at nats://")
+        })
+        .await;
+    let address: SocketAddr = line
+        .split("nats://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("an address follows")
+        .parse()
+        .expect("a socket address");
+    let store = PathBuf::from(
+        line.rsplit_once("(store in ")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .expect("the store folder is named"),
+    );
+    assert!(store.is_dir(), "the store is a temporary folder");
+    let servers = nats_servers(dev.pid);
+    assert_eq!(
+        servers.len(),
+        1,
+        "one nats-server, a child of zeroscale dev"
+    );
+    TcpStream::connect(address)
+        .await
+        .expect("the server accepts connections");
+
+    dev.signal(Signal::SIGTERM);
+    let status = timeout(Duration::from_secs(30), dev.child.wait())
+        .await
+        .expect("zeroscale dev stops")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+    assert!(
+        !alive(servers[0]),
+        "nats-server is stopped with zeroscale dev"
+    );
+    assert!(!store.exists(), "its store is removed");
 }
