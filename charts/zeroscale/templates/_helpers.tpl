@@ -154,7 +154,7 @@ nats://{{ include "zeroscale.nats.fullname" . }}.{{ .Release.Namespace }}.svc.{{
   value: {{ . | quote }}
 {{- end }}
 {{- if .Values.nats.credentialsSecret }}
-- name: ZEROSCALE_NATS_CREDENTIALS
+- name: ZEROSCALE_NATS_CREDS
   value: "{{ include "zeroscale.nats.credentialsDir" . }}/nats.creds"
 {{- end }}
 {{- end }}
