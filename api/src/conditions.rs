@@ -40,6 +40,9 @@ pub enum Reason {
     /// An object the Function needs (its Deployment, Services or HPA) already exists and
     /// zeroscale does not manage it; it is left untouched and nothing is built.
     NotOwned,
+    /// The Function has queue triggers but the operator has no NATS server to read them
+    /// from; the message says how to give it one, and nothing is built.
+    NatsNotConfigured,
 }
 
 impl Reason {
@@ -53,6 +56,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::DeploymentFailed => "DeploymentFailed",
             Reason::NotOwned => "NotOwned",
+            Reason::NatsNotConfigured => "NatsNotConfigured",
         }
     }
 
@@ -61,7 +65,10 @@ impl Reason {
         match self {
             Reason::Serving | Reason::ScaledToZero => "True",
             Reason::Deploying | Reason::Unschedulable => "Unknown",
-            Reason::InvalidSpec | Reason::DeploymentFailed | Reason::NotOwned => "False",
+            Reason::InvalidSpec
+            | Reason::DeploymentFailed
+            | Reason::NotOwned
+            | Reason::NatsNotConfigured => "False",
         }
     }
 }

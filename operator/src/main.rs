@@ -3,6 +3,7 @@
 //! flags are accepted both after `run` and without it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,6 +106,24 @@ struct RunArgs {
     stats_timeout: Duration,
     #[command(flatten)]
     scaling: ScalingDefaultsArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+/// The NATS JetStream server of async calls and queue triggers (the activator takes the
+/// same flags): the operator reads the queue triggers' backlog from it.
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// NATS server URL, e.g. nats://nats.zeroscale-system:4222. Without it, Functions
+    /// with queue triggers are Ready=False (NatsNotConfigured).
+    #[arg(long, env = "ZEROSCALE_NATS_URL")]
+    nats_url: Option<String>,
+    /// NATS credentials file (.creds: JWT and NKey seed), e.g. mounted from a Secret.
+    #[arg(long, env = "ZEROSCALE_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// NATS user name; the password comes from ZEROSCALE_NATS_PASSWORD.
+    #[arg(long, env = "ZEROSCALE_NATS_USER")]
+    nats_user: Option<String>,
 }
 
 /// Scaling settings for Functions that leave them unset (each Function may override them).
@@ -280,6 +299,7 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
         cluster_domain: args.cluster_domain,
         scaling: ScalingDefaults::from(&args.scaling),
     };
+    let nats_url = args.nats.nats_url.clone();
     let reporter = Reporter {
         controller: "zeroscale-operator".into(),
         instance: Some(identity.clone()),
@@ -292,12 +312,15 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
     // A fresh start each time this replica leads: nothing carries over from a term
     // that was cancelled.
     let work = || {
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            config.clone(),
-            metrics.clone(),
-            reporter.clone(),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                client.clone(),
+                config.clone(),
+                metrics.clone(),
+                reporter.clone(),
+            )
+            .with_nats(nats_url.is_some()),
+        );
         let autoscaler_ctx = autoscaler::Context::new(
             client.clone(),
             config.scaling.clone(),
