@@ -137,8 +137,11 @@ pub struct Dispatcher<D> {
     store: CallStore,
     deliver: Arc<D>,
     ack_wait: Duration,
-    running: Mutex<HashMap<FunctionKey, (Target, Vec<JoinHandle<()>>)>>,
+    running: Mutex<HashMap<FunctionKey, Consumers>>,
 }
+
+/// The target a Function's consumers run for, and their tasks.
+type Consumers = (Target, Vec<JoinHandle<()>>);
 
 impl<D> std::fmt::Debug for Dispatcher<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -495,13 +498,13 @@ async fn handle<D: Deliver>(
         accepted_at_ms: work.accepted_at_ms,
         updated_at_ms: now_ms(),
     };
-    if let Some(bucket) = &bucket {
-        if let Some((prior, _)) = calls::read_state(bucket, &work.id).await? {
-            if prior.state == Phase::Cancelled {
-                return ack(&message, AckKind::Ack).await;
-            }
-            state.last_error = prior.last_error;
+    if let Some(bucket) = &bucket
+        && let Some((prior, _)) = calls::read_state(bucket, &work.id).await?
+    {
+        if prior.state == Phase::Cancelled {
+            return ack(&message, AckKind::Ack).await;
         }
+        state.last_error = prior.last_error;
     }
     let age = Duration::from_millis(now_ms().saturating_sub(work.accepted_at_ms));
     if age > policy.max_event_age {

@@ -122,7 +122,7 @@ async fn fixture(
         delay: Duration::ZERO,
     });
     Some(Fixture {
-        server: server,
+        server,
         store,
         deliveries,
         callbacks,
@@ -325,13 +325,15 @@ async fn a_call_older_than_max_event_age_is_dead_lettered_without_more_attempts(
     let Some(mut f) = fixture(|_, _| status(503)).await else {
         return;
     };
-    let mut spec = AsyncSpec::default();
-    spec.max_event_age = "1s".into();
-    spec.retry = RetrySpec {
-        max_attempts: 50,
-        initial_delay: "3s".into(),
-        max_delay: "3s".into(),
-        ..RetrySpec::default()
+    let spec = AsyncSpec {
+        max_event_age: "1s".into(),
+        retry: RetrySpec {
+            max_attempts: 50,
+            initial_delay: "3s".into(),
+            max_delay: "3s".into(),
+            ..RetrySpec::default()
+        },
+        ..AsyncSpec::default()
     };
     let id = f
         .store
@@ -552,8 +554,10 @@ fn every_accepted_call_is_delivered_when_the_dispatcher_is_killed_mid_stream() {
         store.ensure_streams().await.expect("streams");
         store
     };
-    let mut spec = AsyncSpec::default();
-    spec.max_concurrency = 10;
+    let spec = AsyncSpec {
+        max_concurrency: 10,
+        ..AsyncSpec::default()
+    };
 
     // The first dispatcher runs in a runtime of its own, dropped mid-stream: its tasks
     // stop at once, as in a process killed with SIGKILL.
