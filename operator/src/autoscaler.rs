@@ -1,8 +1,9 @@
 //! The autoscaler in a cluster: [`zeroscale_autoscaler::drive`] over `KubeRuntime`
 //! (the Functions the controllers watch, their Deployments from watches of its own,
-//! replicas written through `ReplicaWriter`) and [`ActivatorStats`] (the activators'
-//! `/stats`). Only the leader runs it. The decision itself is in `zeroscale-autoscaler`.
+//! replicas written through `ReplicaWriter`), [`ActivatorStats`] (the activators'
+//! `/stats`) and [`QueueBacklog`] (the queue triggers' backlog in NATS JetStream). Only the leader runs it. The decision itself is in `zeroscale-autoscaler`.
 
+mod backlog;
 mod stats;
 
 use std::sync::Arc;
@@ -17,12 +18,13 @@ use kube::{Client, ResourceExt};
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::{Function, ScalingDefaults, keys};
 use zeroscale_autoscaler::{
-    Decision, Metrics, NoBacklog, Replicas, Runtime, ScalingPolicy, StatsSource, Target, drive,
+    BacklogSource, Decision, Metrics, Replicas, Runtime, ScalingPolicy, StatsSource, Target, drive,
 };
 
 use crate::replicas::ReplicaWriter;
 use crate::watched::{WatchTask, WatchedFunctions};
 
+pub use backlog::QueueBacklog;
 pub use stats::ActivatorStats;
 
 /// How the loop finds activators and how often it runs.
@@ -77,11 +79,12 @@ pub async fn run(
     ctx: Context,
     config: AutoscalerConfig,
     stats: impl StatsSource,
+    backlog: impl BacklogSource,
     shutdown: impl Future<Output = ()>,
 ) {
     let metrics = ctx.metrics.clone();
     let runtime = Arc::new(KubeRuntime::watch(ctx, &config.namespaces));
-    drive(config.tick, stats, NoBacklog, runtime, metrics, shutdown).await;
+    drive(config.tick, stats, backlog, runtime, metrics, shutdown).await;
 }
 
 /// Functions and their Deployments in a cluster: the Functions the controllers watch,

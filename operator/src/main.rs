@@ -16,13 +16,14 @@ use tokio::sync::watch;
 use zeroscale_admin::process::{self, ErrorChain, LogFormat};
 use zeroscale_admin::{self as admin, AdminState, Liveness, Readiness};
 use zeroscale_api::ScalingDefaults;
-use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
+use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig, QueueBacklog};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::leader::{self, LeaderMetrics};
 use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
 use zeroscale_operator::schedule;
+use zeroscale_queue::connect::NatsOptions;
 use zeroscale_triggers::ScheduleMetrics;
 
 #[derive(Parser)]
@@ -124,6 +125,34 @@ struct NatsArgs {
     /// NATS user name; the password comes from ZEROSCALE_NATS_PASSWORD.
     #[arg(long, env = "ZEROSCALE_NATS_USER")]
     nats_user: Option<String>,
+    /// From the environment only, so it never shows in the process list.
+    #[arg(skip = std::env::var("ZEROSCALE_NATS_PASSWORD").ok())]
+    nats_password: Option<String>,
+    /// NATS token, from the environment only.
+    #[arg(skip = std::env::var("ZEROSCALE_NATS_TOKEN").ok())]
+    nats_token: Option<String>,
+}
+
+impl NatsArgs {
+    /// A JetStream context on the configured server, or None without `--nats-url`. The
+    /// client connects (and reconnects) in the background, so a broker that is not up
+    /// yet only makes the queue backlog unknown until it is.
+    async fn jetstream(&self) -> anyhow::Result<Option<async_nats::jetstream::Context>> {
+        let Some(url) = &self.nats_url else {
+            return Ok(None);
+        };
+        let client = zeroscale_queue::connect::connect(&NatsOptions {
+            url: url.clone(),
+            credentials_file: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            name: "zeroscale-operator".into(),
+        })
+        .await
+        .context("connecting to NATS")?;
+        Ok(Some(async_nats::jetstream::new(client)))
+    }
 }
 
 /// Scaling settings for Functions that leave them unset (each Function may override them).
@@ -299,7 +328,7 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
         cluster_domain: args.cluster_domain,
         scaling: ScalingDefaults::from(&args.scaling),
     };
-    let nats_url = args.nats.nats_url.clone();
+    let jetstream = args.nats.jetstream().await?;
     let reporter = Reporter {
         controller: "zeroscale-operator".into(),
         instance: Some(identity.clone()),
@@ -319,7 +348,7 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
                 metrics.clone(),
                 reporter.clone(),
             )
-            .with_nats(nats_url.is_some()),
+            .with_nats(jetstream.is_some()),
         );
         let autoscaler_ctx = autoscaler::Context::new(
             client.clone(),
@@ -329,13 +358,23 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
             Arc::clone(ctx.watched()),
         );
         let stats = ActivatorStats::watch(client.clone(), &autoscaler_config);
+        let backlog = QueueBacklog::new(
+            jetstream.clone(),
+            Arc::clone(ctx.watched()),
+            autoscaler_config.scrape_timeout,
+        );
         let controllers = futures::future::join_all(
             namespaces
                 .iter()
                 .map(|namespace| controller::run(ctx.clone(), namespace.as_deref(), stopped())),
         );
-        let autoscaling =
-            autoscaler::run(autoscaler_ctx, autoscaler_config.clone(), stats, stopped());
+        let autoscaling = autoscaler::run(
+            autoscaler_ctx,
+            autoscaler_config.clone(),
+            stats,
+            backlog,
+            stopped(),
+        );
         let scheduler = schedule::in_cluster(
             client.clone(),
             reporter.clone(),

@@ -531,7 +531,14 @@ async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> any
                     holding: Arc::clone(&holding),
                 };
                 tokio::spawn(async move {
-                    autoscaler::run(ctx, config, stats, until_stopped()).await;
+                    autoscaler::run(
+                        ctx,
+                        config,
+                        stats,
+                        zeroscale_autoscaler::NoBacklog,
+                        until_stopped(),
+                    )
+                    .await;
                 });
             }
 

@@ -295,6 +295,7 @@ async fn autoscaler_paths(api: &FakeApi, ctx: &Arc<Context>) {
         FakeStats {
             uptime: AtomicU64::new(1),
         },
+        zeroscale_autoscaler::NoBacklog,
         async move {
             let mut stopped = stopped;
             let _ = stopped.wait_for(|stop| *stop).await;
