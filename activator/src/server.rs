@@ -18,6 +18,7 @@ use zeroscale_admin::process::{self, ErrorChain};
 use zeroscale_api::stats::StatsReport;
 
 use crate::body::ResponseBody;
+use crate::calls::{self, AsyncCalls};
 use crate::capacity::{CapacityError, Permit, Queued};
 use crate::errors::ActivatorError;
 use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent};
@@ -39,6 +40,7 @@ pub struct Activator {
     wake: Arc<dyn Wake>,
     probe: ProbeConfig,
     metrics: Metrics,
+    calls: AsyncCalls,
 }
 
 impl Activator {
@@ -55,7 +57,15 @@ impl Activator {
             wake,
             probe,
             metrics,
+            calls: AsyncCalls::default(),
         }
+    }
+
+    /// Stores requests sent with `Prefer: respond-async` through `calls` (without it
+    /// they are answered 501).
+    pub fn with_calls(mut self, calls: AsyncCalls) -> Self {
+        self.calls = calls;
+        self
     }
 
     /// Answers one request that came in on `listener` from `client` over `scheme`, on a
@@ -80,6 +90,9 @@ impl Activator {
             Ok(function) => function,
             Err(error) => return self.refuse(ActivatorError::from(error)),
         };
+        if calls::is_async(&request) {
+            return self.calls.handle(&function, request).await;
+        }
         function.count_request();
         let response = match self
             .dispatch(&function, request, client, scheme, arrived, affinity)
