@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use zeroscale_activator::calls::args::CallArgs;
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
 use zeroscale_activator::metrics::Metrics;
@@ -74,6 +75,9 @@ pub struct DevConfig {
 /// resolves to the loopback address without any DNS setup.
 const LOCAL_DOMAIN: &str = "localhost";
 
+/// Where callbacks of async calls may go in `zeroscale dev`: this machine.
+const LOCAL_CALLBACKS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
 /// Runs until SIGTERM or Ctrl-C, then drains requests and stops every replica.
 pub async fn run(config: DevConfig) -> Result<()> {
     let terminated = process::termination_signal().map_err(Error::Signal)?;
@@ -91,14 +95,6 @@ pub async fn run(config: DevConfig) -> Result<()> {
         metrics.clone(),
     ));
     let runtime = Arc::new(ProcessRuntime::new(Arc::clone(&functions)));
-    let activator = Arc::new(Activator::new(
-        Arc::clone(&functions),
-        Forwarder::new(&ForwarderConfig::default()),
-        Arc::clone(&runtime) as Arc<dyn zeroscale_activator::wake::Wake>,
-        ProbeConfig::default(),
-        metrics.clone(),
-    ));
-
     let listener = server::bind(config.listen).map_err(|source| Error::Bind {
         address: config.listen,
         source,
@@ -109,10 +105,6 @@ pub async fn run(config: DevConfig) -> Result<()> {
     })?;
     console::event(format_args!("zeroscale dev listening on http://{address}"));
     let nats = nats::Nats::start(config.nats_url.clone(), setpriv().as_deref()).await;
-    let mut manifests = Manifests::new(config.paths.clone(), setpriv(), address);
-    if manifests.scan(&runtime, true).await? == 0 {
-        console::event("no Functions to run yet: add or fix a manifest and save it");
-    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -121,6 +113,38 @@ pub async fn run(config: DevConfig) -> Result<()> {
             let _ = stop.wait_for(|stop| *stop).await;
         }
     };
+    // The dispatcher delivers stored calls and queue messages through `address`, as a
+    // cluster's activators do through their own listener.
+    let calls = CallArgs {
+        nats_url: nats.url().map(str::to_owned),
+        nats_creds: None,
+        nats_user: None,
+        nats_password: None,
+        nats_token: None,
+        // Everything runs on this machine: callbacks to local servers are expected.
+        callback_deny_cidr: Vec::new(),
+        callback_allow_cidr: LOCAL_CALLBACKS
+            .iter()
+            .filter_map(|cidr| cidr.parse().ok())
+            .collect(),
+    }
+    .start(address, Arc::clone(&functions), stopped())
+    .await?;
+    let activator = Arc::new(
+        Activator::new(
+            Arc::clone(&functions),
+            Forwarder::new(&ForwarderConfig::default()),
+            Arc::clone(&runtime) as Arc<dyn zeroscale_activator::wake::Wake>,
+            ProbeConfig::default(),
+            metrics.clone(),
+        )
+        .with_calls(calls),
+    );
+    let mut manifests = Manifests::new(config.paths.clone(), setpriv(), address);
+    if manifests.scan(&runtime, true).await? == 0 {
+        console::event("no Functions to run yet: add or fix a manifest and save it");
+    }
+
     let server = tokio::spawn(server::serve(
         listener,
         Listener::Cluster,

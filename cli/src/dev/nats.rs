@@ -37,7 +37,7 @@ const HOW_TO_ENABLE: &str = "async calls and queue triggers are off: \
 /// The NATS server `zeroscale dev` uses.
 pub(super) enum Nats {
     /// The user's own server, from `--nats-url`.
-    External,
+    External(String),
     /// A server `zeroscale dev` started.
     Local(Box<LocalNats>),
     /// None: async calls and queue triggers are off.
@@ -52,7 +52,7 @@ impl Nats {
             console::event(format_args!(
                 "async calls and queue triggers use NATS at {url}"
             ));
-            return Nats::External;
+            return Nats::External(url);
         }
         let Some(program) = find_program() else {
             console::event(HOW_TO_ENABLE);
@@ -73,6 +73,15 @@ impl Nats {
                 ));
                 Nats::Off
             }
+        }
+    }
+
+    /// The server's URL, when there is one.
+    pub(super) fn url(&self) -> Option<&str> {
+        match self {
+            Nats::External(url) => Some(url),
+            Nats::Local(local) => Some(&local.url),
+            Nats::Off => None,
         }
     }
 
