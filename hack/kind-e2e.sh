@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# End-to-end on kind: create a cluster, build and load the images, install the chart,
-# deploy examples/hello.yaml, call it through the activator, watch it scale to zero and
-# wake on the next call, run the cluster tests of tests/ against it, and tear it down.
+# End-to-end on kind: create a cluster, build and load the images, install the chart
+# (with its NATS JetStream), deploy examples/hello.yaml, call it through the activator,
+# watch it scale to zero and wake on the next call, make one async call and send one
+# queue message that wakes a queue-triggered Function from zero, run the cluster tests
+# of tests/ against it, and tear it down.
 #
 #   hack/kind-e2e.sh           # everything, then delete the cluster
 #   hack/kind-e2e.sh --keep    # leave the cluster running afterwards (to look around)
@@ -30,6 +32,7 @@ app_namespace="default"
 # not kept because the tag did not change. examples/hello.yaml names zeroscale/hello:dev.
 tag="e2e-$(date +%s)"
 local_port="${ZEROSCALE_E2E_PORT:-18080}"
+nats_port="${ZEROSCALE_E2E_NATS_PORT:-14222}"
 
 keep=false
 reuse=false
@@ -38,7 +41,7 @@ for arg in "$@"; do
     --keep) keep=true ;;
     --reuse) reuse=true ;;
     -h | --help)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -85,14 +88,17 @@ done
 work="$(mktemp -d)"
 kubeconfig="$work/kubeconfig"
 port_forward_pid=""
+nats_forward_pid=""
 created=false
 
 teardown() {
     local status=$?
-    if [[ -n "$port_forward_pid" ]]; then
-        kill "$port_forward_pid" 2>/dev/null || true
-        wait "$port_forward_pid" 2>/dev/null || true
-    fi
+    for pid in "$port_forward_pid" "$nats_forward_pid"; do
+        if [[ -n "$pid" ]]; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     if ((status != 0)) && [[ -f "$kubeconfig" ]]; then
         echo "kind-e2e: failed; state of the cluster:" >&2
         kubectl --kubeconfig "$kubeconfig" --context "$context" get fn,deploy,pods -A -o wide >&2 || true
@@ -165,6 +171,7 @@ helm --kubeconfig "$kubeconfig" --kube-context "$context" upgrade --install "$re
     --namespace "$system_namespace" --create-namespace \
     --set "operator.image.tag=$tag" --set "activator.image.tag=$tag" \
     --set "watchNamespaces={$app_namespace}" \
+    --set nats.enabled=true \
     --wait --timeout 5m
 k -n "$system_namespace" get deploy,pods,svc
 
@@ -192,17 +199,18 @@ done
 call 30
 echo
 
-# Polls `$2` (a kubectl jsonpath of deployment/hello) until it prints `$3`, for `$1` seconds.
+# Polls `$2` (a kubectl jsonpath of deployment `$4`, hello by default) until it prints
+# `$3`, for `$1` seconds.
 wait_for_replicas() {
-    local seconds="$1" jsonpath="$2" want="$3" got=""
+    local seconds="$1" jsonpath="$2" want="$3" deployment="${4:-hello}" got=""
     for _ in $(seq 1 "$seconds"); do
-        got="$(k -n "$app_namespace" get deployment hello -o "jsonpath=$jsonpath")"
+        got="$(k -n "$app_namespace" get deployment "$deployment" -o "jsonpath=$jsonpath")"
         if [[ "${got:-0}" == "$want" ]]; then
             return 0
         fi
         sleep 1
     done
-    echo "kind-e2e: deployment/hello $jsonpath is ${got:-0}, not $want, after $seconds s" >&2
+    echo "kind-e2e: deployment/$deployment $jsonpath is ${got:-0}, not $want, after $seconds s" >&2
     return 1
 }
 
@@ -220,6 +228,90 @@ echo
 echo "answered after $(($(date +%s) - started)) s from zero"
 wait_for_replicas 60 '{.spec.replicas}' 1
 k -n "$app_namespace" get fn hello -o wide
+
+# --- Async call and queue trigger (NATS JetStream from the chart) ---------------------
+
+step "async call: Prefer: respond-async is answered 202 and the call is delivered"
+headers="$work/async-headers"
+curl --silent --show-error --max-time 30 -o /dev/null -D "$headers" -X POST \
+    -H "Host: hello.$app_namespace" -H "Prefer: respond-async" --data 'order=1' \
+    "http://127.0.0.1:$local_port/orders"
+grep -q '^HTTP/1.1 202' "$headers" || die "the async call was not accepted: $(head -1 "$headers")"
+location="$(grep -i '^location:' "$headers" | tr -d '\r' | cut -d' ' -f2)"
+[[ "$location" == /.zeroscale/calls/* ]] || die "no call location in the 202: $(cat "$headers")"
+state=""
+for _ in $(seq 1 60); do
+    state="$(curl --silent --max-time 5 -H "Host: hello.$app_namespace" "http://127.0.0.1:$local_port$location" || true)"
+    if [[ "$state" == *'"succeeded"'* ]]; then
+        break
+    fi
+    sleep 1
+done
+[[ "$state" == *'"succeeded"'* ]] || die "the async call was not delivered within 60 s: $state"
+echo "$state"
+
+# Speaks the NATS client protocol over the port-forward: `nats_request SUBJECT PAYLOAD`
+# publishes PAYLOAD and prints the first reply (JetStream API calls answer; a publish to
+# a stream's subject answers with the stream's acknowledgement).
+nats_request() {
+    local subject="$1" payload="$2" line reply=""
+    exec 3<>"/dev/tcp/127.0.0.1/$nats_port"
+    printf 'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.e2e 1\r\nPUB %s _INBOX.e2e %d\r\n%s\r\n' \
+        "$subject" "${#payload}" "$payload" >&3
+    while IFS= read -r -t 10 line <&3; do
+        line="${line%$'\r'}"
+        if [[ "$line" == PING ]]; then
+            printf 'PONG\r\n' >&3
+        elif [[ "$line" == "MSG _INBOX.e2e"* ]]; then
+            IFS= read -r -t 10 reply <&3
+            break
+        fi
+    done
+    exec 3>&-
+    reply="${reply%$'\r'}"
+    [[ -n "$reply" && "$reply" != *'"error"'* ]] || die "NATS $subject: ${reply:-no reply}"
+    printf '%s\n' "$reply"
+}
+
+step "queue trigger: a message on stream ORDERS wakes the orders Function from zero"
+k -n "$system_namespace" port-forward "svc/$release-nats" "$nats_port:4222" >"$work/nats-forward.log" 2>&1 &
+nats_forward_pid=$!
+for _ in $(seq 1 30); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; then
+        break
+    fi
+    sleep 1
+done
+# shellcheck disable=SC2016 # a JetStream API subject, not a shell expansion
+nats_request '$JS.API.STREAM.CREATE.ORDERS' '{"name":"ORDERS","subjects":["orders.>"]}'
+k -n "$app_namespace" apply -f - <<MANIFEST
+apiVersion: zeroscale.dev/v1alpha1
+kind: Function
+metadata:
+  name: orders
+spec:
+  image: zeroscale/hello:dev
+  readinessPath: /healthz
+  scaling:
+    minReplicas: 0
+    initialReplicas: 0
+    scaleToZeroGracePeriod: 30s
+  triggers:
+    queues:
+      - name: orders
+        stream: ORDERS
+        subject: orders.>
+        target: 1
+MANIFEST
+k -n "$app_namespace" wait --for=jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'=ScaledToZero \
+    function/orders --timeout=120s
+nats_request orders.created '{"order":1}'
+wait_for_replicas 120 '{.spec.replicas}' 1 orders
+echo "the queue message woke orders"
+
+step "queue trigger: the message is delivered and orders scales back to zero"
+wait_for_replicas 180 '{.spec.replicas}' 0 orders
+k -n "$app_namespace" get fn orders -o wide
 
 # --- Cluster tests ---------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ pub(crate) struct Settings {
     pub max_body_bytes: Option<u64>,
     /// Path to probe starting pods on; TCP connect when None.
     pub readiness_path: Option<String>,
+    /// Asynchronous calls and queue triggers.
+    pub calls: crate::calls::CallSettings,
 }
 
 impl Settings {
@@ -47,6 +49,7 @@ impl Settings {
             max_queue_wait: spec.requests.effective_max_queue_wait(),
             max_body_bytes: spec.requests.body_limit(),
             readiness_path: spec.readiness_path.clone(),
+            calls: crate::calls::CallSettings::from_function(function),
         };
         let limits = Limits {
             container_concurrency: usize::try_from(spec.scaling.container_concurrency).unwrap_or(0),

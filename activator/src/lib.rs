@@ -5,6 +5,7 @@
 //! pick a pod (least loaded, per-pod concurrency) -> forward (pooled client, streaming
 //! bodies).
 pub mod body;
+pub mod calls;
 pub(crate) mod capacity;
 pub mod cluster;
 pub mod connections;

@@ -92,6 +92,8 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "ZEROSCALE_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text)]
     log_format: LogFormatArg,
+    #[command(flatten)]
+    calls: zeroscale_activator::calls::args::CallArgs,
 }
 
 #[tokio::main]
@@ -169,19 +171,27 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let activator = Arc::new(Activator::new(
-        Arc::clone(&functions),
-        Forwarder::new(&ForwarderConfig {
-            connect_timeout: cli.connect_timeout,
-            ..ForwarderConfig::default()
-        }),
-        Arc::new(KubeWake::new(client)),
-        ProbeConfig {
-            period: cli.probe_period,
-            timeout: cli.probe_timeout,
-        },
-        metrics.clone(),
-    ));
+    let calls = cli
+        .calls
+        .start(cli.listen, Arc::clone(&functions), stopped())
+        .await
+        .context("starting asynchronous calls")?;
+    let activator = Arc::new(
+        Activator::new(
+            Arc::clone(&functions),
+            Forwarder::new(&ForwarderConfig {
+                connect_timeout: cli.connect_timeout,
+                ..ForwarderConfig::default()
+            }),
+            Arc::new(KubeWake::new(client)),
+            ProbeConfig {
+                period: cli.probe_period,
+                timeout: cli.probe_timeout,
+            },
+            metrics.clone(),
+        )
+        .with_calls(calls),
+    );
     tokio::spawn(server::sample_load(
         Arc::clone(&functions),
         metrics,

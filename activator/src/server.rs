@@ -18,6 +18,7 @@ use zeroscale_admin::process::{self, ErrorChain};
 use zeroscale_api::stats::StatsReport;
 
 use crate::body::ResponseBody;
+use crate::calls::{self, AsyncCalls};
 use crate::capacity::{CapacityError, Permit, Queued};
 use crate::connections::{ConnectionLimits, Connections, Counted};
 use crate::errors::ActivatorError;
@@ -42,6 +43,7 @@ pub struct Activator {
     probe: ProbeConfig,
     metrics: Metrics,
     connections: Arc<Connections>,
+    calls: AsyncCalls,
 }
 
 impl Activator {
@@ -59,7 +61,15 @@ impl Activator {
             wake,
             probe,
             metrics,
+            calls: AsyncCalls::default(),
         }
+    }
+
+    /// Stores requests sent with `Prefer: respond-async` through `calls` (without it
+    /// they are answered 501).
+    pub fn with_calls(mut self, calls: AsyncCalls) -> Self {
+        self.calls = calls;
+        self
     }
 
     /// Answers one request that came in on `listener` from `client` over `scheme`, on a
@@ -84,6 +94,9 @@ impl Activator {
             Ok(function) => function,
             Err(error) => return self.refuse(ActivatorError::from(error)),
         };
+        if calls::is_async(&request) {
+            return self.calls.handle(&function, request).await;
+        }
         function.count_request();
         let response = match self
             .dispatch(&function, request, client, scheme, arrived, affinity)

@@ -44,6 +44,9 @@ pub enum Reason {
     /// An object the Function needs (its Deployment, Services or HPA) already exists and
     /// zeroscale does not manage it; it is left untouched and nothing is built.
     NotOwned,
+    /// The Function has queue triggers but the operator has no NATS server to read them
+    /// from; the message says how to give it one, and nothing is built.
+    NatsNotConfigured,
 }
 
 impl Reason {
@@ -57,6 +60,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::DeploymentFailed => "DeploymentFailed",
             Reason::NotOwned => "NotOwned",
+            Reason::NatsNotConfigured => "NatsNotConfigured",
         }
     }
 
@@ -65,7 +69,10 @@ impl Reason {
         match self {
             Reason::Serving | Reason::ScaledToZero => "True",
             Reason::Deploying | Reason::Unschedulable => "Unknown",
-            Reason::InvalidSpec | Reason::DeploymentFailed | Reason::NotOwned => "False",
+            Reason::InvalidSpec
+            | Reason::DeploymentFailed
+            | Reason::NotOwned
+            | Reason::NatsNotConfigured => "False",
         }
     }
 }

@@ -21,6 +21,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
+use crate::calls::{AsyncSpec, QueueTrigger};
 use crate::{duration, names};
 
 /// A function zeroscale runs: a container serving HTTP, scaled by request load and to
@@ -143,6 +144,11 @@ pub struct FunctionSpec {
     /// What invokes the Function besides HTTP callers.
     #[serde(default, skip_serializing_if = "TriggersSpec::is_empty")]
     pub triggers: TriggersSpec,
+
+    /// Calls sent with `Prefer: respond-async`: stored in NATS JetStream, answered 202,
+    /// then delivered with retries.
+    #[serde(default, rename = "async")]
+    pub async_calls: AsyncSpec,
 }
 
 /// The protocol a Function's container speaks.
@@ -360,11 +366,17 @@ pub struct TriggersSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schedules_schema")]
     pub schedules: Vec<Schedule>,
+
+    /// JetStream streams whose messages are delivered to the Function. Names are unique:
+    /// the list is keyed by `name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::calls::queues_schema")]
+    pub queues: Vec<QueueTrigger>,
 }
 
 impl TriggersSpec {
     fn is_empty(&self) -> bool {
-        self.schedules.is_empty()
+        self.schedules.is_empty() && self.queues.is_empty()
     }
 }
 
@@ -800,6 +812,7 @@ impl FunctionSpec {
             requests: RequestsSpec::default(),
             routing: RoutingSpec::default(),
             triggers: TriggersSpec::default(),
+            async_calls: AsyncSpec::default(),
         }
     }
 }

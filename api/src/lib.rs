@@ -6,6 +6,7 @@
 //! This crate has no client and no runtime so that every component can read Functions
 //! without depending on the operator.
 
+pub mod calls;
 pub mod conditions;
 pub mod duration;
 pub mod function;
@@ -16,6 +17,7 @@ pub mod stats;
 pub mod usage;
 pub mod validate;
 
+pub use calls::{AsyncSpec, QueueTrigger, RetrySpec};
 pub use function::{
     ActiveTick, ConcurrencyPolicy, Function, FunctionSpec, FunctionStatus, Metric, Protocol,
     RequestsSpec, RoutingSpec, ScalingDefaults, ScalingSpec, Schedule, ScheduleStatus, TickResult,

@@ -40,14 +40,14 @@ pub const STABLE_WINDOW_RANGE: (Duration, Duration) =
 /// Longest duration accepted for the other duration fields.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidSpec {
     InvalidSpec {
         field: field.into(),
         reason: reason.into(),
     }
 }
 
-fn parse_duration(field: &str, text: &str) -> Result<Duration, InvalidSpec> {
+pub(crate) fn parse_duration(field: &str, text: &str) -> Result<Duration, InvalidSpec> {
     let value = duration::parse(text).map_err(|e| invalid(field, e.to_string()))?;
     if value > MAX_DURATION {
         return Err(invalid(field, format!("{text:?} is longer than 24h")));
@@ -132,6 +132,7 @@ impl FunctionSpec {
         self.validate_quantities()?;
         self.validate_volumes()?;
         self.validate_schedules()?;
+        self.validate_calls()?;
         Ok(durations)
     }
 
@@ -266,7 +267,7 @@ impl FunctionSpec {
 }
 
 /// Whether `path` lies under `prefix` on a segment boundary, as the activator routes.
-fn under_prefix(path: &str, prefix: &str) -> bool {
+pub(crate) fn under_prefix(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))

@@ -60,7 +60,7 @@ fn main() {
             resources: Default::default(),
         };
         let now = start + Duration::from_secs(second);
-        for (_, decision) in fleet.tick(now, vec![target], Some(&observed)) {
+        for (_, decision) in fleet.tick(now, vec![target], Some(&observed), &HashMap::new()) {
             if decision.desired != desired || second % 10 == 0 {
                 println!(
                     "{second:>4} {offered:>8.0} {:>7} {ready:>5}  {}{}",

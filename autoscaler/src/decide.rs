@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zeroscale_api::Metric;
 
+use super::backlog::Backlog;
 use super::policy::ScalingPolicy;
 use super::window::{Load, Window};
 
@@ -53,13 +54,16 @@ pub enum Reason {
     AtMin,
     /// Capped at maxReplicas.
     AtMax,
-    /// No recent stats: the current scale is kept.
+    /// No recent stats, or a queue backlog that could not be read: the current scale
+    /// is kept.
     NoData,
+    /// Messages wait in the Function's queue triggers.
+    Backlog,
 }
 
 impl Reason {
     /// Every reason, for registering metric label values up front.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Stable,
         Reason::Panic,
         Reason::Wake,
@@ -69,6 +73,7 @@ impl Reason {
         Reason::AtMin,
         Reason::AtMax,
         Reason::NoData,
+        Reason::Backlog,
     ];
 
     /// The reason in CamelCase, as Kubernetes Events and conditions spell reasons.
@@ -83,6 +88,7 @@ impl Reason {
             Reason::AtMin => "AtMin",
             Reason::AtMax => "AtMax",
             Reason::NoData => "NoData",
+            Reason::Backlog => "Backlog",
         }
     }
 
@@ -98,6 +104,7 @@ impl Reason {
             Reason::AtMin => "at_min",
             Reason::AtMax => "at_max",
             Reason::NoData => "no_data",
+            Reason::Backlog => "backlog",
         }
     }
 }
@@ -155,7 +162,9 @@ impl DecisionState {
     }
 
     fn note_activity(&mut self, window: &Window, now: Instant) {
-        let latest = if window.held() {
+        // Waiting messages keep the Function busy like a held request.
+        let waiting = window.held() || window.backlog().is_some_and(|b| b.pending());
+        let latest = if waiting {
             Some(now)
         } else {
             window.last_request()
@@ -284,6 +293,10 @@ pub fn decide(
         }
     }
 
+    if let Some(backlog) = window.backlog() {
+        step = on_backlog(policy, backlog, current, step);
+    }
+
     if policy.scale_down_delay.is_zero() {
         state.delay.clear();
     } else {
@@ -320,6 +333,47 @@ pub fn decide(
         desired: step.desired,
         reason: step.reason,
         panicking: state.panicking(),
+    }
+}
+
+/// Raises `step` to what the queue backlog asks for: ceil(replicas) pods while messages
+/// wait (the wake scale from zero; for `metric: cpu`, whose 1..N the HPA owns, only
+/// the wake), and the current scale when the backlog could not be read.
+fn on_backlog(policy: &ScalingPolicy, backlog: Backlog, current: Replicas, step: Step) -> Step {
+    let wanted = match backlog {
+        Backlog::Unknown => {
+            return if step.desired < current.desired {
+                Step {
+                    desired: current.desired,
+                    reason: Reason::NoData,
+                }
+            } else {
+                step
+            };
+        }
+        Backlog::Pending { messages: 0, .. } => return step,
+        Backlog::Pending { replicas: pods, .. } => {
+            let mut wanted = replicas(pods.ceil()).max(1);
+            if current.desired == 0 {
+                wanted = wanted.max(policy.wake_scale());
+            }
+            if policy.metric == Metric::Cpu {
+                wanted = wanted.min(current.desired.max(policy.wake_scale()));
+            }
+            wanted
+        }
+    };
+    // Waiting messages count as activity, so a pod "held for the grace period" is in
+    // fact kept for the backlog.
+    if wanted > step.desired
+        || (wanted == step.desired && step.reason == Reason::HoldingForGracePeriod)
+    {
+        Step {
+            desired: wanted,
+            reason: Reason::Backlog,
+        }
+    } else {
+        step
     }
 }
 

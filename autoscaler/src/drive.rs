@@ -1,5 +1,5 @@
 //! The loop around the decision core: every tick it reads the activators' stats through
-//! a [`StatsSource`], advances the [`Fleet`] over a [`Runtime`]'s Functions, and applies
+//! a [`StatsSource`] and the queue triggers' backlog through a [`BacklogSource`], advances the [`Fleet`] over a [`Runtime`]'s Functions, and applies
 //! every changed replica count through that runtime. Which runtime it is (Kubernetes
 //! Deployments, `zeroscale dev`'s local processes) it does not know.
 
@@ -12,7 +12,7 @@ use zeroscale_admin::process::{ErrorChain, every};
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::stats::StatsReport;
 
-use crate::{Decision, Fleet, LoadMeter, Metrics, Replicas, Result, Target, Usage};
+use crate::{BacklogSource, Decision, Fleet, LoadMeter, Metrics, Replicas, Result, Target, Usage};
 
 /// Where the loop gets the activators' reports. Any failure means "unknown": the loop
 /// then holds every Function's scale.
@@ -35,8 +35,8 @@ pub trait Runtime: Send + Sync {
 }
 
 /// Runs the loop until `shutdown` resolves: every `tick`, scrape `stats`, record them
-/// and `runtime`'s replicas in `usage`, advance the [`Fleet`] over `runtime`'s targets,
-/// and apply every decision that changes replicas.
+/// and `runtime`'s replicas in `usage`, read the `backlog` of `runtime`'s targets,
+/// advance the [`Fleet`] over them, and apply every decision that changes replicas.
 ///
 /// Everything the loop uses is moved into it: a step that borrowed from the caller
 /// would keep the loop's future from being `Send` (the compiler cannot prove it for a
@@ -44,6 +44,7 @@ pub trait Runtime: Send + Sync {
 pub async fn drive(
     tick: Duration,
     stats: impl StatsSource,
+    backlog: impl BacklogSource,
     runtime: Arc<impl Runtime>,
     metrics: Metrics,
     usage: Usage,
@@ -52,7 +53,10 @@ pub async fn drive(
     let mut meter = LoadMeter::default();
     let mut fleet = Fleet::default();
     every(tick, shutdown, async move || {
-        step(&stats, &*runtime, &metrics, &usage, &mut meter, &mut fleet).await;
+        step(
+            &stats, &backlog, &*runtime, &metrics, &usage, &mut meter, &mut fleet,
+        )
+        .await;
     })
     .await;
 }
@@ -60,6 +64,7 @@ pub async fn drive(
 /// One tick of [`drive`].
 async fn step(
     stats: &impl StatsSource,
+    backlog: &impl BacklogSource,
     runtime: &impl Runtime,
     metrics: &Metrics,
     usage: &Usage,
@@ -84,7 +89,9 @@ async fn step(
         .iter()
         .map(|t| (t.key.clone(), t.replicas))
         .collect();
-    let decisions = fleet.tick(Instant::now(), targets, observed.as_ref());
+    let keys: Vec<FunctionKey> = targets.iter().map(|t| t.key.clone()).collect();
+    let backlogs = backlog.backlog(&keys).await;
+    let decisions = fleet.tick(Instant::now(), targets, observed.as_ref(), &backlogs);
     for (key, decision) in decisions {
         let labels = [key.namespace.as_str(), key.name.as_str()];
         metrics
@@ -128,7 +135,7 @@ mod tests {
     use zeroscale_api::stats::FunctionStats;
     use zeroscale_api::{FunctionSpec, ScalingDefaults};
 
-    use crate::{Error, Reason, ScalingPolicy};
+    use crate::{Error, NoBacklog, Reason, ScalingPolicy};
 
     /// No activator at the first scrape; from the second on, one that holds a request
     /// for `default/zeroed`.
@@ -213,6 +220,7 @@ mod tests {
             drive(
                 Duration::from_secs(1),
                 stats,
+                NoBacklog,
                 Arc::clone(&runtime),
                 metrics.clone(),
                 Usage::new(jiff::Timestamp::now(), None),

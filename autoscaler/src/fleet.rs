@@ -9,7 +9,7 @@ use zeroscale_api::Metric;
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::usage::PodResources;
 
-use crate::{Decision, DecisionState, Observed, Replicas, ScalingPolicy, Window, decide};
+use crate::{Backlog, Decision, DecisionState, Observed, Replicas, ScalingPolicy, Window, decide};
 
 /// One Function to decide for this tick.
 #[derive(Clone, Debug)]
@@ -38,12 +38,14 @@ impl Fleet {
     /// Advances every target by one tick. `observed` is None when some activator could
     /// not be read: then nothing is decided and every Function keeps its scale, since a
     /// missing report could hide the requests that keep a Function up. Functions no
-    /// longer among the targets are forgotten.
+    /// longer among the targets are forgotten. `backlogs` holds what the queue triggers
+    /// of the Functions that have some hold.
     pub fn tick(
         &mut self,
         now: Instant,
         targets: Vec<Target>,
         observed: Option<&HashMap<FunctionKey, Observed>>,
+        backlogs: &HashMap<FunctionKey, Backlog>,
     ) -> Vec<(FunctionKey, Decision)> {
         let mut present: HashMap<FunctionKey, ()> = HashMap::with_capacity(targets.len());
         let mut decisions = Vec::new();
@@ -71,6 +73,7 @@ impl Fleet {
             };
             entry.window.record(now, sample);
             entry.window.set_held(load.held);
+            entry.window.set_backlog(backlogs.get(&target.key).copied());
             if load.active {
                 entry.window.saw_request(now);
             }
@@ -132,20 +135,31 @@ mod tests {
         )])
     }
 
+    fn none() -> HashMap<FunctionKey, Backlog> {
+        HashMap::new()
+    }
+
+    fn backlog(messages: u64, target: i32) -> HashMap<FunctionKey, Backlog> {
+        HashMap::from([(
+            FunctionKey::new("team", "hello"),
+            Backlog::of_triggers([Some((messages, target))]),
+        )])
+    }
+
     #[test]
     fn unreadable_activators_hold_every_function_even_past_the_grace_period() {
         let mut fleet = Fleet::default();
         let start = Instant::now();
         assert_eq!(
             fleet
-                .tick(start, vec![target(1)], Some(&load(0.0, false)))
+                .tick(start, vec![target(1)], Some(&load(0.0, false)), &none())
                 .len(),
             1
         );
         for second in 1..120 {
             let now = start + Duration::from_secs(second);
             assert!(
-                fleet.tick(now, vec![target(1)], None).is_empty(),
+                fleet.tick(now, vec![target(1)], None, &none()).is_empty(),
                 "no decision without stats"
             );
         }
@@ -158,7 +172,7 @@ mod tests {
         let mut last = None;
         for second in 0..=31 {
             let now = start + Duration::from_secs(second);
-            let decisions = fleet.tick(now, vec![target(1)], Some(&load(0.0, false)));
+            let decisions = fleet.tick(now, vec![target(1)], Some(&load(0.0, false)), &none());
             last = decisions.first().map(|(_, d)| *d);
         }
         let last = last.expect("a decision");
@@ -168,7 +182,12 @@ mod tests {
     #[test]
     fn held_request_at_zero_wakes_the_function() {
         let mut fleet = Fleet::default();
-        let decisions = fleet.tick(Instant::now(), vec![target(0)], Some(&load(1.0, true)));
+        let decisions = fleet.tick(
+            Instant::now(),
+            vec![target(0)],
+            Some(&load(1.0, true)),
+            &none(),
+        );
         let (_, decision) = decisions[0];
         assert_eq!((decision.desired, decision.reason), (1, Reason::Wake));
     }
@@ -177,8 +196,21 @@ mod tests {
     fn functions_that_disappear_are_forgotten() {
         let mut fleet = Fleet::default();
         let now = Instant::now();
-        fleet.tick(now, vec![target(1)], Some(&load(300.0, false)));
-        fleet.tick(now, Vec::new(), Some(&HashMap::new()));
+        fleet.tick(now, vec![target(1)], Some(&load(300.0, false)), &none());
+        fleet.tick(now, Vec::new(), Some(&HashMap::new()), &none());
         assert!(fleet.entries.is_empty());
+    }
+
+    #[test]
+    fn a_backlog_at_zero_wakes_the_function_without_any_request() {
+        let mut fleet = Fleet::default();
+        let decisions = fleet.tick(
+            Instant::now(),
+            vec![target(0)],
+            Some(&load(0.0, false)),
+            &backlog(250, 100),
+        );
+        let (_, decision) = decisions[0];
+        assert_eq!((decision.desired, decision.reason), (3, Reason::Backlog));
     }
 }

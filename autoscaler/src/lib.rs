@@ -31,17 +31,24 @@
 //!    scaleToZeroGracePeriod [30 s] and nothing held, desired is 0 (over the panic hold
 //!    and the scale-down rate: idle has no load to protect); otherwise a Function the
 //!    load would put at zero keeps one pod ([`Reason::HoldingForGracePeriod`]).
-//! 7. **Scale-down delay**: desired is the largest value the rules above chose during
+//! 7. **Backlog**: messages waiting in the Function's queue triggers ask for at least
+//!    ceil(sum of pending / target over its triggers) pods, at least the wake scale from
+//!    zero, and count as activity, so the grace period to zero starts once they are
+//!    drained ([`Reason::Backlog`]). A backlog that cannot be read keeps at least the
+//!    current scale: an unreachable broker is no signal, never an empty queue. For
+//!    `metric: cpu` it only wakes from zero.
+//! 8. **Scale-down delay**: desired is the largest value the rules above chose during
 //!    the last scaleDownDelay [0 s, off], so a lower scale (zero included) applies only
 //!    once it has been wanted that long.
-//! 8. **Bounds**: minReplicas and maxReplicas \[10\] apply last ([`Reason::AtMin`],
+//! 9. **Bounds**: minReplicas and maxReplicas \[10\] apply last ([`Reason::AtMin`],
 //!    [`Reason::AtMax`]).
 //!
 //! `metric: cpu` Functions are scaled 1..N by their HorizontalPodAutoscaler; for them the
-//! core only moves between 0 and the wake scale (rules 1, 5, 6, 7, 8) and otherwise
+//! core only moves between 0 and the wake scale (rules 1, 5, 6, 7, 8, 9) and otherwise
 //! returns the current scale unchanged, so the loop must write only when the decision
 //! differs from what it read, and never fight the HPA.
 
+mod backlog;
 mod decide;
 mod drive;
 mod error;
@@ -52,6 +59,7 @@ mod policy;
 mod usage;
 mod window;
 
+pub use backlog::{Backlog, BacklogSource, NoBacklog};
 pub use decide::{Decision, Reason, Replicas};
 pub use drive::{Runtime, StatsSource, drive};
 pub use error::{Error, Result};

@@ -44,6 +44,7 @@ struct Case {
     /// Load recorded every second of the stable window; `None` records nothing.
     load: Option<f64>,
     held: bool,
+    backlog: Option<Backlog>,
     expected: (i32, Reason),
 }
 
@@ -55,6 +56,7 @@ impl Case {
             current,
             load,
             held: false,
+            backlog: None,
             expected: (-1, Reason::NoData),
         }
     }
@@ -66,6 +68,17 @@ impl Case {
 
     fn held(mut self) -> Self {
         self.held = true;
+        self
+    }
+
+    /// Queue triggers holding `messages` that ask for `replicas` pods.
+    fn backlog(mut self, messages: u64, replicas: f64) -> Self {
+        self.backlog = Some(Backlog::Pending { messages, replicas });
+        self
+    }
+
+    fn backlog_unknown(mut self) -> Self {
+        self.backlog = Some(Backlog::Unknown);
         self
     }
 
@@ -87,6 +100,7 @@ fn check(cases: Vec<Case>) {
             }
         }
         window.set_held(case.held);
+        window.set_backlog(case.backlog);
         let decision = decide(
             &case.policy,
             &window,
@@ -114,6 +128,8 @@ struct Sim {
     second: u64,
     current: Replicas,
     pods_start_at_once: bool,
+    /// What the queue triggers hold at the next ticks.
+    backlog: Option<Backlog>,
 }
 
 impl Sim {
@@ -129,6 +145,7 @@ impl Sim {
             second: 0,
             current,
             pods_start_at_once: true,
+            backlog: None,
         }
     }
 
@@ -138,6 +155,7 @@ impl Sim {
         let now = self.start + secs(self.second);
         self.window.record(now, load);
         self.window.set_held(held);
+        self.window.set_backlog(self.backlog);
         let decision = decide(
             &self.policy,
             &self.window,
@@ -687,5 +705,129 @@ fn reasons_have_fixed_distinct_names_and_labels() {
     assert_eq!(
         Reason::HoldingForGracePeriod.metric_label(),
         "holding_for_grace_period"
+    );
+}
+
+#[test]
+fn a_queue_backlog_asks_for_pods_like_load() {
+    check(vec![
+        Case::new(
+            "a backlog at zero wakes to ceil(pending / target)",
+            replicas(0, 0),
+            Some(0.0),
+        )
+        .backlog(250, 2.5)
+        .expect(3, Reason::Backlog),
+        Case::new(
+            "a backlog above what the load asks for raises the count",
+            replicas(1, 1),
+            Some(5.0),
+        )
+        .backlog(42, 4.2)
+        .expect(5, Reason::Backlog),
+        Case::new(
+            "load above what the backlog asks for wins",
+            replicas(4, 4),
+            Some(40.0),
+        )
+        .backlog(100, 1.0)
+        .expect(4, Reason::Stable),
+        Case::new(
+            "the backlog is bounded by maxReplicas",
+            replicas(0, 0),
+            Some(0.0),
+        )
+        .policy(|p| p.max_replicas = 5)
+        .backlog(5000, 50.0)
+        .expect(5, Reason::AtMax),
+        Case::new(
+            "waking on a backlog asks for at least initialReplicas",
+            replicas(0, 0),
+            Some(0.0),
+        )
+        .policy(|p| p.initial_replicas = 2)
+        .backlog(1, 0.01)
+        .expect(2, Reason::Backlog),
+        Case::new(
+            "an unreadable backlog keeps an idle Function's pods past the grace period",
+            replicas(3, 3),
+            Some(0.0),
+        )
+        .backlog_unknown()
+        .expect(3, Reason::NoData),
+        Case::new(
+            "an unreadable backlog does not wake a Function at zero",
+            replicas(0, 0),
+            Some(0.0),
+        )
+        .backlog_unknown()
+        .expect(0, Reason::ScaleToZero),
+        Case::new(
+            "an empty backlog lets an idle Function go to zero",
+            replicas(1, 1),
+            Some(0.0),
+        )
+        .backlog(0, 0.0)
+        .expect(0, Reason::ScaleToZero),
+        Case::new(
+            "metric cpu: a backlog wakes from zero to the wake scale only",
+            replicas(0, 0),
+            Some(0.0),
+        )
+        .policy(|p| p.metric = Metric::Cpu)
+        .backlog(900, 9.0)
+        .expect(1, Reason::Backlog),
+        Case::new(
+            "metric cpu: a backlog leaves 1..N to the HPA",
+            replicas(2, 2),
+            Some(0.0),
+        )
+        .policy(|p| p.metric = Metric::Cpu)
+        .backlog(900, 9.0)
+        .expect(2, Reason::Stable),
+    ]);
+}
+
+#[test]
+fn a_queue_driven_function_scales_from_zero_with_its_backlog_and_back_to_zero_once_drained() {
+    let mut sim = Sim::new(policy(), 0);
+    sim.backlog = Some(Backlog::of_triggers([Some((450, 100))]));
+    let woken = sim.tick(0.0);
+    assert_eq!((woken.desired, woken.reason), (5, Reason::Backlog));
+
+    // Draining: the backlog still holds the pods it asks for.
+    sim.backlog = Some(Backlog::of_triggers([Some((150, 100))]));
+    assert!(sim.run(10, 0.0).iter().all(|d| d.desired >= 2));
+
+    // Drained: the grace period starts now, then zero.
+    sim.backlog = Some(Backlog::of_triggers([Some((0, 100))]));
+    let drained = sim.run(31, 0.0);
+    assert!(
+        drained[..29].iter().all(|d| d.desired >= 1),
+        "no zero within the grace period: {:?}",
+        desired(&drained)
+    );
+    let last = drained.last().expect("31 decisions");
+    assert_eq!((last.desired, last.reason), (0, Reason::ScaleToZero));
+}
+
+#[test]
+fn a_broker_outage_holds_a_queue_driven_function_until_the_backlog_is_read_again() {
+    let mut sim = Sim::new(policy(), 0);
+    sim.backlog = Some(Backlog::of_triggers([Some((300, 100))]));
+    assert_eq!(sim.tick(0.0).desired, 3);
+    sim.backlog = Some(Backlog::Unknown);
+    let outage = sim.run(120, 0.0);
+    assert!(
+        outage.iter().all(|d| d.desired == 3),
+        "held at 3 while unknown: {:?}",
+        desired(&outage)
+    );
+    sim.backlog = Some(Backlog::of_triggers([Some((0, 100))]));
+    let after = sim.run(3, 0.0);
+    assert!(
+        after.iter().all(|d| d.desired < 3),
+        "load alone decides again: {:?}",
+        desired(&after)
     );
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::backlog::Backlog;
 use super::policy::ScalingPolicy;
 
 /// One tick's load, summed over every activator replica.
@@ -35,6 +36,7 @@ pub struct Window {
     samples: VecDeque<Sample>,
     held: bool,
     last_request: Option<Instant>,
+    backlog: Option<Backlog>,
 }
 
 impl Window {
@@ -46,6 +48,7 @@ impl Window {
             samples: VecDeque::new(),
             held: false,
             last_request: None,
+            backlog: None,
         }
     }
 
@@ -92,6 +95,16 @@ impl Window {
         if self.last_request.is_none_or(|last| last < at) {
             self.last_request = Some(at);
         }
+    }
+
+    /// Sets what the Function's queue triggers hold right now; `None` when it has none.
+    pub fn set_backlog(&mut self, backlog: Option<Backlog>) {
+        self.backlog = backlog;
+    }
+
+    /// What the Function's queue triggers hold right now, if it has any.
+    pub fn backlog(&self) -> Option<Backlog> {
+        self.backlog
     }
 
     /// Whether a request is held right now.

@@ -6,6 +6,7 @@
 mod console;
 mod live;
 mod local;
+mod nats;
 mod replica;
 mod runtime;
 mod schedules;
@@ -19,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use zeroscale_activator::calls::args::CallArgs;
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
 use zeroscale_activator::metrics::Metrics;
@@ -28,7 +30,7 @@ use zeroscale_admin::process;
 use zeroscale_admin::{AdminState, Readiness};
 use zeroscale_api::routing::Domains;
 use zeroscale_api::stats::StatsReport;
-use zeroscale_autoscaler::{StatsSource, drive};
+use zeroscale_autoscaler::{NoBacklog, StatsSource, drive};
 
 use zeroscale_cli::cluster::dev::{DevState, FUNCTIONS_ROUTE, StateFile, USAGE_ROUTE};
 
@@ -69,6 +71,10 @@ pub struct DevConfig {
     /// per million requests, per vCPU-second, per GiB-second, comma-separated.
     #[arg(long, env = "ZEROSCALE_PRICES", value_parser = prices, value_name = "REQ,VCPU,GIB")]
     pub prices: Option<zeroscale_api::usage::Prices>,
+    /// NATS server (JetStream enabled) for async calls and queue triggers [default: a
+    /// local `nats-server -js` when installed, else none]
+    #[arg(long, env = "ZEROSCALE_NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
 }
 
 /// `--prices`: three non-negative numbers, comma-separated.
@@ -96,6 +102,9 @@ fn prices(text: &str) -> std::result::Result<zeroscale_api::usage::Prices, Strin
 /// resolves to the loopback address without any DNS setup.
 const LOCAL_DOMAIN: &str = "localhost";
 
+/// Where callbacks of async calls may go in `zeroscale dev`: this machine.
+const LOCAL_CALLBACKS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
 /// Runs until SIGTERM or Ctrl-C, then drains requests and stops every replica.
 pub async fn run(config: DevConfig) -> Result<()> {
     let terminated = process::termination_signal().map_err(Error::Signal)?;
@@ -122,14 +131,6 @@ pub async fn run(config: DevConfig) -> Result<()> {
         metrics.clone(),
     ));
     let runtime = Arc::new(ProcessRuntime::new(Arc::clone(&functions)));
-    let activator = Arc::new(Activator::new(
-        Arc::clone(&functions),
-        Forwarder::new(&ForwarderConfig::default()),
-        Arc::clone(&runtime) as Arc<dyn zeroscale_activator::wake::Wake>,
-        ProbeConfig::default(),
-        metrics.clone(),
-    ));
-
     let listener = server::bind(config.listen).map_err(|source| Error::Bind {
         address: config.listen,
         source,
@@ -139,10 +140,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
         source,
     })?;
     console::event(format_args!("zeroscale dev listening on http://{address}"));
-    let mut manifests = Manifests::new(config.paths.clone(), setpriv(), address);
-    if manifests.scan(&runtime, true).await? == 0 {
-        console::event("no Functions to run yet: add or fix a manifest and save it");
-    }
+    let nats = nats::Nats::start(config.nats_url.clone(), setpriv().as_deref()).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -151,6 +149,38 @@ pub async fn run(config: DevConfig) -> Result<()> {
             let _ = stop.wait_for(|stop| *stop).await;
         }
     };
+    // The dispatcher delivers stored calls and queue messages through `address`, as a
+    // cluster's activators do through their own listener.
+    let calls = CallArgs {
+        nats_url: nats.url().map(str::to_owned),
+        nats_creds: None,
+        nats_user: None,
+        nats_password: None,
+        nats_token: None,
+        // Everything runs on this machine: callbacks to local servers are expected.
+        callback_deny_cidr: Vec::new(),
+        callback_allow_cidr: LOCAL_CALLBACKS
+            .iter()
+            .filter_map(|cidr| cidr.parse().ok())
+            .collect(),
+    }
+    .start(address, Arc::clone(&functions), stopped())
+    .await?;
+    let activator = Arc::new(
+        Activator::new(
+            Arc::clone(&functions),
+            Forwarder::new(&ForwarderConfig::default()),
+            Arc::clone(&runtime) as Arc<dyn zeroscale_activator::wake::Wake>,
+            ProbeConfig::default(),
+            metrics.clone(),
+        )
+        .with_calls(calls),
+    );
+    let mut manifests = Manifests::new(config.paths.clone(), setpriv(), address);
+    if manifests.scan(&runtime, true).await? == 0 {
+        console::event("no Functions to run yet: add or fix a manifest and save it");
+    }
+
     let server = tokio::spawn(server::serve(
         listener,
         Listener::Cluster,
@@ -173,6 +203,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
             activator: Arc::clone(&activator),
             started,
         },
+        NoBacklog,
         Arc::clone(&runtime),
         autoscaler_metrics,
         usage.clone(),
@@ -268,6 +299,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     let _ = autoscaler.await;
     let _ = schedules.await;
     runtime.shutdown().await;
+    nats.stop().await;
     console::event("stopped");
     Ok(())
 }

@@ -34,6 +34,8 @@ pub enum Error {
     State(#[from] zeroscale_cli::cluster::Error),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("starting asynchronous calls: {0}")]
+    Calls(#[from] zeroscale_queue::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

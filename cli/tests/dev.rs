@@ -160,8 +160,37 @@ impl Drop for Dev {
     }
 }
 
-/// Pids of the processes whose parent is `parent`.
+/// Pids of the processes whose parent is `parent`, but for the local NATS server that
+/// `zeroscale dev` starts when `nats-server` is installed (see [`nats_servers`]).
 fn children(parent: i32) -> Vec<i32> {
+    processes(parent)
+        .into_iter()
+        .filter(|pid| !is_nats_server(*pid))
+        .collect()
+}
+
+/// The local NATS servers that `zeroscale dev` runs, a child of `parent`.
+fn nats_servers(parent: i32) -> Vec<i32> {
+    processes(parent)
+        .into_iter()
+        .filter(|pid| is_nats_server(*pid))
+        .collect()
+}
+
+/// Whether `zeroscale dev` finds a `nats-server` to start: on PATH, or in /usr/sbin.
+fn nats_installed() -> bool {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([PathBuf::from("/usr/sbin")])
+        .any(|dir| dir.join("nats-server").is_file())
+}
+
+fn is_nats_server(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim() == "nats-server")
+}
+
+/// Pids of every live process whose parent is `parent`.
+fn processes(parent: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -840,4 +869,151 @@ async fn usage_counts_known_traffic_exactly_and_its_seconds_within_tolerance() {
         .collect();
     assert_eq!(&row[1..4], ["12", "3", "0"], "{table}");
     assert_eq!(row[5], "1", "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_server_installed_dev_runs_a_local_jetstream_and_stops_it_on_exit() {
+    if !nats_installed() {
+        eprintln!("skipped: nats-server is not installed (hack/install-tools.sh installs it)");
+        return;
+    }
+    let mut dev = Dev::start("nats", &[]).await;
+    let line = dev
+        .wait_for("the NATS line", Duration::from_secs(30), |line| {
+            line.contains("local NATS JetStream at nats://")
+        })
+        .await;
+    let address: SocketAddr = line
+        .split("nats://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("an address follows")
+        .parse()
+        .expect("a socket address");
+    let store = PathBuf::from(
+        line.rsplit_once("(store in ")
+            .and_then(|(_, rest)| rest.strip_suffix(')'))
+            .expect("the store folder is named"),
+    );
+    assert!(store.is_dir(), "the store is a temporary folder");
+    let servers = nats_servers(dev.pid);
+    assert_eq!(
+        servers.len(),
+        1,
+        "one nats-server, a child of zeroscale dev"
+    );
+    TcpStream::connect(address)
+        .await
+        .expect("the server accepts connections");
+
+    dev.signal(Signal::SIGTERM);
+    let status = timeout(Duration::from_secs(30), dev.child.wait())
+        .await
+        .expect("zeroscale dev stops")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+    assert!(
+        !alive(servers[0]),
+        "nats-server is stopped with zeroscale dev"
+    );
+    assert!(!store.exists(), "its store is removed");
+}
+
+/// One HTTP/1.1 request with extra header lines (`Name: value\r\n` each) on its own
+/// connection: status, head and body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connects");
+        stream
+            .write_all(
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("sends");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("reads");
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        (status, head.to_owned(), body.to_owned())
+    };
+    timeout(Duration::from_secs(60), exchange)
+        .await
+        .expect("an answer within 60 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_server_installed_an_async_call_is_accepted_with_202_and_delivered() {
+    if !nats_installed() {
+        eprintln!("skipped: nats-server is not installed (hack/install-tools.sh installs it)");
+        return;
+    }
+    let spec = "  readinessPath: /healthz\n  scaling: {initialReplicas: 0}\n";
+    let mut dev = Dev::start(
+        "async",
+        &[("hello.yaml", manifest("hello", &hello_command(), spec))],
+    )
+    .await;
+    dev.wait_for("the NATS line", Duration::from_secs(30), |line| {
+        line.contains("local NATS JetStream at nats://")
+    })
+    .await;
+
+    // The dispatcher creates the calls stream once it sees the Function, just after
+    // start; until then the call is refused with 503, never accepted and lost.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (head, body) = loop {
+        let (status, head, body) = request(
+            dev.addr,
+            "POST",
+            "hello.default",
+            "/jobs",
+            "Prefer: respond-async\r\n",
+        )
+        .await;
+        if status == 202 {
+            break (head, body);
+        }
+        assert_eq!(status, 503, "{head}\n{body}");
+        assert!(Instant::now() < deadline, "never accepted: {head}\n{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(head.contains(" 202 "), "{head}\n{body}");
+    let location = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("location")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("a Location header");
+    assert!(location.starts_with("/.zeroscale/calls/"), "{location}");
+
+    // Delivered through the activator: it wakes the Function and succeeds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _, body) = request(dev.addr, "GET", "hello.default", &location, "").await;
+        if status == 200 && body.contains("\"succeeded\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered within 60 s: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dev.replicas().len(), 1, "the call woke the Function");
 }

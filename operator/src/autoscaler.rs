@@ -1,8 +1,9 @@
 //! The autoscaler in a cluster: [`zeroscale_autoscaler::drive`] over `KubeRuntime`
 //! (the Functions the controllers watch, their Deployments from watches of its own,
-//! replicas written through `ReplicaWriter`) and [`ActivatorStats`] (the activators'
-//! `/stats`). Only the leader runs it. The decision itself is in `zeroscale-autoscaler`.
+//! replicas written through `ReplicaWriter`), [`ActivatorStats`] (the activators'
+//! `/stats`) and [`QueueBacklog`] (the queue triggers' backlog in NATS JetStream). Only the leader runs it. The decision itself is in `zeroscale-autoscaler`.
 
+mod backlog;
 mod stats;
 
 use std::sync::Arc;
@@ -18,12 +19,14 @@ use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::usage::PodResources;
 use zeroscale_api::{Function, ScalingDefaults, keys};
 use zeroscale_autoscaler::{
-    Decision, Metrics, Replicas, Runtime, ScalingPolicy, StatsSource, Target, Usage, drive,
+    BacklogSource, Decision, Metrics, Replicas, Runtime, ScalingPolicy, StatsSource, Target, Usage,
+    drive,
 };
 
 use crate::replicas::ReplicaWriter;
 use crate::watched::{WatchTask, WatchedFunctions};
 
+pub use backlog::QueueBacklog;
 pub use stats::ActivatorStats;
 
 /// How the loop finds activators and how often it runs.
@@ -78,12 +81,22 @@ pub async fn run(
     ctx: Context,
     config: AutoscalerConfig,
     stats: impl StatsSource,
+    backlog: impl BacklogSource,
     usage: Usage,
     shutdown: impl Future<Output = ()>,
 ) {
     let metrics = ctx.metrics.clone();
     let runtime = Arc::new(KubeRuntime::watch(ctx, &config.namespaces));
-    drive(config.tick, stats, runtime, metrics, usage, shutdown).await;
+    drive(
+        config.tick,
+        stats,
+        backlog,
+        runtime,
+        metrics,
+        usage,
+        shutdown,
+    )
+    .await;
 }
 
 /// Functions and their Deployments in a cluster: the Functions the controllers watch,

@@ -66,6 +66,9 @@ pub struct Context {
     /// The Functions every running controller watches: host claims are decided over
     /// all of them. The autoscaler's context shares them.
     watched: Arc<WatchedFunctions>,
+    /// Whether the operator has a NATS server: without one, Functions with queue
+    /// triggers are refused with `NatsNotConfigured`.
+    nats: bool,
 }
 
 /// A Function's children as the reconciler last left them.
@@ -88,7 +91,14 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             children: Mutex::new(HashMap::new()),
             watched: Arc::default(),
+            nats: false,
         }
+    }
+
+    /// Says whether the operator has a NATS server (`--nats-url`); off by default.
+    pub fn with_nats(mut self, configured: bool) -> Self {
+        self.nats = configured;
+        self
     }
 
     /// The Functions the controllers running on this context watch, for the autoscaler.
@@ -253,6 +263,7 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
         Ok(Outcome::InvalidSpec) => "invalid_spec",
         Ok(Outcome::NotOwned) => "not_owned",
         Ok(Outcome::HostConflict) => "host_conflict",
+        Ok(Outcome::NatsNotConfigured) => "nats_not_configured",
         Err(error) => {
             ctx.metrics
                 .reconcile_errors
@@ -272,6 +283,8 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
         Outcome::Applied => Action::requeue(RESYNC),
         // Nothing will change until the spec does.
         Outcome::InvalidSpec => Action::await_change(),
+        // An operator given NATS later restarts, and reconciles every Function again.
+        Outcome::NatsNotConfigured => Action::await_change(),
         Outcome::NotOwned => Action::requeue(NOT_OWNED_RETRY),
         // The Function keeping the host may drop it without any event naming this one.
         Outcome::HostConflict => Action::requeue(HOST_CONFLICT_RETRY),
@@ -309,7 +322,15 @@ enum Outcome {
     NotOwned,
     /// Applied, but a claim on a host is ignored.
     HostConflict,
+    /// Queue triggers, and no NATS server: nothing built.
+    NatsNotConfigured,
 }
+
+/// The `Ready=False` message of a Function with queue triggers when the operator has no
+/// NATS server.
+pub const NATS_NOT_CONFIGURED: &str = "spec.triggers.queues needs NATS JetStream and the \
+    operator has none: install the chart with nats.enabled=true (or nats.url=nats://HOST:4222), \
+    or start the operator with --nats-url";
 
 async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcome> {
     let namespace = function.namespace().ok_or(Error::MissingNamespace)?;
@@ -330,6 +351,11 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
             return Ok(Outcome::InvalidSpec);
         }
     };
+    if !function.spec.triggers.queues.is_empty() && !ctx.nats {
+        let message = NATS_NOT_CONFIGURED.to_owned();
+        report_refused(function, ctx, Reason::NatsNotConfigured, message).await?;
+        return Ok(Outcome::NatsNotConfigured);
+    }
     let service = resources::service(function, &ctx.config);
     let pods_service = resources::pods_service(function);
     let hpa = resources::hpa(function, &ctx.config);

@@ -3,6 +3,7 @@
 //! flags are accepted both after `run` and without it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use zeroscale_admin::{self as admin, AdminState, Liveness, Readiness};
 use zeroscale_api::ScalingDefaults;
 use zeroscale_api::usage::Prices;
 use zeroscale_autoscaler::Usage;
-use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
+use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig, QueueBacklog};
 use zeroscale_operator::console::{self, LastScrape, Tee};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::gateway::GatewayConfig;
@@ -27,6 +28,7 @@ use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
 use zeroscale_operator::schedule;
+use zeroscale_queue::connect::NatsOptions;
 use zeroscale_triggers::ScheduleMetrics;
 
 #[derive(Parser)]
@@ -129,6 +131,8 @@ struct RunArgs {
     scaling: ScalingDefaultsArgs,
     #[command(flatten)]
     prices: PricesArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 /// Prices that turn usage into a cost estimate on `/usage` (none unless one is set).
@@ -157,6 +161,50 @@ impl PricesArgs {
             per_vcpu_second: self.price_per_vcpu_second.unwrap_or(0.0),
             per_gib_second: self.price_per_gib_second.unwrap_or(0.0),
         })
+    }
+}
+
+/// The NATS JetStream server of async calls and queue triggers (the activator takes the
+/// same flags): the operator reads the queue triggers' backlog from it.
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// NATS server URL, e.g. nats://nats.zeroscale-system:4222. Without it, Functions
+    /// with queue triggers are Ready=False (NatsNotConfigured).
+    #[arg(long, env = "ZEROSCALE_NATS_URL")]
+    nats_url: Option<String>,
+    /// NATS credentials file (.creds: JWT and NKey seed), e.g. mounted from a Secret.
+    #[arg(long, env = "ZEROSCALE_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// NATS user name; the password comes from ZEROSCALE_NATS_PASSWORD.
+    #[arg(long, env = "ZEROSCALE_NATS_USER")]
+    nats_user: Option<String>,
+    /// From the environment only, so it never shows in the process list.
+    #[arg(skip = std::env::var("ZEROSCALE_NATS_PASSWORD").ok())]
+    nats_password: Option<String>,
+    /// NATS token, from the environment only.
+    #[arg(skip = std::env::var("ZEROSCALE_NATS_TOKEN").ok())]
+    nats_token: Option<String>,
+}
+
+impl NatsArgs {
+    /// A JetStream context on the configured server, or None without `--nats-url`. The
+    /// client connects (and reconnects) in the background, so a broker that is not up
+    /// yet only makes the queue backlog unknown until it is.
+    async fn jetstream(&self) -> anyhow::Result<Option<async_nats::jetstream::Context>> {
+        let Some(url) = &self.nats_url else {
+            return Ok(None);
+        };
+        let client = zeroscale_queue::connect::connect(&NatsOptions {
+            url: url.clone(),
+            credentials_file: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            name: "zeroscale-operator".into(),
+        })
+        .await
+        .context("connecting to NATS")?;
+        Ok(Some(async_nats::jetstream::new(client)))
     }
 }
 
@@ -358,6 +406,7 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
             .map_err(anyhow::Error::msg)
             .context("--gateway-parent / --gateway-backend")?,
     };
+    let jetstream = args.nats.jetstream().await?;
     let reporter = Reporter {
         controller: "zeroscale-operator".into(),
         instance: Some(identity.clone()),
@@ -370,12 +419,15 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
     // A fresh start each time this replica leads: nothing carries over from a term
     // that was cancelled.
     let work = || {
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            config.clone(),
-            metrics.clone(),
-            reporter.clone(),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                client.clone(),
+                config.clone(),
+                metrics.clone(),
+                reporter.clone(),
+            )
+            .with_nats(jetstream.is_some()),
+        );
         let autoscaler_ctx = autoscaler::Context::new(
             client.clone(),
             config.scaling.clone(),
@@ -392,6 +444,11 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
         };
         let sampling =
             console::sample(Arc::clone(live), Arc::clone(ctx.watched()), last, stopped());
+        let backlog = QueueBacklog::new(
+            jetstream.clone(),
+            Arc::clone(ctx.watched()),
+            autoscaler_config.scrape_timeout,
+        );
         let controllers = futures::future::join_all(
             namespaces
                 .iter()
@@ -401,6 +458,7 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
             autoscaler_ctx,
             autoscaler_config.clone(),
             stats,
+            backlog,
             usage.clone(),
             stopped(),
         );

@@ -6,7 +6,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 /// The reconciler's metrics, registered in one [`Registry`].
 #[derive(Clone)]
 pub struct Metrics {
-    /// Reconciles by result (`ok`, `invalid_spec`, `not_owned`, `host_conflict`, `error`).
+    /// Reconciles by result (`ok`, `invalid_spec`, `not_owned`, `host_conflict`,
+    /// `nats_not_configured`, `error`).
     pub reconciles: IntCounterVec,
     /// Failed reconciles by the operation that failed.
     pub reconcile_errors: IntCounterVec,

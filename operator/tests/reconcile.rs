@@ -23,10 +23,13 @@ use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower_test::mock::{Handle, SendResponse};
+use zeroscale_api::calls::QueueTrigger;
 use zeroscale_api::conditions::Reason;
 use zeroscale_api::{Function, FunctionSpec, FunctionStatus, Metric};
 use zeroscale_operator::Error;
-use zeroscale_operator::controller::{Context, FIELD_MANAGER, error_policy, reconcile};
+use zeroscale_operator::controller::{
+    Context, FIELD_MANAGER, NATS_NOT_CONFIGURED, error_policy, reconcile,
+};
 use zeroscale_operator::gateway::GatewayConfig;
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::replicas::AUTOSCALER_FIELD_MANAGER;
@@ -1551,4 +1554,33 @@ async fn a_function_turned_cluster_local_loses_its_route_but_someone_elses_is_le
         verified(verifier).await;
         result.expect("reconcile succeeds");
     }
+}
+
+#[tokio::test]
+async fn queue_triggers_without_nats_make_the_function_not_ready_saying_how_to_enable_nats() {
+    let (ctx, metrics, mut server) = context();
+    let mut function = Function::test("hello");
+    function
+        .spec
+        .triggers
+        .queues
+        .push(QueueTrigger::new("orders", "ORDERS"));
+    let expected = function.clone();
+    let verifier = tokio::spawn(async move {
+        // Nothing is built: the status and its Warning are the only requests.
+        let (status, event) = server.refusal(&expected, "NatsNotConfigured").await;
+        let message = ready(&status)["message"].as_str().expect("a message");
+        assert_eq!(message, NATS_NOT_CONFIGURED);
+        assert!(message.contains("nats.enabled=true") && message.contains("--nats-url"));
+        assert_eq!(event["note"], message);
+        server.done().await;
+    });
+
+    let result = reconcile(Arc::new(function), ctx).await;
+    verified(verifier).await;
+    assert_eq!(
+        result.expect("a missing NATS is reported, not an error"),
+        Action::await_change()
+    );
+    assert_eq!(reconciles(&metrics, "nats_not_configured"), 1);
 }

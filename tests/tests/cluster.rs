@@ -621,7 +621,15 @@ async fn idle_function_scales_to_zero_and_a_wake_request_brings_it_back() -> any
                 };
                 tokio::spawn(async move {
                     let usage = zeroscale_autoscaler::Usage::new(jiff::Timestamp::now(), None);
-                    autoscaler::run(ctx, config, stats, usage, until_stopped()).await;
+                    autoscaler::run(
+                        ctx,
+                        config,
+                        stats,
+                        zeroscale_autoscaler::NoBacklog,
+                        usage,
+                        until_stopped(),
+                    )
+                    .await;
                 });
             }
 

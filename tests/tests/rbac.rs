@@ -366,6 +366,7 @@ async fn autoscaler_paths(api: &FakeApi, ctx: &Arc<Context>) {
         FakeStats {
             uptime: AtomicU64::new(1),
         },
+        zeroscale_autoscaler::NoBacklog,
         zeroscale_autoscaler::Usage::new(jiff::Timestamp::now(), None),
         async move {
             let mut stopped = stopped;

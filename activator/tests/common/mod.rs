@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use zeroscale_activator::calls::AsyncCalls;
 use zeroscale_activator::endpoints::{EndpointSet, EndpointState, PodEndpoint, PodProtocol};
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
@@ -121,6 +122,11 @@ impl Harness {
     }
 
     pub async fn start_with(options: Options) -> Self {
+        Self::start_with_calls(options, AsyncCalls::default()).await
+    }
+
+    /// An activator that stores asynchronous calls through `calls`.
+    pub async fn start_with_calls(options: Options, calls: AsyncCalls) -> Self {
         let metrics = Metrics::new().expect("metrics");
         let functions = Arc::new(Functions::new(
             Domains {
@@ -130,16 +136,19 @@ impl Harness {
             metrics.clone(),
         ));
         let (wake, wakes) = mpsc::unbounded_channel();
-        let activator = Arc::new(Activator::new(
-            Arc::clone(&functions),
-            Forwarder::new(&ForwarderConfig {
-                connect_timeout: Duration::from_secs(1),
-                ..ForwarderConfig::default()
-            }),
-            Arc::new(RecordingWake(wake)),
-            options.probe,
-            metrics.clone(),
-        ));
+        let activator = Arc::new(
+            Activator::new(
+                Arc::clone(&functions),
+                Forwarder::new(&ForwarderConfig {
+                    connect_timeout: Duration::from_secs(1),
+                    ..ForwarderConfig::default()
+                }),
+                Arc::new(RecordingWake(wake)),
+                options.probe,
+                metrics.clone(),
+            )
+            .with_calls(calls),
+        );
         let (stop, _) = watch::channel(false);
         let mut harness = Self {
             functions,

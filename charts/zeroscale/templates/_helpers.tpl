@@ -127,3 +127,57 @@ podAntiAffinity:
 - name: ZEROSCALE_ADMIN_ADDR
   value: "0.0.0.0:9090"
 {{- end }}
+
+{{/* The NATS server's in-cluster Service name (when nats.enabled). */}}
+{{- define "zeroscale.nats.fullname" -}}
+{{ include "zeroscale.fullname" . }}-nats
+{{- end }}
+
+{{/* The NATS URL the operator and activator use: the chart's own server or nats.url. */}}
+{{- define "zeroscale.nats.url" -}}
+{{- if .Values.nats.enabled -}}
+nats://{{ include "zeroscale.nats.fullname" . }}.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}:4222
+{{- else -}}
+{{ .Values.nats.url }}
+{{- end }}
+{{- end }}
+
+{{/* Where the NATS credentials file of nats.credentialsSecret is mounted. */}}
+{{- define "zeroscale.nats.credentialsDir" -}}
+/etc/zeroscale/nats
+{{- end }}
+
+{{/* NATS settings of the operator and the activator (same flags in both). */}}
+{{- define "zeroscale.nats.env" -}}
+{{- with include "zeroscale.nats.url" . }}
+- name: ZEROSCALE_NATS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.nats.credentialsSecret }}
+- name: ZEROSCALE_NATS_CREDS
+  value: "{{ include "zeroscale.nats.credentialsDir" . }}/nats.creds"
+{{- end }}
+{{- end }}
+
+{{/* The container's volumeMounts for the NATS credentials, if any. */}}
+{{- define "zeroscale.nats.volumeMounts" -}}
+{{- if .Values.nats.credentialsSecret }}
+volumeMounts:
+  - name: nats-credentials
+    mountPath: {{ include "zeroscale.nats.credentialsDir" . }}
+    readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The pod's volumes for the NATS credentials, if any. */}}
+{{- define "zeroscale.nats.volumes" -}}
+{{- with .Values.nats.credentialsSecret }}
+volumes:
+  - name: nats-credentials
+    secret:
+      secretName: {{ . }}
+      items:
+        - key: nats.creds
+          path: nats.creds
+{{- end }}
+{{- end }}

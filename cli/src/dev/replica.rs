@@ -154,7 +154,7 @@ impl Replica {
 
 /// A port nothing listens on now. Another process could take it before the replica
 /// binds; the replica then fails to start and is replaced.
-fn free_port() -> std::io::Result<u16> {
+pub(super) fn free_port() -> std::io::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }
@@ -250,7 +250,7 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
 }
 
 /// SIGTERM, then SIGKILL if the process outlives `grace`; returns how it ended.
-async fn terminate(child: &mut Child, grace: Duration) -> String {
+pub(super) async fn terminate(child: &mut Child, grace: Duration) -> String {
     if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {

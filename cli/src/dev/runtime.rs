@@ -238,6 +238,7 @@ impl Runtime for ProcessRuntime {
             Reason::AtMin => "minReplicas".into(),
             Reason::AtMax => "maxReplicas".into(),
             Reason::NoData => "no data".into(),
+            Reason::Backlog => "queue backlog".into(),
         };
         console::event(format_args!(
             "{}: {from} -> {} ({why})",
