@@ -169,6 +169,13 @@ fn default_queue_target() -> i32 {
     10
 }
 
+impl AsyncSpec {
+    /// Whether every setting is the default, so a written spec can leave it out.
+    pub(crate) fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl Default for AsyncSpec {
     fn default() -> Self {
         Self {
@@ -464,12 +471,16 @@ mod tests {
     }
 
     #[test]
-    fn specs_without_async_settings_read_with_defaults() {
-        let spec: FunctionSpec =
+    fn specs_without_async_settings_read_with_defaults_and_write_none() {
+        let mut spec: FunctionSpec =
             serde_json::from_value(serde_json::json!({"image": "example.com/hello:1"}))
                 .expect("minimal spec");
         assert_eq!(spec.async_calls, AsyncSpec::default());
         let written = serde_json::to_value(&spec).expect("serializes");
-        assert_eq!(written["async"]["retry"]["maxAttempts"], 3);
+        assert!(written.get("async").is_none(), "{written}");
+
+        spec.async_calls.retry.max_attempts = 5;
+        let written = serde_json::to_value(&spec).expect("serializes");
+        assert_eq!(written["async"]["retry"]["maxAttempts"], 5);
     }
 }

@@ -147,7 +147,11 @@ pub struct FunctionSpec {
 
     /// Calls sent with `Prefer: respond-async`: stored in NATS JetStream, answered 202,
     /// then delivered with retries.
-    #[serde(default, rename = "async")]
+    #[serde(
+        default,
+        rename = "async",
+        skip_serializing_if = "AsyncSpec::is_default"
+    )]
     pub async_calls: AsyncSpec,
 }
 

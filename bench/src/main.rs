@@ -9,6 +9,7 @@
 
 mod activator;
 mod burst;
+mod calls;
 mod client;
 mod cold;
 mod connections;
@@ -84,6 +85,8 @@ enum Scenario {
     Local,
     /// Silent client connections: memory each, and closed by the first-byte timeout.
     Connections,
+    /// Asynchronous calls on a local nats-server (not in `smoke`).
+    Calls,
 }
 
 /// Every knob; unset ones take the `all` or `smoke` default.
@@ -180,6 +183,9 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             Scenario::Connections,
             Scenario::Local,
         ]
+        .into_iter()
+        .chain((!smoke).then_some(Scenario::Calls))
+        .collect()
     } else {
         args.only.clone()
     };
@@ -254,6 +260,14 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
                     step_clients: args.step_clients.unwrap_or(pick(4, 2)).max(2),
                 };
                 local::run(&config, &dir).await
+            }
+            Scenario::Calls => {
+                let config = calls::CallsConfig {
+                    requests: 5000,
+                    concurrency: 16,
+                    kill_calls: 10_000,
+                };
+                calls::run(&config).await
             }
         };
         match result {
