@@ -8,6 +8,7 @@
 //!   as, so the activator and the upstream are processes of their own.
 
 mod activator;
+mod apiserver;
 mod burst;
 mod client;
 mod cold;
@@ -15,6 +16,7 @@ mod local;
 mod memory;
 mod procs;
 mod report;
+mod scale;
 mod schedule;
 mod tools;
 mod upstream;
@@ -81,6 +83,11 @@ enum Scenario {
     /// `zeroscale dev`: hello's cold start with its process, and the autoscaler's
     /// answer to a load step.
     Local,
+    /// Growth with the number of Functions: the operator binary (built beside the
+    /// bench) against a mocked API server. Not part of `smoke`.
+    ScaleOperator,
+    /// The activator binary's start-up with many Functions, likewise.
+    ScaleActivator,
 }
 
 /// Every knob; unset ones take the `all` or `smoke` default.
@@ -126,6 +133,15 @@ struct RunArgs {
     /// Memory: held requests [all: 10000; smoke: 200].
     #[arg(long)]
     held: Option<usize>,
+    /// Scale: Function counts for the operator [all and --only scale: 0,1000,10000].
+    #[arg(long, value_delimiter = ',')]
+    operator_functions: Vec<usize>,
+    /// Scale: Function counts for the activator [all and --only scale: 1000,10000].
+    #[arg(long, value_delimiter = ',')]
+    activator_functions: Vec<usize>,
+    /// Scale: seconds of the operator's idle window [10].
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
 }
 
 /// The kubelet's readiness probe period in the Deployments the operator makes
@@ -173,6 +189,15 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             Scenario::Memory,
             Scenario::Local,
         ]
+        .into_iter()
+        // The scale scenarios need the operator and activator binaries built; smoke
+        // runs without them.
+        .chain(if smoke {
+            Vec::new()
+        } else {
+            vec![Scenario::ScaleOperator, Scenario::ScaleActivator]
+        })
+        .collect()
     } else {
         args.only.clone()
     };
@@ -200,6 +225,19 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
         sections: BTreeMap::new(),
         rows: Vec::new(),
         hard_errors: Vec::new(),
+    };
+    let scale_config = scale::ScaleConfig {
+        operator_counts: or(
+            args.operator_functions.clone(),
+            &[0, 1000, 10_000],
+            &[0, 1000, 10_000],
+        ),
+        activator_counts: or(
+            args.activator_functions.clone(),
+            &[1000, 10_000],
+            &[1000, 10_000],
+        ),
+        idle_seconds: args.idle_seconds.max(1),
     };
     for scenario in scenarios {
         let result: anyhow::Result<Section> = match scenario {
@@ -242,6 +280,8 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
                 };
                 local::run(&config, &dir).await
             }
+            Scenario::ScaleOperator => scale::run_operator_scale(&scale_config, &dir).await,
+            Scenario::ScaleActivator => scale::run_activator_scale(&scale_config, &dir).await,
         };
         match result {
             Ok(section) => report.add(section),
