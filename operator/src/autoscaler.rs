@@ -157,10 +157,33 @@ fn watched_deployments(client: &Client, namespace: Option<&str>) -> (Store<Deplo
         keys::MANAGED_BY
     ));
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config))
+    let stream = reflector::reflector(writer, watcher(api, config).modify(keep_replicas))
         .default_backoff()
         .touched_objects();
     (store, WatchTask::spawn(stream))
+}
+
+/// Keeps of a Deployment only what [`targets`] reads (its name and namespace,
+/// `spec.replicas`, `status.readyReplicas`): the store holds one per Function, and its
+/// pod template, labels and managed fields would be most of the operator's memory.
+fn keep_replicas(deployment: &mut Deployment) {
+    let metadata = &mut deployment.metadata;
+    metadata.managed_fields = None;
+    metadata.annotations = None;
+    metadata.labels = None;
+    metadata.owner_references = None;
+    if let Some(spec) = deployment.spec.as_mut() {
+        *spec = k8s_openapi::api::apps::v1::DeploymentSpec {
+            replicas: spec.replicas,
+            ..Default::default()
+        };
+    }
+    if let Some(status) = deployment.status.as_mut() {
+        *status = k8s_openapi::api::apps::v1::DeploymentStatus {
+            ready_replicas: status.ready_replicas,
+            ..Default::default()
+        };
+    }
 }
 
 /// Every valid Function whose Deployment exists, with its policy and replicas.
@@ -192,4 +215,58 @@ fn targets(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use kube::api::ObjectMeta;
+    use zeroscale_api::FunctionSpec;
+
+    #[test]
+    fn a_stripped_deployment_gives_the_same_targets_and_keeps_no_pod_template() {
+        let mut function = Function::new("hello", FunctionSpec::with_image("example.com/a:1"));
+        function.metadata.namespace = Some("team".into());
+        let deployment = Deployment {
+            metadata: ObjectMeta {
+                name: Some("hello".into()),
+                namespace: Some("team".into()),
+                labels: Some([("a".to_owned(), "b".to_owned())].into()),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(3),
+                template: Default::default(),
+                min_ready_seconds: Some(5),
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                ready_replicas: Some(2),
+                replicas: Some(3),
+                ..Default::default()
+            }),
+        };
+        let targets_of = |deployment: &Deployment| {
+            let (store, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Apply(deployment.clone()));
+            let targets = targets(
+                &[Arc::new(function.clone())],
+                &[store],
+                &ScalingDefaults::default(),
+            );
+            targets
+                .iter()
+                .map(|t| (t.key.clone(), t.replicas))
+                .collect::<Vec<_>>()
+        };
+        let mut stripped = deployment.clone();
+        keep_replicas(&mut stripped);
+        assert_eq!(targets_of(&stripped), targets_of(&deployment));
+        assert_eq!(targets_of(&stripped).len(), 1);
+        assert_eq!(stripped.metadata.labels, None);
+        let spec = stripped.spec.expect("spec");
+        assert_eq!((spec.replicas, spec.min_ready_seconds), (Some(3), None));
+        assert_eq!(stripped.status.expect("status").replicas, None);
+    }
 }
