@@ -11,6 +11,7 @@ mod activator;
 mod burst;
 mod client;
 mod cold;
+mod instructions;
 mod local;
 mod memory;
 mod procs;
@@ -81,6 +82,9 @@ enum Scenario {
     /// `zeroscale dev`: hello's cold start with its process, and the autoscaler's
     /// answer to a load step.
     Local,
+    /// Instructions per request of the activator and nginx under callgrind, and of the
+    /// activator with many Functions routed.
+    Instructions,
 }
 
 /// Every knob; unset ones take the `all` or `smoke` default.
@@ -126,6 +130,14 @@ struct RunArgs {
     /// Memory: held requests [all: 10000; smoke: 200].
     #[arg(long)]
     held: Option<usize>,
+    /// Instructions: requests of the two runs whose difference is counted [all:
+    /// 2000,8000; smoke: 200,400].
+    #[arg(long, value_delimiter = ',')]
+    instruction_requests: Vec<usize>,
+    /// Instructions: Functions routed in the run that checks growth [all: 10000;
+    /// smoke: 100].
+    #[arg(long)]
+    routed: Option<usize>,
 }
 
 /// The kubelet's readiness probe period in the Deployments the operator makes
@@ -172,6 +184,7 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             Scenario::Burst,
             Scenario::Memory,
             Scenario::Local,
+            Scenario::Instructions,
         ]
     } else {
         args.only.clone()
@@ -183,7 +196,7 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/latest.json")
         }
     });
-    if scenarios.contains(&Scenario::Warm) {
+    if scenarios.contains(&Scenario::Warm) || scenarios.contains(&Scenario::Instructions) {
         tools::ensure(!args.no_install)?;
     }
     let dir = std::env::temp_dir().join(format!("zeroscale-bench-{}", std::process::id()));
@@ -241,6 +254,26 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
                     step_clients: args.step_clients.unwrap_or(pick(4, 2)).max(2),
                 };
                 local::run(&config, &dir).await
+            }
+            Scenario::Instructions => {
+                match or(
+                    args.instruction_requests.clone(),
+                    &[2000, 8000],
+                    &[200, 400],
+                )[..]
+                {
+                    [few, many] if few < many => {
+                        let config = instructions::InstructionsConfig {
+                            requests: [few, many],
+                            concurrency: 16,
+                            routed: args.routed.unwrap_or(pick(10_000, 100)),
+                        };
+                        instructions::run(&config, &dir).await
+                    }
+                    _ => Err(anyhow::anyhow!(
+                        "--instruction-requests takes two counts, fewer first"
+                    )),
+                }
             }
         };
         match result {
