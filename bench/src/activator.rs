@@ -312,11 +312,16 @@ impl ActivatorProcess {
 
     /// Sends one command and returns its reply.
     pub async fn command(&mut self, line: &str) -> anyhow::Result<String> {
+        self.command_within(line, Duration::from_secs(60)).await
+    }
+
+    /// [`ActivatorProcess::command`], waiting up to `within` for the reply.
+    pub async fn command_within(&mut self, line: &str, within: Duration) -> anyhow::Result<String> {
         self.stdin
             .write_all(format!("{line}\n").as_bytes())
             .await
             .context("writing to the activator")?;
-        let reply = tokio::time::timeout(Duration::from_secs(60), self.replies.recv())
+        let reply = tokio::time::timeout(within, self.replies.recv())
             .await
             .with_context(|| format!("the activator did not answer {line}"))?
             .context("the activator exited")?;

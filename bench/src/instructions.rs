@@ -35,6 +35,8 @@ pub struct InstructionsConfig {
 const FEW_ROUTED: usize = 10;
 /// Longest a process under valgrind may take to finish and write its counts.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest routing the Functions may take under valgrind.
+const ROUTING_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What runs under callgrind.
 #[derive(Clone, Copy, Debug)]
@@ -187,7 +189,9 @@ async fn count(
                 Runtime::PerCore,
             )
             .await?;
-            activator.command(&format!("fns routed {routed}")).await?;
+            activator
+                .command_within(&format!("fns routed {routed}"), ROUTING_TIMEOUT)
+                .await?;
             ab(activator.addr(), &host, config.concurrency, requests).await?;
             activator.finish(EXIT_TIMEOUT).await?;
         }
