@@ -12,6 +12,7 @@ mod apiserver;
 mod burst;
 mod client;
 mod cold;
+mod instructions;
 mod local;
 mod memory;
 mod procs;
@@ -88,6 +89,9 @@ enum Scenario {
     ScaleOperator,
     /// The activator binary's start-up with many Functions, likewise.
     ScaleActivator,
+    /// Instructions per request of the activator and nginx under callgrind, and of the
+    /// activator with many Functions routed.
+    Instructions,
 }
 
 /// Every knob; unset ones take the `all` or `smoke` default.
@@ -142,6 +146,14 @@ struct RunArgs {
     /// Scale: seconds of the operator's idle window [10].
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
+    /// Instructions: requests of the two runs whose difference is counted [all:
+    /// 2000,8000; smoke: 200,400].
+    #[arg(long, value_delimiter = ',')]
+    instruction_requests: Vec<usize>,
+    /// Instructions: Functions routed in the run that checks growth [all: 10000;
+    /// smoke: 100].
+    #[arg(long)]
+    routed: Option<usize>,
 }
 
 /// The kubelet's readiness probe period in the Deployments the operator makes
@@ -188,6 +200,7 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             Scenario::Burst,
             Scenario::Memory,
             Scenario::Local,
+            Scenario::Instructions,
         ]
         .into_iter()
         // The scale scenarios need the operator and activator binaries built; smoke
@@ -208,7 +221,7 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/latest.json")
         }
     });
-    if scenarios.contains(&Scenario::Warm) {
+    if scenarios.contains(&Scenario::Warm) || scenarios.contains(&Scenario::Instructions) {
         tools::ensure(!args.no_install)?;
     }
     let dir = std::env::temp_dir().join(format!("zeroscale-bench-{}", std::process::id()));
@@ -282,6 +295,26 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             }
             Scenario::ScaleOperator => scale::run_operator_scale(&scale_config, &dir).await,
             Scenario::ScaleActivator => scale::run_activator_scale(&scale_config, &dir).await,
+            Scenario::Instructions => {
+                match or(
+                    args.instruction_requests.clone(),
+                    &[2000, 8000],
+                    &[200, 400],
+                )[..]
+                {
+                    [few, many] if few < many => {
+                        let config = instructions::InstructionsConfig {
+                            requests: [few, many],
+                            concurrency: 16,
+                            routed: args.routed.unwrap_or(pick(10_000, 100)),
+                        };
+                        instructions::run(&config, &dir).await
+                    }
+                    _ => Err(anyhow::anyhow!(
+                        "--instruction-requests takes two counts, fewer first"
+                    )),
+                }
+            }
         };
         match result {
             Ok(section) => report.add(section),
