@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs what the benchmark runs besides itself, from apt: wrk (the load generator)
-# and nginx (the reference reverse proxy). Does nothing when both are present.
+# Installs what the benchmark runs besides itself, from apt: wrk and ab (the load
+# generators), nginx (the reference reverse proxy) and valgrind (instructions per
+# request). Does nothing when all are present.
 set -euo pipefail
 
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v ab >/dev/null 2>&1 || need+=(apache2-utils)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     need+=(nginx-light)
 fi

@@ -105,10 +105,12 @@ pub(crate) async fn apply_function_events(
                 continue;
             }
         };
-        // Applied as they arrive, relisted ones included: an update must not wait for
-        // the rest of a relist.
+        // Listed Functions take their settings at once but their routes only when the
+        // list is done: building the tables per Function made a list of n quadratic.
+        // Meanwhile the tables of the previous list keep routing.
         match &event {
-            Event::Apply(function) | Event::InitApply(function) => functions.apply(function),
+            Event::Apply(function) => functions.apply(function),
+            Event::InitApply(function) => functions.apply_listed(function),
             Event::Delete(function) => {
                 if let Some(key) = key_of(function) {
                     functions.remove(&key);
@@ -118,12 +120,11 @@ pub(crate) async fn apply_function_events(
         }
         let entry = |function: Function| Some((key_of(&function)?, ()));
         if let Some(before) = listed.on(event, entry) {
-            for gone in before
-                .keys()
-                .filter(|key| !listed.current.contains_key(key))
-            {
-                functions.remove(gone);
-            }
+            functions.finish_list(
+                before
+                    .keys()
+                    .filter(|key| !listed.current.contains_key(key)),
+            );
             if let Some(synced) = synced.take() {
                 synced();
             }

@@ -1,8 +1,10 @@
 //! Every Function the activator knows, as the request path needs it: the two routing
 //! tables (in-cluster and public callers), and per Function its settings, capacity and
 //! load counters. The control path (watches of Functions and EndpointSlices) calls
-//! [`Functions::apply`], [`Functions::remove`] and [`Functions::set_endpoints`]; the
-//! request path calls [`Functions::route`], which takes no lock.
+//! [`Functions::apply`], [`Functions::remove`] and [`Functions::set_endpoints`], and for
+//! a whole list [`Functions::apply_listed`] then [`Functions::finish_list`], which build
+//! the tables once instead of once per Function; the request path calls
+//! [`Functions::route`], which takes no lock.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -248,6 +250,8 @@ struct Control {
     routes: BTreeMap<FunctionKey, RouteSpec>,
     /// Endpoints that arrived before their Function.
     early_endpoints: BTreeMap<FunctionKey, EndpointSet>,
+    /// `routes` changed since the tables were last built (while a list is read).
+    routes_stale: bool,
 }
 
 impl Functions {
@@ -277,11 +281,43 @@ impl Functions {
 
     /// Adds or updates a Function from its resource.
     pub fn apply(&self, function: &Function) {
+        let mut control = self.control();
+        if self.update(&mut control, function) {
+            self.rebuild(&mut control);
+        }
+    }
+
+    /// Adds or updates a Function of a list being read, like [`Functions::apply`] but
+    /// for its route: the routing tables stay as they are until
+    /// [`Functions::finish_list`], so a list of n Functions builds them once, not n times.
+    /// Settings, limits and pods take effect at once.
+    pub fn apply_listed(&self, function: &Function) {
+        let mut control = self.control();
+        if self.update(&mut control, function) {
+            control.routes_stale = true;
+        }
+    }
+
+    /// Ends a list: forgets the Functions in `gone` (known before, missing from the list)
+    /// and rebuilds the routing tables once if anything listed or gone changed them.
+    pub fn finish_list<'a>(&self, gone: impl IntoIterator<Item = &'a FunctionKey>) {
+        let mut control = self.control();
+        for key in gone {
+            if self.forget(&mut control, key) {
+                control.routes_stale = true;
+            }
+        }
+        if control.routes_stale {
+            self.rebuild(&mut control);
+        }
+    }
+
+    /// Applies `function` to the control state; true when its route changed.
+    fn update(&self, control: &mut Control, function: &Function) -> bool {
         let Some(route) = RouteSpec::from_function(function) else {
-            return;
+            return false;
         };
         let (settings, limits) = Settings::from_function(function);
-        let mut control = self.control();
         let key = route.key.clone();
         let state = match control.states.get(&key) {
             Some(state) => {
@@ -303,19 +339,24 @@ impl Functions {
         let routes_changed = control.routes.get(&key) != Some(&route);
         if routes_changed {
             control.routes.insert(key, route);
-            self.rebuild(&control);
         }
+        routes_changed
     }
 
     /// Forgets a deleted Function; requests still waiting for it time out or finish.
     pub fn remove(&self, key: &FunctionKey) {
         let mut control = self.control();
+        if self.forget(&mut control, key) {
+            self.rebuild(&mut control);
+        }
+    }
+
+    /// Removes `key` from the control state; true when it had a route.
+    fn forget(&self, control: &mut Control, key: &FunctionKey) -> bool {
         control.states.remove(key);
         control.early_endpoints.remove(key);
         self.metrics.forget(key);
-        if control.routes.remove(key).is_some() {
-            self.rebuild(&control);
-        }
+        control.routes.remove(key).is_some()
     }
 
     /// Replaces a Function's pods, as its EndpointSlices now say.
@@ -334,7 +375,9 @@ impl Functions {
         self.control().states.values().cloned().collect()
     }
 
-    fn rebuild(&self, control: &Control) {
+    fn rebuild(&self, control: &mut Control) {
+        control.routes_stale = false;
+        let control = &*control;
         let routes = || {
             control.routes.iter().filter_map(|(key, route)| {
                 control
@@ -423,6 +466,47 @@ mod tests {
             functions.route(Listener::Cluster, "hello.team", "/").err(),
             Some(RouteError::UnknownHost)
         );
+    }
+
+    #[test]
+    fn a_listed_function_is_routed_once_the_list_is_finished_and_gone_ones_are_dropped() {
+        let functions = functions();
+        functions.apply(&function("old"));
+        let tables_before = functions.cluster.load_full();
+        functions.apply_listed(&function("a"));
+        functions.apply_listed(&function("b"));
+        assert!(
+            Arc::ptr_eq(&tables_before, &functions.cluster.load_full()),
+            "no table is built while the list is read"
+        );
+        assert!(functions.route(Listener::Cluster, "old.team", "/").is_ok());
+
+        functions.finish_list([&FunctionKey::new("team", "old")]);
+        for host in ["a.team", "b.team"] {
+            assert!(
+                functions.route(Listener::Cluster, host, "/").is_ok(),
+                "{host}"
+            );
+            let public = format!("{host}.fn.example.com");
+            assert!(
+                functions.route(Listener::Public, &public, "/").is_ok(),
+                "{public}"
+            );
+        }
+        assert_eq!(
+            functions.route(Listener::Cluster, "old.team", "/").err(),
+            Some(RouteError::UnknownHost)
+        );
+    }
+
+    #[test]
+    fn a_list_that_changes_no_route_builds_no_table() {
+        let functions = functions();
+        functions.apply(&function("a"));
+        let tables_before = functions.cluster.load_full();
+        functions.apply_listed(&function("a"));
+        functions.finish_list([]);
+        assert!(Arc::ptr_eq(&tables_before, &functions.cluster.load_full()));
     }
 
     #[test]

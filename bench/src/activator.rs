@@ -138,7 +138,9 @@ pub async fn run_process(
             Err(error) => println!("error {error:#}"),
         }
     }
-    Ok(())
+    // The listener threads serve until the process ends, which is now: returning would
+    // wait for them in the runtime's shutdown.
+    std::process::exit(0)
 }
 
 fn command(functions: &Functions, line: &str) -> anyhow::Result<String> {
@@ -205,7 +207,7 @@ fn set(functions: &Functions, name: &str, addrs: &[SocketAddr], state: EndpointS
 /// The bench's side of a `serve-activator` process: it sends commands and hears wakes.
 pub struct ActivatorProcess {
     /// Killed on drop.
-    _child: Child,
+    child: Child,
     pid: u32,
     addr: SocketAddr,
     stdin: ChildStdin,
@@ -230,6 +232,16 @@ impl ActivatorProcess {
         probe_period: Duration,
         runtime: Runtime,
     ) -> anyhow::Result<Self> {
+        Self::start_under(&[], upstream, probe_period, runtime).await
+    }
+
+    /// [`ActivatorProcess::start_with`] run by `wrapper` (e.g. valgrind) when not empty.
+    pub async fn start_under(
+        wrapper: &[String],
+        upstream: Option<SocketAddr>,
+        probe_period: Duration,
+        runtime: Runtime,
+    ) -> anyhow::Result<Self> {
         let mut args = vec![
             "serve-activator".to_owned(),
             "--probe-period-ms".to_owned(),
@@ -247,7 +259,7 @@ impl ActivatorProcess {
             addr,
             stdin,
             mut stdout,
-        } = procs::spawn_self(&args).await?;
+        } = procs::spawn_self_under(wrapper, &args).await?;
         let (reply, replies) = mpsc::unbounded_channel();
         let (wake, wakes) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -264,7 +276,7 @@ impl ActivatorProcess {
             }
         });
         Ok(Self {
-            _child: child,
+            child,
             pid,
             addr,
             stdin,
@@ -277,17 +289,39 @@ impl ActivatorProcess {
         self.addr
     }
 
+    /// Closes the activator's stdin, which ends it, and waits up to `within` for it to
+    /// exit (a wrapper such as valgrind writes its results then).
+    pub async fn finish(self, within: Duration) -> anyhow::Result<()> {
+        let Self {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .context("the activator did not exit")?
+            .context("waiting for the activator")?;
+        if !status.success() {
+            bail!("the activator exited with {status}");
+        }
+        Ok(())
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
     /// Sends one command and returns its reply.
     pub async fn command(&mut self, line: &str) -> anyhow::Result<String> {
+        self.command_within(line, Duration::from_secs(60)).await
+    }
+
+    /// [`ActivatorProcess::command`], waiting up to `within` for the reply.
+    pub async fn command_within(&mut self, line: &str, within: Duration) -> anyhow::Result<String> {
         self.stdin
             .write_all(format!("{line}\n").as_bytes())
             .await
             .context("writing to the activator")?;
-        let reply = tokio::time::timeout(Duration::from_secs(60), self.replies.recv())
+        let reply = tokio::time::timeout(within, self.replies.recv())
             .await
             .with_context(|| format!("the activator did not answer {line}"))?
             .context("the activator exited")?;

@@ -27,6 +27,9 @@ pub struct BurstConfig {
 
 /// Longest a whole burst may take.
 const BOUND: Duration = Duration::from_secs(120);
+/// The burst issue 19 sets a peak RSS target for, and the target.
+const PEAK_TARGET_REQUESTS: usize = 5000;
+const PEAK_TARGET_MIB: f64 = 100.0;
 
 #[derive(Clone, Debug, Serialize)]
 struct Outcome {
@@ -162,15 +165,23 @@ fn section(config: &BurstConfig, outcomes: &[Outcome]) -> Section {
                 outcome.all_answered_ms, outcome.after_listening_ms
             ),
         ));
-        rows.push(Row::info(
-            &section,
-            "activator peak RSS",
-            format!(
-                "{} (+{} over idle)",
-                kib(outcome.peak_kib as f64),
-                kib(outcome.peak_kib.saturating_sub(outcome.rss_before_kib) as f64)
-            ),
-        ));
+        let peak = format!(
+            "{} (+{} over idle)",
+            kib(outcome.peak_kib as f64),
+            kib(outcome.peak_kib.saturating_sub(outcome.rss_before_kib) as f64)
+        );
+        rows.push(if outcome.requests == PEAK_TARGET_REQUESTS {
+            Row::check(
+                &section,
+                "activator peak RSS",
+                outcome.peak_kib as f64,
+                peak,
+                Goal::AtMost(PEAK_TARGET_MIB * 1024.0),
+                format!("<= {PEAK_TARGET_MIB} MiB"),
+            )
+        } else {
+            Row::info(&section, "activator peak RSS", peak)
+        });
         if outcome.errors > 0 {
             hard_errors.push(format!(
                 "burst of {}: {} errors ({})",

@@ -8,15 +8,18 @@
 //!   as, so the activator and the upstream are processes of their own.
 
 mod activator;
+mod apiserver;
 mod burst;
 mod calls;
 mod client;
 mod cold;
 mod connections;
+mod instructions;
 mod local;
 mod memory;
 mod procs;
 mod report;
+mod scale;
 mod schedule;
 mod tools;
 mod upstream;
@@ -87,6 +90,14 @@ enum Scenario {
     Connections,
     /// Asynchronous calls on a local nats-server (not in `smoke`).
     Calls,
+    /// Growth with the number of Functions: the operator binary (built beside the
+    /// bench) against a mocked API server. Not part of `smoke`.
+    ScaleOperator,
+    /// The activator binary's start-up with many Functions, likewise.
+    ScaleActivator,
+    /// Instructions per request of the activator and nginx under callgrind, and of the
+    /// activator with many Functions routed.
+    Instructions,
 }
 
 /// Every knob; unset ones take the `all` or `smoke` default.
@@ -135,6 +146,23 @@ struct RunArgs {
     /// Connections: silent client connections held open [all: 8000; smoke: 500].
     #[arg(long)]
     silent_connections: Option<usize>,
+    /// Scale: Function counts for the operator [all and --only scale: 0,1000,10000].
+    #[arg(long, value_delimiter = ',')]
+    operator_functions: Vec<usize>,
+    /// Scale: Function counts for the activator [all and --only scale: 1000,10000].
+    #[arg(long, value_delimiter = ',')]
+    activator_functions: Vec<usize>,
+    /// Scale: seconds of the operator's idle window [10].
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
+    /// Instructions: requests of the two runs whose difference is counted [all:
+    /// 2000,8000; smoke: 200,400].
+    #[arg(long, value_delimiter = ',')]
+    instruction_requests: Vec<usize>,
+    /// Instructions: Functions routed in the run that checks growth [all: 10000;
+    /// smoke: 100].
+    #[arg(long)]
+    routed: Option<usize>,
 }
 
 /// The kubelet's readiness probe period in the Deployments the operator makes
@@ -182,9 +210,17 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             Scenario::Memory,
             Scenario::Connections,
             Scenario::Local,
+            Scenario::Instructions,
         ]
         .into_iter()
         .chain((!smoke).then_some(Scenario::Calls))
+        // The scale scenarios need the operator and activator binaries built; smoke
+        // runs without them.
+        .chain(if smoke {
+            Vec::new()
+        } else {
+            vec![Scenario::ScaleOperator, Scenario::ScaleActivator]
+        })
         .collect()
     } else {
         args.only.clone()
@@ -196,7 +232,7 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/latest.json")
         }
     });
-    if scenarios.contains(&Scenario::Warm) {
+    if scenarios.contains(&Scenario::Warm) || scenarios.contains(&Scenario::Instructions) {
         tools::ensure(!args.no_install)?;
     }
     let dir = std::env::temp_dir().join(format!("zeroscale-bench-{}", std::process::id()));
@@ -213,6 +249,19 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
         sections: BTreeMap::new(),
         rows: Vec::new(),
         hard_errors: Vec::new(),
+    };
+    let scale_config = scale::ScaleConfig {
+        operator_counts: or(
+            args.operator_functions.clone(),
+            &[0, 1000, 10_000],
+            &[0, 1000, 10_000],
+        ),
+        activator_counts: or(
+            args.activator_functions.clone(),
+            &[1000, 10_000],
+            &[1000, 10_000],
+        ),
+        idle_seconds: args.idle_seconds.max(1),
     };
     for scenario in scenarios {
         let result: anyhow::Result<Section> = match scenario {
@@ -268,6 +317,28 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
                     kill_calls: 10_000,
                 };
                 calls::run(&config).await
+            }
+            Scenario::ScaleOperator => scale::run_operator_scale(&scale_config, &dir).await,
+            Scenario::ScaleActivator => scale::run_activator_scale(&scale_config, &dir).await,
+            Scenario::Instructions => {
+                match or(
+                    args.instruction_requests.clone(),
+                    &[2000, 8000],
+                    &[200, 400],
+                )[..]
+                {
+                    [few, many] if few < many => {
+                        let config = instructions::InstructionsConfig {
+                            requests: [few, many],
+                            concurrency: 16,
+                            routed: args.routed.unwrap_or(pick(10_000, 100)),
+                        };
+                        instructions::run(&config, &dir).await
+                    }
+                    _ => Err(anyhow::anyhow!(
+                        "--instruction-requests takes two counts, fewer first"
+                    )),
+                }
             }
         };
         match result {

@@ -104,8 +104,8 @@ pub async fn run(config: &MemoryConfig) -> anyhow::Result<Section> {
             &format!("RSS per held request ({} held)", config.held),
             per_held,
             format!("{per_held:.1} KiB"),
-            Goal::AtMost(16.0),
-            "<= 16 KiB",
+            Goal::AtMost(12.0),
+            "<= 12 KiB",
         ),
     ];
     Ok(Section {

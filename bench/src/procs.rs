@@ -27,8 +27,21 @@ pub struct SelfChild {
 /// Starts `current_exe() args...` and waits for its `listening <addr>` line. The child
 /// is killed when the handle is dropped, and exits by itself when its stdin closes.
 pub async fn spawn_self(args: &[String]) -> anyhow::Result<SelfChild> {
+    spawn_self_under(&[], args).await
+}
+
+/// [`spawn_self`] run by `wrapper` (e.g. `valgrind --tool=callgrind`) when not empty.
+pub async fn spawn_self_under(wrapper: &[String], args: &[String]) -> anyhow::Result<SelfChild> {
     let exe = std::env::current_exe().context("finding the bench binary")?;
-    let mut child = Command::new(exe)
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut command = Command::new(program);
+            command.args(wrapper_args).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -3,7 +3,9 @@
 //! target, result) and writes the whole report as JSON so a later run can be compared.
 //!
 //! A new scenario (the autoscaler's decision latency, say) returns one more `Section`;
-//! nothing else changes.
+//! nothing else changes. A row with a target is [`Row::check`] (measured value, how it
+//! reads, [`Goal`], how the target reads): the table shows it PASS or MISS with how far
+//! off; a row without one is [`Row::info`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

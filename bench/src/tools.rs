@@ -1,5 +1,5 @@
-//! The peers the bench runs: wrk, the load generator, and nginx, the reference reverse
-//! proxy. Both come from apt (`bench/install-tools.sh`, which the bench runs itself
+//! The peers the bench runs: wrk and ab, the load generators, nginx, the reference
+//! reverse proxy, and valgrind, which counts instructions. All come from apt (`bench/install-tools.sh`, which the bench runs itself
 //! when they are missing and it may).
 
 use std::net::SocketAddr;
@@ -30,13 +30,15 @@ fn find_program(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// Makes sure wrk and nginx are there: installs them with `install-tools.sh` when
+/// Makes sure wrk, ab, valgrind and nginx are there: installs them with `install-tools.sh` when
 /// `install` allows, else says how to.
 pub fn ensure(install: bool) -> anyhow::Result<()> {
     let missing = || {
         let mut missing = Vec::new();
-        if find_program("wrk").is_none() {
-            missing.push("wrk");
+        for program in ["wrk", "ab", "valgrind"] {
+            if find_program(program).is_none() {
+                missing.push(program);
+            }
         }
         if nginx_binary().is_none() {
             missing.push("nginx");
@@ -48,13 +50,13 @@ pub fn ensure(install: bool) -> anyhow::Result<()> {
     }
     if !install {
         bail!(
-            "missing {}: run bench/install-tools.sh (apt-get install wrk nginx-light)",
-            missing().join(" and ")
+            "missing {}: run bench/install-tools.sh (apt-get install wrk apache2-utils valgrind nginx-light)",
+            missing().join(", ")
         );
     }
     eprintln!(
         "installing {} (bench/install-tools.sh)",
-        missing().join(" and ")
+        missing().join(", ")
     );
     let status = std::process::Command::new("bash")
         .arg("-c")
@@ -64,7 +66,7 @@ pub fn ensure(install: bool) -> anyhow::Result<()> {
     if !status.success() || !missing().is_empty() {
         bail!(
             "could not install {}: run bench/install-tools.sh as root",
-            missing().join(" and ")
+            missing().join(", ")
         );
     }
     Ok(())
@@ -105,6 +107,17 @@ pub struct Nginx {
 
 impl Nginx {
     pub async fn start(upstream: SocketAddr, workers: usize, dir: &Path) -> anyhow::Result<Self> {
+        Self::start_under(&[], upstream, Some(workers), dir).await
+    }
+
+    /// [`Nginx::start`] run by `wrapper` (e.g. valgrind) when not empty; with `workers`
+    /// `None`, one process serves without a master (what valgrind can follow).
+    pub async fn start_under(
+        wrapper: &[String],
+        upstream: SocketAddr,
+        workers: Option<usize>,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let binary = nginx_binary().context("nginx is not installed")?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let port = procs::free_port()?;
@@ -113,7 +126,15 @@ impl Nginx {
         let config_path = dir.join("nginx.conf");
         std::fs::write(&config_path, config).context("writing nginx.conf")?;
         let error_log = dir.join("error.log");
-        let child = Command::new(binary)
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("-p")
             .arg(dir)
             .arg("-e")
@@ -141,9 +162,18 @@ impl Nginx {
     }
 
     /// Stops nginx the way it expects (TERM to the master, which ends its workers).
-    pub async fn stop(mut self) {
-        let _ = procs::signal(self.pid, "TERM");
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    pub async fn stop(self) {
+        let _ = self.stop_within(Duration::from_secs(5)).await;
+    }
+
+    /// [`Nginx::stop`], failing unless nginx exits within `within`.
+    pub async fn stop_within(mut self, within: Duration) -> anyhow::Result<()> {
+        procs::signal(self.pid, "TERM")?;
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .context("nginx did not exit")?
+            .context("waiting for nginx")?;
+        Ok(())
     }
 }
 
@@ -159,11 +189,15 @@ impl Drop for Nginx {
 /// The configuration: `worker_processes` as given (the activator's worker threads),
 /// upstream keep-alive over HTTP/1.1 with `Connection` cleared, no access log, and the
 /// same forwarding headers the activator sets.
-fn config(upstream: SocketAddr, listen: SocketAddr, workers: usize, dir: &Path) -> String {
+fn config(upstream: SocketAddr, listen: SocketAddr, workers: Option<usize>, dir: &Path) -> String {
     let dir = dir.display();
+    let (master, workers) = match workers {
+        Some(workers) => ("on", workers),
+        None => ("off", 1),
+    };
     format!(
         r#"daemon off;
-master_process on;
+master_process {master};
 worker_processes {workers};
 worker_rlimit_nofile 20000;
 pid {dir}/nginx.pid;
@@ -334,7 +368,7 @@ mod tests {
         let config = config(
             SocketAddr::from(([127, 0, 0, 1], 1)),
             SocketAddr::from(([127, 0, 0, 1], 2)),
-            2,
+            Some(2),
             Path::new("/tmp/x"),
         );
         assert!(config.contains("worker_processes 2;"));

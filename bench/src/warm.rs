@@ -274,10 +274,13 @@ fn checks(
             Goal::AtLeast(1.0),
             ">= 1.00x",
         ),
-        Row::info(
+        Row::check(
             section,
             &format!("{label}/nginx cpu per request"),
+            cpu_vs_nginx,
             format!("{cpu_vs_nginx:.2}x"),
+            Goal::AtMost(1.0),
+            "<= 1.00x",
         ),
     ];
     if concurrency == 64 {

@@ -6,7 +6,8 @@
 mod backlog;
 mod stats;
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -108,7 +109,18 @@ struct KubeRuntime {
     deployments: Vec<Store<Deployment>>,
     /// The watches feeding `deployments`, stopped with the loop.
     _watches: Vec<WatchTask>,
+    /// Each Function's policy as last read from its spec, so an unchanged spec is not
+    /// validated and read again every tick.
+    policies: Mutex<Policies>,
 }
+
+/// Policies by Function, each with the uid and generation of the spec it was read from;
+/// `None` for a spec that does not validate.
+type Policies = HashMap<FunctionKey, (SpecVersion, Option<ScalingPolicy>)>;
+
+/// Which spec a policy was read from: the Function's uid (a Function deleted and made
+/// again starts at generation 1 again) and generation.
+type SpecVersion = (Option<String>, i64);
 
 impl KubeRuntime {
     /// Starts watching zeroscale's Deployments in each of `namespaces` (all namespaces
@@ -126,16 +138,19 @@ impl KubeRuntime {
             ctx,
             deployments,
             _watches: watches,
+            policies: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl Runtime for KubeRuntime {
     fn targets(&self) -> Vec<Target> {
+        let mut policies = self.policies.lock().unwrap_or_else(PoisonError::into_inner);
         targets(
             &self.ctx.functions.all(),
             &self.deployments,
             &self.ctx.defaults,
+            &mut policies,
         )
     }
 
@@ -172,24 +187,53 @@ fn watched_deployments(client: &Client, namespace: Option<&str>) -> (Store<Deplo
         keys::MANAGED_BY
     ));
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config))
+    let stream = reflector::reflector(writer, watcher(api, config).modify(keep_replicas))
         .default_backoff()
         .touched_objects();
     (store, WatchTask::spawn(stream))
 }
 
-/// Every valid Function whose Deployment exists, with its policy and replicas.
+/// Keeps of a Deployment only what [`targets`] reads (its name and namespace,
+/// `spec.replicas`, `status.readyReplicas`): the store holds one per Function, and its
+/// pod template, labels and managed fields would be most of the operator's memory.
+fn keep_replicas(deployment: &mut Deployment) {
+    let metadata = &mut deployment.metadata;
+    metadata.managed_fields = None;
+    metadata.annotations = None;
+    metadata.labels = None;
+    metadata.owner_references = None;
+    if let Some(spec) = deployment.spec.as_mut() {
+        *spec = k8s_openapi::api::apps::v1::DeploymentSpec {
+            replicas: spec.replicas,
+            ..Default::default()
+        };
+    }
+    if let Some(status) = deployment.status.as_mut() {
+        *status = k8s_openapi::api::apps::v1::DeploymentStatus {
+            ready_replicas: status.ready_replicas,
+            ..Default::default()
+        };
+    }
+}
+
+/// Every valid Function whose Deployment exists, with its policy and replicas. Reads
+/// a Function's policy from its spec only when `policies` has none for its uid and
+/// generation; forgets the policies of Functions no longer given.
 fn targets(
     functions: &[Arc<Function>],
     deployments: &[Store<Deployment>],
     defaults: &ScalingDefaults,
+    policies: &mut Policies,
 ) -> Vec<Target> {
-    functions
+    let mut seen = HashSet::with_capacity(functions.len());
+    let targets = functions
         .iter()
         .filter_map(|function| {
-            let durations = function.spec.validate().ok()?;
             let namespace = function.namespace()?;
             let name = function.name_any();
+            let function_key = FunctionKey::new(namespace.clone(), name.clone());
+            seen.insert(function_key.clone());
+            let policy = policy(function, &function_key, defaults, policies)?;
             let key = ObjectRef::new(&name).within(&namespace);
             let deployment = deployments.iter().find_map(|store| store.get(&key))?;
             let replicas = Replicas {
@@ -201,11 +245,127 @@ fn targets(
                     .unwrap_or(0),
             };
             Some(Target {
-                key: FunctionKey::new(namespace, name),
-                policy: ScalingPolicy::from_spec(&function.spec.scaling, &durations, defaults),
+                key: function_key,
+                policy,
                 replicas,
                 resources: PodResources::from_requirements(function.spec.resources.as_ref()),
             })
         })
-        .collect()
+        .collect();
+    policies.retain(|key, _| seen.contains(key));
+    targets
+}
+
+/// `function`'s policy, from `policies` when its spec is the one read last time; None
+/// when its spec does not validate.
+fn policy(
+    function: &Function,
+    key: &FunctionKey,
+    defaults: &ScalingDefaults,
+    policies: &mut Policies,
+) -> Option<ScalingPolicy> {
+    let read = || {
+        let durations = function.spec.validate().ok()?;
+        Some(ScalingPolicy::from_spec(
+            &function.spec.scaling,
+            &durations,
+            defaults,
+        ))
+    };
+    // Without a generation (never from an API server) there is nothing to key on.
+    let Some(generation) = function.metadata.generation else {
+        return read();
+    };
+    let version = (function.metadata.uid.clone(), generation);
+    match policies.get(key) {
+        Some((read_from, policy)) if *read_from == version => policy.clone(),
+        _ => {
+            let policy = read();
+            policies.insert(key.clone(), (version, policy.clone()));
+            policy
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use kube::api::ObjectMeta;
+    use zeroscale_api::FunctionSpec;
+
+    #[test]
+    fn a_stripped_deployment_gives_the_same_targets_and_keeps_no_pod_template() {
+        let mut function = Function::new("hello", FunctionSpec::with_image("example.com/a:1"));
+        function.metadata.namespace = Some("team".into());
+        let deployment = Deployment {
+            metadata: ObjectMeta {
+                name: Some("hello".into()),
+                namespace: Some("team".into()),
+                labels: Some([("a".to_owned(), "b".to_owned())].into()),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(3),
+                template: Default::default(),
+                min_ready_seconds: Some(5),
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                ready_replicas: Some(2),
+                replicas: Some(3),
+                ..Default::default()
+            }),
+        };
+        let targets_of = |deployment: &Deployment| {
+            let (store, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Apply(deployment.clone()));
+            let targets = targets(
+                &[Arc::new(function.clone())],
+                &[store],
+                &ScalingDefaults::default(),
+                &mut Policies::new(),
+            );
+            targets
+                .iter()
+                .map(|t| (t.key.clone(), t.replicas))
+                .collect::<Vec<_>>()
+        };
+        let mut stripped = deployment.clone();
+        keep_replicas(&mut stripped);
+        assert_eq!(targets_of(&stripped), targets_of(&deployment));
+        assert_eq!(targets_of(&stripped).len(), 1);
+        assert_eq!(stripped.metadata.labels, None);
+        let spec = stripped.spec.expect("spec");
+        assert_eq!((spec.replicas, spec.min_ready_seconds), (Some(3), None));
+        assert_eq!(stripped.status.expect("status").replicas, None);
+    }
+
+    #[test]
+    fn a_policy_is_read_again_only_when_the_spec_changes_and_forgotten_with_its_function() {
+        let mut function = Function::new("hello", FunctionSpec::with_image("example.com/a:1"));
+        function.metadata.namespace = Some("team".into());
+        function.metadata.uid = Some("uid-1".into());
+        function.metadata.generation = Some(1);
+        let key = FunctionKey::new("team", "hello");
+        let defaults = ScalingDefaults::default();
+        let mut policies = Policies::new();
+        let first = policy(&function, &key, &defaults, &mut policies).expect("a policy");
+
+        // A cached policy is returned as cached: a spec edited without a new generation
+        // (which no API server does) shows that it was not read again.
+        function.spec.scaling.max_replicas = 3;
+        assert_eq!(
+            policy(&function, &key, &defaults, &mut policies),
+            Some(first.clone())
+        );
+        function.metadata.generation = Some(2);
+        let changed = policy(&function, &key, &defaults, &mut policies).expect("a policy");
+        assert_ne!(changed, first);
+        assert_eq!(changed.max_replicas, 3);
+
+        let (store, _writer) = reflector::store::<Deployment>();
+        targets(&[], &[store], &defaults, &mut policies);
+        assert!(policies.is_empty(), "forgotten with its Function");
+    }
 }

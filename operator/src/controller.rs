@@ -25,6 +25,7 @@ use zeroscale_api::routing::{Conflict, Domains, RouteSpec, RoutingTable, normali
 use zeroscale_api::{Function, FunctionStatus, keys};
 use zeroscale_autoscaler::ScalingPolicy;
 
+use crate::backlog::{BACKLOG_PERMITS, Backlog};
 use crate::gateway::{self, GatewayConfig, HTTPRoute, Route};
 use crate::metrics::Metrics;
 use crate::replicas::{self, ReplicaWriter};
@@ -69,6 +70,8 @@ pub struct Context {
     /// Whether the operator has a NATS server: without one, Functions with queue
     /// triggers are refused with `NatsNotConfigured`.
     nats: bool,
+    /// Paces the start-up reconciles of Functions that were already up to date.
+    backlog: Backlog,
 }
 
 /// A Function's children as the reconciler last left them.
@@ -92,6 +95,7 @@ impl Context {
             children: Mutex::new(HashMap::new()),
             watched: Arc::default(),
             nats: false,
+            backlog: Backlog::new(BACKLOG_PERMITS),
         }
     }
 
@@ -255,6 +259,10 @@ where
 
 /// Reconciles one Function and records the outcome in the metrics.
 pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Action> {
+    let first_in_process = !ctx
+        .children()
+        .contains_key(&ObjectRef::from_obj(&*function));
+    let _turn = ctx.backlog.admit(&function, first_in_process).await;
     let started = Instant::now();
     let span = tracing::info_span!("reconcile", function = %ObjectRef::from_obj(&*function));
     let outcome = reconcile_function(&function, &ctx).instrument(span).await;

@@ -7,6 +7,7 @@
 //! `zeroscale-admin`.
 
 pub mod autoscaler;
+mod backlog;
 pub mod console;
 pub mod controller;
 pub mod crd;

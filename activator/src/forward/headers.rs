@@ -15,12 +15,14 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 pub(super) const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub(super) const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+const HOP_BY_HOP_COUNT: usize = 6;
+
 /// Headers about one connection rather than the message, removed on every hop besides
 /// those `Connection` lists: the ones RFC 9110 (section 7.6.1) names, and, as most
 /// proxies do, `Trailer` and the proxy credentials and challenges, which are meant for a
 /// proxy and not for the Function. `TE` and `Upgrade` are handled apart: `TE: trailers`
 /// and the `Upgrade` of an upgrade request carry on.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
@@ -39,22 +41,45 @@ pub(super) enum Message {
 /// Removes hop-by-hop headers. `upgrade` keeps `Upgrade` and leaves `Connection:
 /// upgrade` as the only connection option.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, message: Message, upgrade: bool) {
-    let te_trailers = message == Message::Request
+    // One pass over the names finds which of these the message has (most have none, or
+    // only `Connection`), so only those are looked up and removed: each removal hashes
+    // its name, present or not.
+    let (mut connection, mut te, mut upgrade_header) = (false, false, false);
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::TE {
+            te = true;
+        } else if name == header::UPGRADE {
+            upgrade_header = true;
+        } else if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[index] = true;
+        }
+    }
+    let te_trailers = te
+        && message == Message::Request
         && headers
             .get_all(header::TE)
             .iter()
             .any(|te| has_token(te, "trailers"));
-    remove_connection_options(headers, upgrade);
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if connection {
+        remove_connection_options(headers, upgrade);
     }
-    headers.remove(header::TE);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
+    }
+    if te {
+        headers.remove(header::TE);
+    }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade_header {
         headers.remove(header::UPGRADE);
     }
 }
