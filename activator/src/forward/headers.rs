@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::Version;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -150,15 +150,27 @@ pub(super) fn join_cookies(headers: &mut HeaderMap) {
 /// Appends the client's IP to `X-Forwarded-For`, joining earlier lines into one.
 fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let mut value = Vec::with_capacity(64);
-    for earlier in headers.get_all(X_FORWARDED_FOR) {
-        value.extend_from_slice(earlier.as_bytes());
-        value.extend_from_slice(b", ");
+    // One lookup for both reading the earlier lines and replacing them.
+    let entry = headers.entry(X_FORWARDED_FOR);
+    if let Entry::Occupied(earlier) = &entry {
+        for earlier in earlier.iter() {
+            value.extend_from_slice(earlier.as_bytes());
+            value.extend_from_slice(b", ");
+        }
     }
     // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d; say a.b.c.d.
     // Writing to a Vec cannot fail.
     let _ = write!(value, "{}", client.to_canonical());
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(X_FORWARDED_FOR, value);
+    let Ok(value) = HeaderValue::try_from(value) else {
+        return;
+    };
+    match entry {
+        Entry::Occupied(mut earlier) => {
+            earlier.insert(value);
+        }
+        Entry::Vacant(vacant) => {
+            vacant.insert(value);
+        }
     }
 }
 
@@ -168,20 +180,22 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
 /// TLS, knows the client's scheme and host better.
 pub(super) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &str) {
     append_forwarded_for(headers, client);
-    if !headers.contains_key(X_FORWARDED_PROTO) {
+    let host = headers.get(header::HOST).cloned();
+    // `entry` looks each name up once for both the check and the insert.
+    if let Entry::Vacant(vacant) = headers.entry(X_FORWARDED_PROTO) {
         let proto = match scheme {
             "http" => Some(HeaderValue::from_static("http")),
             "https" => Some(HeaderValue::from_static("https")),
             other => HeaderValue::from_str(other).ok(),
         };
         if let Some(proto) = proto {
-            headers.insert(X_FORWARDED_PROTO, proto);
+            vacant.insert(proto);
         }
     }
-    if !headers.contains_key(X_FORWARDED_HOST)
-        && let Some(host) = headers.get(header::HOST).cloned()
+    if let Some(host) = host
+        && let Entry::Vacant(vacant) = headers.entry(X_FORWARDED_HOST)
     {
-        headers.insert(X_FORWARDED_HOST, host);
+        vacant.insert(host);
     }
 }
 
