@@ -9,6 +9,7 @@
 pub mod conditions;
 pub mod duration;
 pub mod function;
+pub mod gateway;
 pub mod keys;
 pub mod names;
 pub mod routing;
