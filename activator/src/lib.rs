@@ -4,14 +4,20 @@
 //! (bounded queue with a deadline while the Function is at zero or its pods are full) ->
 //! pick a pod (least loaded, per-pod concurrency) -> forward (pooled client, streaming
 //! bodies).
+pub mod access;
 pub mod body;
 pub(crate) mod capacity;
 pub mod cluster;
+pub(crate) mod cors;
 pub mod endpoints;
 pub(crate) mod errors;
 pub mod forward;
 pub mod functions;
+pub mod gateway;
 pub mod metrics;
+pub mod otlp;
 pub mod probe;
+pub(crate) mod ratelimit;
 pub mod server;
+pub(crate) mod trace;
 pub mod wake;

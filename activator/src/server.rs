@@ -22,8 +22,10 @@ use crate::capacity::{CapacityError, Permit, Queued};
 use crate::errors::ActivatorError;
 use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent};
 use crate::functions::{FunctionState, Functions, Listener};
+use crate::gateway::{Gateway, Observed};
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeConfig};
+use crate::ratelimit::ClientIdentity;
 use crate::wake::Wake;
 
 /// Responses of the activator: the pod's, holding its slot, or the activator's own.
@@ -39,6 +41,7 @@ pub struct Activator {
     wake: Arc<dyn Wake>,
     probe: ProbeConfig,
     metrics: Metrics,
+    gateway: Gateway,
 }
 
 impl Activator {
@@ -55,7 +58,14 @@ impl Activator {
             wake,
             probe,
             metrics,
+            gateway: Gateway::default(),
         }
+    }
+
+    /// Sets the gateway steps' replicas, span export and access log.
+    pub fn with_gateway(mut self, gateway: Gateway) -> Self {
+        self.gateway = gateway;
+        self
     }
 
     /// Answers one request that came in on `listener` from `client` over `scheme`, on a
@@ -63,7 +73,7 @@ impl Activator {
     /// pod its requests go to.
     pub(crate) async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         listener: Listener,
         client: SocketAddr,
         scheme: &'static str,
@@ -80,9 +90,26 @@ impl Activator {
             Ok(function) => function,
             Err(error) => return self.refuse(ActivatorError::from(error)),
         };
+        // The auth step fills in the API key and subject it verified.
+        let identity = ClientIdentity {
+            address: client.ip(),
+            api_key: None,
+            subject: None,
+        };
+        let admitted = match self.gateway.admit(&function, &mut request, &identity) {
+            Ok(admitted) => admitted,
+            Err(answered) => {
+                if let Some(label) = answered.error_label {
+                    self.metrics.errors.with_label_values(&[label]).inc();
+                }
+                function.metrics.count_response(answered.response.status());
+                return answered.response;
+            }
+        };
         function.count_request();
-        let response = match self
-            .dispatch(&function, request, client, scheme, arrived, affinity)
+        let mut observed = Observed::new(arrived);
+        let mut response = match self
+            .dispatch(&function, request, client, scheme, affinity, &mut observed)
             .await
         {
             Ok(response) => response,
@@ -96,6 +123,8 @@ impl Activator {
             .metrics
             .request_duration
             .observe(arrived.elapsed().as_secs_f64());
+        self.gateway
+            .finish(admitted, &function, &mut response, &observed);
         response
     }
 
@@ -107,9 +136,10 @@ impl Activator {
         request: Request<Incoming>,
         client: SocketAddr,
         scheme: &'static str,
-        arrived: Instant,
         affinity: &Affinity,
+        observed: &mut Observed,
     ) -> Result<ActivatorResponse, ActivatorError> {
+        let arrived = observed.arrived;
         let settings = function.settings();
         // One deadline from arrival bounds waiting for a pod and waiting for the pod's
         // response headers, across every attempt; a streaming body then runs on.
@@ -120,10 +150,11 @@ impl Activator {
         }
         let deadline = (arrived + settings.max_queue_wait).min(ends);
         let near = affinity.pod();
-        let mut permit = self.acquire(function, deadline, near).await?;
+        let mut permit = self.acquire(function, deadline, near, observed).await?;
         let mut attempt = 1;
         loop {
             let pod = permit.addr();
+            observed.pod = Some(pod);
             let protocol = permit.protocol();
             let remaining = ends.saturating_duration_since(Instant::now());
             // Boxed: the exchange's state is large, and a request held at zero should
@@ -147,7 +178,7 @@ impl Activator {
                     function.mark_unreachable(pod);
                     drop(guard);
                     outbound = request;
-                    permit = self.acquire(function, deadline, near).await?;
+                    permit = self.acquire(function, deadline, near, observed).await?;
                     attempt += 1;
                 }
                 Err(failed) => return Err(failed.into()),
@@ -168,6 +199,7 @@ impl Activator {
         function: &Arc<FunctionState>,
         deadline: Instant,
         near: Option<SocketAddr>,
+        observed: &mut Observed,
     ) -> Result<Permit, ActivatorError> {
         let started = Instant::now();
         let mut waited = None;
@@ -187,10 +219,12 @@ impl Activator {
                 }
             })?;
         if let Some(queued) = waited {
-            let wait = started.elapsed().as_secs_f64();
-            function.metrics.queue_wait.observe(wait);
+            let wait = started.elapsed();
+            function.metrics.queue_wait.observe(wait.as_secs_f64());
+            observed.queue_wait = Some(wait);
             if queued == Queued::FirstWithNoPods {
-                function.metrics.cold_start.observe(wait);
+                function.metrics.cold_start.observe(wait.as_secs_f64());
+                observed.cold_start = true;
             }
         }
         Ok(permit)

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use zeroscale_activator::endpoints::{EndpointSet, EndpointState, PodEndpoint, PodProtocol};
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::gateway::Gateway;
 use zeroscale_activator::metrics::Metrics;
 use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
@@ -79,10 +80,11 @@ impl Wake for RecordingWake {
 }
 
 /// What the harness's activator runs with.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     pub limits: ServerLimits,
     pub probe: ProbeConfig,
+    pub gateway: Gateway,
 }
 
 impl Default for Options {
@@ -96,6 +98,7 @@ impl Default for Options {
                 period: Duration::from_millis(10),
                 timeout: Duration::from_millis(500),
             },
+            gateway: Gateway::default(),
         }
     }
 }
@@ -130,16 +133,19 @@ impl Harness {
             metrics.clone(),
         ));
         let (wake, wakes) = mpsc::unbounded_channel();
-        let activator = Arc::new(Activator::new(
-            Arc::clone(&functions),
-            Forwarder::new(&ForwarderConfig {
-                connect_timeout: Duration::from_secs(1),
-                ..ForwarderConfig::default()
-            }),
-            Arc::new(RecordingWake(wake)),
-            options.probe,
-            metrics.clone(),
-        ));
+        let activator = Arc::new(
+            Activator::new(
+                Arc::clone(&functions),
+                Forwarder::new(&ForwarderConfig {
+                    connect_timeout: Duration::from_secs(1),
+                    ..ForwarderConfig::default()
+                }),
+                Arc::new(RecordingWake(wake)),
+                options.probe,
+                metrics.clone(),
+            )
+            .with_gateway(options.gateway),
+        );
         let (stop, _) = watch::channel(false);
         let mut harness = Self {
             functions,
