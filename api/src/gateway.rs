@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn rate_limit_needs_a_rate_and_a_header_name_for_by_header() {
         assert_eq!(limit().validate(), Ok(()));
-        let empty = RateLimit::default().validate().unwrap_err();
+        let empty = RateLimit::default().validate().expect_err("invalid");
         assert_eq!(empty.field, "spec.requests.rateLimit");
 
         let mut by_header = limit();
@@ -268,7 +268,7 @@ mod tests {
             requests_per_second: 1.0,
             burst: None,
         });
-        let missing = by_header.validate().unwrap_err();
+        let missing = by_header.validate().expect_err("invalid");
         assert_eq!(missing.field, "spec.requests.rateLimit.perClient.header");
         if let Some(client) = &mut by_header.per_client {
             client.header = Some("X-Client-Id".into());
@@ -280,7 +280,7 @@ mod tests {
             ..RateLimit::default()
         };
         assert_eq!(
-            zero.validate().unwrap_err().field,
+            zero.validate().expect_err("invalid").field,
             "spec.requests.rateLimit.requestsPerSecond"
         );
     }
@@ -297,13 +297,13 @@ mod tests {
         let mut credentials = cors(&["*"]);
         credentials.allow_credentials = true;
         assert_eq!(
-            credentials.validate().unwrap_err().field,
+            credentials.validate().expect_err("invalid").field,
             "spec.routing.cors.allowOrigins"
         );
         let mut bad_age = cors(&["*"]);
         bad_age.max_age = Some("soon".into());
         assert_eq!(
-            bad_age.validate().unwrap_err().field,
+            bad_age.validate().expect_err("invalid").field,
             "spec.routing.cors.maxAge"
         );
     }
