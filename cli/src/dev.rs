@@ -18,9 +18,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use zeroscale_activator::access::AccessLog;
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::gateway::Gateway;
 use zeroscale_activator::metrics::Metrics;
+use zeroscale_activator::otlp::SpanExporter;
 use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_admin::process;
@@ -63,6 +66,15 @@ pub struct DevConfig {
     /// After Ctrl-C or SIGTERM: longest to wait for requests in flight and held.
     #[arg(long, default_value = "10s", value_parser = zeroscale_api::duration::parse)]
     pub drain_period: Duration,
+    /// OTLP/HTTP endpoint to export spans to, such as `http://127.0.0.1:4318`.
+    #[arg(long, env = "ZEROSCALE_OTLP_ENDPOINT", hide_env_values = true)]
+    pub otlp_endpoint: Option<http::Uri>,
+    /// Print one JSON access log line per request.
+    #[arg(long)]
+    pub access_log: bool,
+    /// Share of requests the access log covers, from 0 to 1.
+    #[arg(long, default_value_t = 1.0)]
+    pub access_log_sample_rate: f64,
 }
 
 /// The domain under which every Function is reachable: `<fn>.<ns>.localhost`, which
@@ -86,13 +98,29 @@ pub async fn run(config: DevConfig) -> Result<()> {
         metrics.clone(),
     ));
     let runtime = Arc::new(ProcessRuntime::new(Arc::clone(&functions)));
-    let activator = Arc::new(Activator::new(
-        Arc::clone(&functions),
-        Forwarder::new(&ForwarderConfig::default()),
-        Arc::clone(&runtime) as Arc<dyn zeroscale_activator::wake::Wake>,
-        ProbeConfig::default(),
-        metrics.clone(),
-    ));
+    let activator = Arc::new(
+        Activator::new(
+            Arc::clone(&functions),
+            Forwarder::new(&ForwarderConfig::default()),
+            Arc::clone(&runtime) as Arc<dyn zeroscale_activator::wake::Wake>,
+            ProbeConfig::default(),
+            metrics.clone(),
+        )
+        .with_gateway(Gateway {
+            replicas: 1,
+            spans: config
+                .otlp_endpoint
+                .as_ref()
+                .map(SpanExporter::start)
+                .transpose()
+                .map_err(Error::OtlpEndpoint)?,
+            access_log: config
+                .access_log
+                .then(|| AccessLog::to_stdout(config.access_log_sample_rate))
+                .transpose()
+                .map_err(Error::AccessLog)?,
+        }),
+    );
 
     let listener = server::bind(config.listen).map_err(|source| Error::Bind {
         address: config.listen,

@@ -34,6 +34,10 @@ pub enum Error {
     State(#[from] zeroscale_cli::cluster::Error),
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("--otlp-endpoint: {0}")]
+    OtlpEndpoint(http::Error),
+    #[error("starting the access log writer: {0}")]
+    AccessLog(std::io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
