@@ -1,6 +1,7 @@
 //! The zeroscale activator: every request to a Function passes through it. The pipeline,
 //! one module per step: route (Host and path to a Function, by the rules in
-//! `zeroscale_api::routing`) -> count (stats for the autoscaler) -> wait for capacity
+//! `zeroscale_api::routing`) -> gateway (CORS preflights answered, rate limits, trace
+//! context; see `gateway`) -> count (stats for the autoscaler) -> wait for capacity
 //! (bounded queue with a deadline while the Function is at zero or its pods are full) ->
 //! pick a pod (least loaded, per-pod concurrency) -> forward (pooled client, streaming
 //! bodies).
