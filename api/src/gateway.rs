@@ -2,6 +2,7 @@
 //! a pod: rate limits (`spec.requests.rateLimit`) and CORS (`spec.routing.cors`), with
 //! their checks. Both are off when left out.
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +31,12 @@ pub struct RateLimit {
 }
 
 /// A limit each caller gets on its own.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(test, x_kube(cel))]
+#[x_kube(
+    validation = Rule::new("has(self.header) == (self.by == 'header')").message("rateLimit.perClient.header names the header with by: header, and only then")
+)]
 pub struct PerClientRateLimit {
     /// What tells callers apart.
     pub by: ClientKey,
@@ -69,8 +74,12 @@ pub enum ClientKey {
 
 /// Which browser origins may call the Function, answered by the activator: preflight
 /// requests never reach (or wake) the Function.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(test, x_kube(cel))]
+#[x_kube(
+    validation = Rule::new("!(has(self.allowCredentials) && self.allowCredentials && '*' in self.allowOrigins)").message("cors.allowOrigins cannot hold \"*\" with allowCredentials: name the origins")
+)]
 pub struct Cors {
     /// Origins allowed to call: exact (`https://app.example.com`), one leading wildcard
     /// label (`https://*.example.com`, any subdomain), or `*` (any origin; not with
@@ -282,6 +291,34 @@ mod tests {
         assert_eq!(
             zero.validate().expect_err("invalid").field,
             "spec.requests.rateLimit.requestsPerSecond"
+        );
+    }
+
+    #[test]
+    fn cel_rules_tie_the_header_to_by_header_and_refuse_any_origin_with_credentials() {
+        let client = |value: serde_json::Value| PerClientRateLimit::validate_cel(&value, None);
+        assert!(
+            client(
+                serde_json::json!({"by": "header", "header": "X-Tenant", "requestsPerSecond": 1})
+            )
+            .is_ok()
+        );
+        assert!(client(serde_json::json!({"by": "header", "requestsPerSecond": 1})).is_err());
+        assert!(
+            client(serde_json::json!({"by": "apiKey", "header": "X", "requestsPerSecond": 1}))
+                .is_err()
+        );
+        assert!(client(serde_json::json!({"by": "apiKey", "requestsPerSecond": 1})).is_ok());
+        let cors = |value: serde_json::Value| Cors::validate_cel(&value, None);
+        assert!(cors(serde_json::json!({"allowOrigins": ["*"]})).is_ok());
+        assert!(
+            cors(serde_json::json!({"allowOrigins": ["*"], "allowCredentials": true})).is_err()
+        );
+        assert!(
+            cors(
+                serde_json::json!({"allowOrigins": ["https://a.example"], "allowCredentials": true})
+            )
+            .is_ok()
         );
     }
 
