@@ -801,3 +801,64 @@ async fn preflight_at_zero_starts_nothing_and_a_burst_over_the_limit_gets_429() 
     assert!(line.contains("\"function\":\"default/hello\""), "{line}");
     assert!(!line.contains("secret"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_a_request_reach_the_otlp_endpoint() {
+    // A minimal OTLP/HTTP receiver: each post's request text, answered with 200.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", receiver.local_addr().expect("address"));
+    let (posted, mut posts) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = receiver.accept().await {
+            let posted = posted.clone();
+            tokio::spawn(async move {
+                let mut text = Vec::new();
+                let mut buffer = [0u8; 8192];
+                // Until the whole body (Content-Length) is in.
+                let complete = |text: &[u8]| {
+                    let text = String::from_utf8_lossy(text).to_ascii_lowercase();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        return false;
+                    };
+                    head.lines()
+                        .find_map(|line| line.strip_prefix("content-length:"))
+                        .and_then(|length| length.trim().parse::<usize>().ok())
+                        .is_some_and(|length| body.len() >= length)
+                };
+                while !complete(&text) {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => text.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+                let _ = posted.send(String::from_utf8_lossy(&text).into_owned());
+            });
+        }
+    });
+    let spec = "  readinessPath: /healthz\n";
+    let dev = Dev::start_with(
+        "spans",
+        &[("hello.yaml", manifest("hello", &hello_command(), spec))],
+        &["--otlp-endpoint", &endpoint],
+    )
+    .await;
+    let (status, body) = dev.get("hello.default", "/").await.expect("answers");
+    assert_eq!(status, 200, "{body}");
+    let post = timeout(Duration::from_secs(30), posts.recv())
+        .await
+        .expect("spans within 30 s")
+        .expect("a post");
+    assert!(post.starts_with("POST /v1/traces "), "{post}");
+    assert!(
+        post.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{post}"
+    );
+    assert!(post.contains("\"name\":\"request\""), "{post}");
+    assert!(post.contains("default/hello"), "{post}");
+}
