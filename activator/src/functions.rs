@@ -12,14 +12,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use zeroscale_api::Function;
 use zeroscale_api::conditions::READY;
+use zeroscale_api::gateway::RateLimit;
 use zeroscale_api::stats::FunctionStats;
 
 use crate::capacity::{Capacity, Limits};
+use crate::cors::CorsPolicy;
 use crate::endpoints::{EndpointSet, PodProtocol};
 use crate::metrics::{FunctionMetrics, Metrics};
+use crate::ratelimit::RateLimiter;
 use zeroscale_api::routing::{Domains, FunctionKey, RouteError, RouteSpec, RoutingTable};
 
 /// Which listener a request came in on.
@@ -41,6 +44,8 @@ pub(crate) struct Settings {
     pub readiness_path: Option<String>,
     /// Asynchronous calls and queue triggers.
     pub calls: crate::calls::CallSettings,
+    /// Cross-origin policy; CORS is off when None.
+    pub cors: Option<CorsPolicy>,
 }
 
 impl Settings {
@@ -52,6 +57,7 @@ impl Settings {
             max_body_bytes: spec.requests.body_limit(),
             readiness_path: spec.readiness_path.clone(),
             calls: crate::calls::CallSettings::from_function(function),
+            cors: spec.routing.cors.as_ref().map(CorsPolicy::new),
         };
         let limits = Limits {
             container_concurrency: usize::try_from(spec.scaling.container_concurrency).unwrap_or(0),
@@ -76,6 +82,8 @@ pub struct FunctionState {
     probing: AtomicBool,
     /// Usage time already added to the Prometheus counters.
     published: crate::usage::Published,
+    /// The Function's rate limits with their state, kept across updates that leave them.
+    rate_limit: ArcSwapOption<RateLimiter>,
 }
 
 /// The Function's pods as the EndpointSlices say, plus starting pods that answered an
@@ -104,6 +112,21 @@ impl FunctionState {
             pods: Mutex::new(Pods::default()),
             probing: AtomicBool::new(false),
             published: crate::usage::Published::default(),
+            rate_limit: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The Function's rate limiter, if it has limits.
+    pub(crate) fn rate_limiter(&self) -> Option<Arc<RateLimiter>> {
+        self.rate_limit.load_full()
+    }
+
+    /// Replaces the rate limiter when the spec's limits changed.
+    fn set_rate_limit(&self, spec: Option<&RateLimit>) {
+        let current = self.rate_limit.load();
+        if current.as_deref().map(RateLimiter::spec) != spec {
+            self.rate_limit
+                .store(spec.map(|spec| Arc::new(RateLimiter::new(spec))));
         }
     }
 
@@ -336,6 +359,7 @@ impl Functions {
             }
         };
         state.capacity.set_cannot_start(cannot_start(function));
+        state.set_rate_limit(function.spec.requests.rate_limit.as_ref());
         let routes_changed = control.routes.get(&key) != Some(&route);
         if routes_changed {
             control.routes.insert(key, route);

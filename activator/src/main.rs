@@ -11,11 +11,14 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use zeroscale_activator::access::AccessLog;
 use zeroscale_activator::cluster::{KubeWake, watch_endpoint_slices, watch_functions};
 use zeroscale_activator::connections::ConnectionLimits;
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::gateway::Gateway;
 use zeroscale_activator::metrics::Metrics;
+use zeroscale_activator::otlp::SpanExporter;
 use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_admin::process::{self, ErrorChain, LogFormat};
@@ -94,6 +97,19 @@ struct Cli {
     log_format: LogFormatArg,
     #[command(flatten)]
     calls: zeroscale_activator::calls::args::CallArgs,
+    /// Activator replicas sharing each Function's rate limit: each enforces its share.
+    #[arg(long, env = "ZEROSCALE_ACTIVATOR_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    activator_replicas: u32,
+    /// OTLP/HTTP endpoint to export spans to, such as `http://collector:4318`; no
+    /// export when unset (`traceparent` is still propagated).
+    #[arg(long, env = "ZEROSCALE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<http::Uri>,
+    /// Write one JSON access log line per request to stdout.
+    #[arg(long, env = "ZEROSCALE_ACCESS_LOG")]
+    access_log: bool,
+    /// Share of requests the access log covers, from 0 to 1.
+    #[arg(long, env = "ZEROSCALE_ACCESS_LOG_SAMPLE_RATE", default_value_t = 1.0)]
+    access_log_sample_rate: f64,
 }
 
 #[tokio::main]
@@ -190,7 +206,21 @@ async fn main() -> anyhow::Result<()> {
             },
             metrics.clone(),
         )
-        .with_calls(calls),
+        .with_calls(calls)
+        .with_gateway(Gateway {
+            replicas: cli.activator_replicas,
+            spans: cli
+                .otlp_endpoint
+                .as_ref()
+                .map(SpanExporter::start)
+                .transpose()
+                .context("parsing --otlp-endpoint")?,
+            access_log: cli
+                .access_log
+                .then(|| AccessLog::to_stdout(cli.access_log_sample_rate))
+                .transpose()
+                .context("starting the access log writer")?,
+        }),
     );
     tokio::spawn(server::sample_load(
         Arc::clone(&functions),

@@ -24,8 +24,10 @@ use crate::connections::{ConnectionLimits, Connections, Counted};
 use crate::errors::ActivatorError;
 use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent};
 use crate::functions::{FunctionState, Functions, Listener};
+use crate::gateway::{Gateway, Observed};
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeConfig};
+use crate::ratelimit::ClientIdentity;
 use crate::usage::Outcome;
 use crate::wake::Wake;
 
@@ -44,6 +46,7 @@ pub struct Activator {
     metrics: Metrics,
     connections: Arc<Connections>,
     calls: AsyncCalls,
+    gateway: Gateway,
 }
 
 impl Activator {
@@ -62,6 +65,7 @@ impl Activator {
             probe,
             metrics,
             calls: AsyncCalls::default(),
+            gateway: Gateway::default(),
         }
     }
 
@@ -72,12 +76,18 @@ impl Activator {
         self
     }
 
+    /// Sets the gateway steps' replicas, span export and access log.
+    pub fn with_gateway(mut self, gateway: Gateway) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
     /// Answers one request that came in on `listener` from `client` over `scheme`, on a
     /// client connection with `affinity` (see [`Affinity`]): its own connection to the
     /// pod its requests go to.
     pub(crate) async fn handle(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         listener: Listener,
         client: SocketAddr,
         scheme: &'static str,
@@ -94,12 +104,30 @@ impl Activator {
             Ok(function) => function,
             Err(error) => return self.refuse(ActivatorError::from(error)),
         };
+        // The auth step fills in the API key and subject it verified.
+        let identity = ClientIdentity {
+            address: client.ip(),
+            api_key: None,
+            subject: None,
+        };
+        let admitted = match self.gateway.admit(&function, &mut request, &identity) {
+            Ok(admitted) => admitted,
+            Err(answered) => {
+                if let Some(label) = answered.error_label {
+                    self.metrics.errors.with_label_values(&[label]).inc();
+                }
+                function.metrics.count_response(answered.response.status());
+                return answered.response;
+            }
+        };
+        // Stored for later: the dispatcher sends it through this path again.
         if calls::is_async(&request) {
             return self.calls.handle(&function, request).await;
         }
         function.count_request();
-        let response = match self
-            .dispatch(&function, request, client, scheme, arrived, affinity)
+        let mut observed = Observed::new(arrived);
+        let mut response = match self
+            .dispatch(&function, request, client, scheme, affinity, &mut observed)
             .await
         {
             Ok(response) => {
@@ -119,6 +147,8 @@ impl Activator {
             .metrics
             .request_duration
             .observe(arrived.elapsed().as_secs_f64());
+        self.gateway
+            .finish(admitted, &function, &mut response, &observed);
         response
     }
 
@@ -130,9 +160,10 @@ impl Activator {
         request: Request<Incoming>,
         client: SocketAddr,
         scheme: &'static str,
-        arrived: Instant,
         affinity: &Affinity,
+        observed: &mut Observed,
     ) -> Result<ActivatorResponse, ActivatorError> {
+        let arrived = observed.arrived;
         let settings = function.settings();
         // One deadline from arrival bounds waiting for a pod and waiting for the pod's
         // response headers, across every attempt; a streaming body then runs on.
@@ -143,10 +174,11 @@ impl Activator {
         }
         let deadline = (arrived + settings.max_queue_wait).min(ends);
         let near = affinity.pod();
-        let mut permit = self.acquire(function, deadline, near).await?;
+        let mut permit = self.acquire(function, deadline, near, observed).await?;
         let mut attempt = 1;
         loop {
             let pod = permit.addr();
+            observed.pod = Some(pod);
             let protocol = permit.protocol();
             let remaining = ends.saturating_duration_since(Instant::now());
             // Boxed: the exchange's state is large, and a request held at zero should
@@ -170,7 +202,7 @@ impl Activator {
                     function.mark_unreachable(pod);
                     drop(guard);
                     outbound = request;
-                    permit = self.acquire(function, deadline, near).await?;
+                    permit = self.acquire(function, deadline, near, observed).await?;
                     attempt += 1;
                 }
                 Err(failed) => return Err(failed.into()),
@@ -191,6 +223,7 @@ impl Activator {
         function: &Arc<FunctionState>,
         deadline: Instant,
         near: Option<SocketAddr>,
+        observed: &mut Observed,
     ) -> Result<Permit, ActivatorError> {
         let started = Instant::now();
         let mut waited = None;
@@ -210,10 +243,12 @@ impl Activator {
                 }
             })?;
         if let Some(queued) = waited {
-            let wait = started.elapsed().as_secs_f64();
-            function.metrics.queue_wait.observe(wait);
+            let wait = started.elapsed();
+            function.metrics.queue_wait.observe(wait.as_secs_f64());
+            observed.queue_wait = Some(wait);
             if queued == Queued::FirstWithNoPods {
-                function.metrics.cold_start.observe(wait);
+                function.metrics.cold_start.observe(wait.as_secs_f64());
+                observed.cold_start = true;
             }
         }
         Ok(permit)

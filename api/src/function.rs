@@ -22,6 +22,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 
 use crate::calls::{AsyncSpec, QueueTrigger};
+use crate::gateway::{Cors, RateLimit};
 use crate::{duration, names};
 
 /// A function zeroscale runs: a container serving HTTP, scaled by request load and to
@@ -294,6 +295,11 @@ pub struct RequestsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_body_bytes: Option<i64>,
+
+    /// Requests per second the Function takes, in all and per caller; more are refused
+    /// with 429 before they reach (or wake) the Function. No limit when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `spec.requests.timeout` when the spec leaves it out (written `5m` in the CRD).
@@ -348,6 +354,10 @@ pub struct RoutingSpec {
     /// `cluster-local`: only inside the cluster.
     #[serde(default)]
     pub visibility: Visibility,
+
+    /// Cross-origin (CORS) access from browsers, answered by the activator. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
 }
 
 /// Who can reach a Function.
@@ -727,6 +737,7 @@ impl Default for RequestsSpec {
             max_queued_requests: default_max_queued_requests(),
             max_queue_wait: default_max_queue_wait(),
             max_body_bytes: None,
+            rate_limit: None,
         }
     }
 }

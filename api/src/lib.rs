@@ -10,6 +10,7 @@ pub mod calls;
 pub mod conditions;
 pub mod duration;
 pub mod function;
+pub mod gateway;
 pub mod keys;
 pub mod names;
 pub mod routing;

@@ -129,6 +129,12 @@ impl FunctionSpec {
             ));
         }
 
+        if let Some(limit) = &self.requests.rate_limit {
+            limit.validate()?;
+        }
+        if let Some(cors) = &self.routing.cors {
+            cors.validate()?;
+        }
         self.validate_quantities()?;
         self.validate_volumes()?;
         self.validate_schedules()?;

@@ -4,7 +4,8 @@
 //! bench over stdin/stdout, one line each way:
 //!
 //! - in: `fn <name> <maxQueuedRequests> <maxQueueWait>`, `fns <prefix> <count>`,
-//!   `ready <name> <addr>`, `starting <name> <addr>`, `zero <name>`, `queued <name>`;
+//!   `ready <name> <addr>`, `starting <name> <addr>`, `zero <name>`, `queued <name>`,
+//!   `ratelimit <name> <requestsPerSecond>`;
 //! - out: `listening <addr>` once, `ok` or `queued <n>` per command, `error <why>`, and
 //!   `wake <namespace>/<name>` whenever the activator asks for a Function to be woken.
 //!
@@ -22,10 +23,13 @@ use tokio::time::Instant;
 use zeroscale_activator::endpoints::{EndpointSet, EndpointState, PodEndpoint, PodProtocol};
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::gateway::Gateway;
 use zeroscale_activator::metrics::Metrics;
+use zeroscale_activator::otlp::SpanExporter;
 use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_activator::wake::Wake;
+use zeroscale_api::gateway::RateLimit;
 use zeroscale_api::routing::{Domains, FunctionKey};
 use zeroscale_api::{Function, FunctionSpec};
 
@@ -68,6 +72,7 @@ pub async fn run_process(
     upstream: Vec<SocketAddr>,
     probe_period: Duration,
     runtime: Runtime,
+    otlp_endpoint: Option<http::Uri>,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let functions = Arc::new(Functions::new(Domains::default(), metrics.clone()));
@@ -75,16 +80,25 @@ pub async fn run_process(
         functions.apply(&function(WARM_FUNCTION, None, None));
         set(&functions, WARM_FUNCTION, &upstream, EndpointState::Ready);
     }
-    let activator = Arc::new(Activator::new(
-        Arc::clone(&functions),
-        Forwarder::new(&ForwarderConfig::default()),
-        Arc::new(PrintWake),
-        ProbeConfig {
-            period: probe_period,
-            ..ProbeConfig::default()
-        },
-        metrics.clone(),
-    ));
+    let activator = Arc::new(
+        Activator::new(
+            Arc::clone(&functions),
+            Forwarder::new(&ForwarderConfig::default()),
+            Arc::new(PrintWake),
+            ProbeConfig {
+                period: probe_period,
+                ..ProbeConfig::default()
+            },
+            metrics.clone(),
+        )
+        .with_gateway(Gateway {
+            spans: otlp_endpoint
+                .as_ref()
+                .map(SpanExporter::start)
+                .transpose()?,
+            ..Gateway::default()
+        }),
+    );
     // As main.rs does: the autoscaler's load sampling runs alongside.
     tokio::spawn(server::sample_load(
         Arc::clone(&functions),
@@ -165,6 +179,14 @@ fn command(functions: &Functions, line: &str) -> anyhow::Result<String> {
         ["zero", name] => {
             functions.set_endpoints(&FunctionKey::new(NAMESPACE, *name), EndpointSet::default());
         }
+        ["ratelimit", name, rate] => {
+            let mut limited = function(name, None, None);
+            limited.spec.requests.rate_limit = Some(RateLimit {
+                requests_per_second: Some(rate.parse().context("requestsPerSecond")?),
+                ..RateLimit::default()
+            });
+            functions.apply(&limited);
+        }
         ["queued", name] => {
             let queued = functions
                 .route(Listener::Cluster, &host(name), "/")
@@ -232,15 +254,27 @@ impl ActivatorProcess {
         probe_period: Duration,
         runtime: Runtime,
     ) -> anyhow::Result<Self> {
-        Self::start_under(&[], upstream, probe_period, runtime).await
+        Self::start_under(&[], upstream, probe_period, runtime, &[]).await
     }
 
-    /// [`ActivatorProcess::start_with`] run by `wrapper` (e.g. valgrind) when not empty.
+    /// [`ActivatorProcess::start_with`] with more `serve-activator` arguments.
+    pub async fn start_with_args(
+        upstream: Option<SocketAddr>,
+        probe_period: Duration,
+        runtime: Runtime,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        Self::start_under(&[], upstream, probe_period, runtime, extra).await
+    }
+
+    /// [`ActivatorProcess::start_with_args`] run by `wrapper` (e.g. valgrind) when not
+    /// empty.
     pub async fn start_under(
         wrapper: &[String],
         upstream: Option<SocketAddr>,
         probe_period: Duration,
         runtime: Runtime,
+        extra: &[String],
     ) -> anyhow::Result<Self> {
         let mut args = vec![
             "serve-activator".to_owned(),
@@ -253,6 +287,7 @@ impl ActivatorProcess {
         if let Some(upstream) = upstream {
             args.extend(["--upstream".to_owned(), upstream.to_string()]);
         }
+        args.extend_from_slice(extra);
         let SelfChild {
             child,
             pid,

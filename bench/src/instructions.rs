@@ -187,6 +187,7 @@ async fn count(
                 Some(upstream),
                 Duration::from_millis(crate::PROBE_PERIOD_MS),
                 Runtime::PerCore,
+                &[],
             )
             .await?;
             activator

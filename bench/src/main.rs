@@ -14,6 +14,7 @@ mod calls;
 mod client;
 mod cold;
 mod connections;
+mod gateway;
 mod instructions;
 mod local;
 mod memory;
@@ -70,6 +71,9 @@ enum Command {
         probe_period_ms: u64,
         #[arg(long, value_enum, default_value_t = activator::Runtime::PerCore)]
         runtime: activator::Runtime,
+        /// Export spans to this OTLP/HTTP endpoint.
+        #[arg(long)]
+        otlp_endpoint: Option<http::Uri>,
     },
     /// The upstream HTTP server (used by the bench itself).
     #[command(hide = true)]
@@ -83,6 +87,8 @@ enum Scenario {
     Cold,
     Burst,
     Memory,
+    /// The warm path with a rate limit and with span export, beside the plain activator.
+    Gateway,
     /// `zeroscale dev`: hello's cold start with its process, and the autoscaler's
     /// answer to a load step.
     Local,
@@ -178,8 +184,10 @@ async fn main() -> anyhow::Result<()> {
             upstream,
             probe_period_ms,
             runtime,
+            otlp_endpoint,
         } => {
-            activator::run_process(upstream, Duration::from_millis(probe_period_ms), runtime).await
+            let probe_period = Duration::from_millis(probe_period_ms);
+            activator::run_process(upstream, probe_period, runtime, otlp_endpoint).await
         }
         Command::ServeUpstream => upstream::run_process().await,
         Command::Schedule { ticks, seed } => {
@@ -205,6 +213,7 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
     let scenarios = if args.only.is_empty() {
         vec![
             Scenario::Warm,
+            Scenario::Gateway,
             Scenario::Cold,
             Scenario::Burst,
             Scenario::Memory,
@@ -232,7 +241,10 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/latest.json")
         }
     });
-    if scenarios.contains(&Scenario::Warm) || scenarios.contains(&Scenario::Instructions) {
+    if scenarios.contains(&Scenario::Warm)
+        || scenarios.contains(&Scenario::Instructions)
+        || scenarios.contains(&Scenario::Gateway)
+    {
         tools::ensure(!args.no_install)?;
     }
     let dir = std::env::temp_dir().join(format!("zeroscale-bench-{}", std::process::id()));
@@ -272,6 +284,14 @@ async fn run(mode: &str, args: RunArgs, smoke: bool) -> anyhow::Result<()> {
                     rounds: args.rounds.unwrap_or(pick(3, 1)).max(1),
                 };
                 warm::run(&config, &dir).await
+            }
+            Scenario::Gateway => {
+                let config = gateway::GatewayConfig {
+                    concurrency: args.concurrency.first().copied().unwrap_or(pick(64, 16)),
+                    seconds: args.seconds.unwrap_or(if smoke { 1 } else { 8 }),
+                    rounds: args.rounds.unwrap_or(pick(3, 1)).max(1),
+                };
+                gateway::run(&config, &dir).await
             }
             Scenario::Cold => {
                 let config = cold::ColdConfig {

@@ -20,10 +20,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use zeroscale_activator::access::AccessLog;
 use zeroscale_activator::calls::args::CallArgs;
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::gateway::Gateway;
 use zeroscale_activator::metrics::Metrics;
+use zeroscale_activator::otlp::SpanExporter;
 use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_admin::process;
@@ -75,6 +78,15 @@ pub struct DevConfig {
     /// local `nats-server -js` when installed, else none]
     #[arg(long, env = "ZEROSCALE_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
+    /// OTLP/HTTP endpoint to export spans to, such as `http://127.0.0.1:4318`.
+    #[arg(long, env = "ZEROSCALE_OTLP_ENDPOINT", hide_env_values = true)]
+    pub otlp_endpoint: Option<http::Uri>,
+    /// Print one JSON access log line per request.
+    #[arg(long)]
+    pub access_log: bool,
+    /// Share of requests the access log covers, from 0 to 1.
+    #[arg(long, default_value_t = 1.0)]
+    pub access_log_sample_rate: f64,
 }
 
 /// `--prices`: three non-negative numbers, comma-separated.
@@ -174,7 +186,21 @@ pub async fn run(config: DevConfig) -> Result<()> {
             ProbeConfig::default(),
             metrics.clone(),
         )
-        .with_calls(calls),
+        .with_calls(calls)
+        .with_gateway(Gateway {
+            replicas: 1,
+            spans: config
+                .otlp_endpoint
+                .as_ref()
+                .map(SpanExporter::start)
+                .transpose()
+                .map_err(Error::OtlpEndpoint)?,
+            access_log: config
+                .access_log
+                .then(|| AccessLog::to_stdout(config.access_log_sample_rate))
+                .transpose()
+                .map_err(Error::AccessLog)?,
+        }),
     );
     let mut manifests = Manifests::new(config.paths.clone(), setpriv(), address);
     if manifests.scan(&runtime, true).await? == 0 {

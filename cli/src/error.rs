@@ -36,6 +36,10 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
     #[error("starting asynchronous calls: {0}")]
     Calls(#[from] zeroscale_queue::Error),
+    #[error("--otlp-endpoint: {0}")]
+    OtlpEndpoint(http::Error),
+    #[error("starting the access log writer: {0}")]
+    AccessLog(std::io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -45,6 +45,11 @@ impl Dev {
     /// Writes `manifests` (file name, content) to a fresh folder and starts
     /// `zeroscale dev` on it with a fast autoscaler tick.
     async fn start(test: &str, manifests: &[(&str, String)]) -> Self {
+        Self::start_with(test, manifests, &[]).await
+    }
+
+    /// [`Dev::start`], with more command-line arguments.
+    async fn start_with(test: &str, manifests: &[(&str, String)], args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("zeroscale-dev-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -57,6 +62,7 @@ impl Dev {
             .args(["--listen", "127.0.0.1:0"])
             .args(["--autoscaler-tick", "200ms", "--reload-period", "200ms"])
             .args(["--drain-period", "10s"])
+            .args(args)
             // A state file of the test's own, never the user's.
             .env("ZEROSCALE_DEV_STATE", dir.with_extension("state.json"))
             .stdout(Stdio::piped())
@@ -955,6 +961,21 @@ async fn request(
         .expect("an answer within 60 s")
 }
 
+/// Sends `head` (a whole HTTP/1.1 request head with `Connection: close`) on its own
+/// connection and returns the response as text.
+async fn exchange(addr: SocketAddr, head: &str) -> String {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("request");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("response");
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    timeout(Duration::from_secs(60), exchange)
+        .await
+        .expect("an answer within 60 s")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nats_server_installed_an_async_call_is_accepted_with_202_and_delivered() {
     if !nats_installed() {
@@ -1016,4 +1037,118 @@ async fn with_nats_server_installed_an_async_call_is_accepted_with_202_and_deliv
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(dev.replicas().len(), 1, "the call woke the Function");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_at_zero_starts_nothing_and_a_burst_over_the_limit_gets_429() {
+    let spec = "  readinessPath: /healthz\n  scaling: {initialReplicas: 0}\n  requests:\n    rateLimit: {requestsPerSecond: 0.01, burst: 2}\n  routing:\n    cors: {allowOrigins: ['https://app.example.com']}\n";
+    let mut dev = Dev::start_with(
+        "gateway",
+        &[("hello.yaml", manifest("hello", &hello_command(), spec))],
+        &["--access-log"],
+    )
+    .await;
+
+    let preflight = exchange(
+        dev.addr,
+        "OPTIONS / HTTP/1.1\r\nHost: hello.default\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: GET\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(preflight.starts_with("http/1.1 204"), "{preflight}");
+    assert!(
+        preflight.contains("access-control-allow-origin: https://app.example.com"),
+        "{preflight}"
+    );
+    assert!(dev.replicas().is_empty(), "a preflight wakes nothing");
+
+    for _ in 0..2 {
+        let (status, body) = dev.get("hello.default", "/").await.expect("answers");
+        assert_eq!(status, 200, "{body}");
+    }
+    let refused = exchange(
+        dev.addr,
+        "GET /?q=secret HTTP/1.1\r\nHost: hello.default\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(refused.starts_with("http/1.1 429"), "{refused}");
+    assert!(refused.contains("\r\nretry-after: "), "{refused}");
+    assert!(
+        refused.contains("\r\nratelimit-policy: \"function\";q=2;"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("\r\nratelimit: \"function\";r=0;t="),
+        "{refused}"
+    );
+
+    let line = dev
+        .wait_for("an access log line", Duration::from_secs(10), |line| {
+            line.starts_with('{') && line.contains("\"status\":200")
+        })
+        .await;
+    assert!(line.contains("\"function\":\"default/hello\""), "{line}");
+    assert!(!line.contains("secret"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_a_request_reach_the_otlp_endpoint() {
+    // A minimal OTLP/HTTP receiver: each post's request text, answered with 200.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", receiver.local_addr().expect("address"));
+    let (posted, mut posts) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = receiver.accept().await {
+            let posted = posted.clone();
+            tokio::spawn(async move {
+                let mut text = Vec::new();
+                let mut buffer = [0u8; 8192];
+                // Until the whole body (Content-Length) is in.
+                let complete = |text: &[u8]| {
+                    let text = String::from_utf8_lossy(text).to_ascii_lowercase();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        return false;
+                    };
+                    head.lines()
+                        .find_map(|line| line.strip_prefix("content-length:"))
+                        .and_then(|length| length.trim().parse::<usize>().ok())
+                        .is_some_and(|length| body.len() >= length)
+                };
+                while !complete(&text) {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => text.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+                let _ = posted.send(String::from_utf8_lossy(&text).into_owned());
+            });
+        }
+    });
+    let spec = "  readinessPath: /healthz\n";
+    let dev = Dev::start_with(
+        "spans",
+        &[("hello.yaml", manifest("hello", &hello_command(), spec))],
+        &["--otlp-endpoint", &endpoint],
+    )
+    .await;
+    let (status, body) = dev.get("hello.default", "/").await.expect("answers");
+    assert_eq!(status, 200, "{body}");
+    let post = timeout(Duration::from_secs(30), posts.recv())
+        .await
+        .expect("spans within 30 s")
+        .expect("a post");
+    assert!(post.starts_with("POST /v1/traces "), "{post}");
+    assert!(
+        post.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{post}"
+    );
+    assert!(post.contains("\"name\":\"request\""), "{post}");
+    assert!(post.contains("default/hello"), "{post}");
 }

@@ -28,6 +28,7 @@ use zeroscale_activator::calls::AsyncCalls;
 use zeroscale_activator::endpoints::{EndpointSet, EndpointState, PodEndpoint, PodProtocol};
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::gateway::Gateway;
 use zeroscale_activator::metrics::Metrics;
 use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
@@ -80,10 +81,11 @@ impl Wake for RecordingWake {
 }
 
 /// What the harness's activator runs with.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     pub limits: ServerLimits,
     pub probe: ProbeConfig,
+    pub gateway: Gateway,
 }
 
 impl Default for Options {
@@ -97,6 +99,7 @@ impl Default for Options {
                 period: Duration::from_millis(10),
                 timeout: Duration::from_millis(500),
             },
+            gateway: Gateway::default(),
         }
     }
 }
@@ -147,7 +150,8 @@ impl Harness {
                 options.probe,
                 metrics.clone(),
             )
-            .with_calls(calls),
+            .with_calls(calls)
+            .with_gateway(options.gateway),
         );
         let (stop, _) = watch::channel(false);
         let mut harness = Self {
