@@ -21,6 +21,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
+use crate::auth::AuthSpec;
 use crate::{duration, names};
 
 /// A function zeroscale runs: a container serving HTTP, scaled by request load and to
@@ -143,6 +144,11 @@ pub struct FunctionSpec {
     /// What invokes the Function besides HTTP callers.
     #[serde(default, skip_serializing_if = "TriggersSpec::is_empty")]
     pub triggers: TriggersSpec,
+
+    /// Who may call the Function: API keys or JSON Web Tokens, checked by the activator
+    /// before the Function is woken. Anyone who can reach the Function when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
 }
 
 /// The protocol a Function's container speaks.
@@ -800,6 +806,7 @@ impl FunctionSpec {
             requests: RequestsSpec::default(),
             routing: RoutingSpec::default(),
             triggers: TriggersSpec::default(),
+            auth: None,
         }
     }
 }

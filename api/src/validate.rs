@@ -132,6 +132,9 @@ impl FunctionSpec {
         self.validate_quantities()?;
         self.validate_volumes()?;
         self.validate_schedules()?;
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
         Ok(durations)
     }
 
