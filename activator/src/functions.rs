@@ -15,6 +15,7 @@ use zeroscale_api::Function;
 use zeroscale_api::conditions::READY;
 use zeroscale_api::stats::FunctionStats;
 
+use crate::auth::{Gate, Policy};
 use crate::capacity::{Capacity, Limits};
 use crate::endpoints::{EndpointSet, PodProtocol};
 use crate::metrics::{FunctionMetrics, Metrics};
@@ -37,12 +38,15 @@ pub(crate) struct Settings {
     pub max_body_bytes: Option<u64>,
     /// Path to probe starting pods on; TCP connect when None.
     pub readiness_path: Option<String>,
+    /// Who may call the Function; anyone when None.
+    pub auth: Option<Arc<Policy>>,
 }
 
 impl Settings {
-    fn from_function(function: &Function) -> (Self, Limits) {
+    fn from_function(key: &FunctionKey, function: &Function, gate: &Gate) -> (Self, Limits) {
         let spec = &function.spec;
         let settings = Settings {
+            auth: gate.policy(key, spec.auth.as_ref()),
             request_timeout: spec.requests.effective_timeout(),
             max_queue_wait: spec.requests.effective_max_queue_wait(),
             max_body_bytes: spec.requests.body_limit(),
@@ -225,6 +229,7 @@ type Table = RoutingTable<Arc<FunctionState>>;
 #[derive(Debug)]
 pub struct Functions {
     domains: Domains,
+    auth: Gate,
     metrics: Metrics,
     cluster: ArcSwap<Table>,
     public: ArcSwap<Table>,
@@ -244,11 +249,23 @@ impl Functions {
     pub fn new(domains: Domains, metrics: Metrics) -> Self {
         Self {
             domains,
+            auth: Gate::default(),
             metrics,
             cluster: ArcSwap::from_pointee(RoutingTable::empty()),
             public: ArcSwap::from_pointee(RoutingTable::empty()),
             control: Mutex::new(Control::default()),
         }
+    }
+
+    /// Uses `gate` for the Functions' `spec.auth`, instead of one with the defaults.
+    pub fn with_auth(mut self, gate: Gate) -> Self {
+        self.auth = gate;
+        self
+    }
+
+    /// Where the Functions' API key digests are delivered.
+    pub fn auth(&self) -> &Gate {
+        &self.auth
     }
 
     /// The Function a request is for. Lock-free: one snapshot load and a table lookup.
@@ -270,9 +287,9 @@ impl Functions {
         let Some(route) = RouteSpec::from_function(function) else {
             return;
         };
-        let (settings, limits) = Settings::from_function(function);
-        let mut control = self.control();
         let key = route.key.clone();
+        let (settings, limits) = Settings::from_function(&key, function, &self.auth);
+        let mut control = self.control();
         let state = match control.states.get(&key) {
             Some(state) => {
                 state.settings.store(Arc::new(settings));

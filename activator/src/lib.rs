@@ -3,7 +3,9 @@
 //! `zeroscale_api::routing`) -> count (stats for the autoscaler) -> wait for capacity
 //! (bounded queue with a deadline while the Function is at zero or its pods are full) ->
 //! pick a pod (least loaded, per-pod concurrency) -> forward (pooled client, streaming
-//! bodies).
+//! bodies). Between route and count, a Function with `spec.auth` admits or refuses the
+//! request (`auth`), before anything can wake it.
+pub mod auth;
 pub mod body;
 pub(crate) mod capacity;
 pub mod cluster;
@@ -13,5 +15,7 @@ pub mod forward;
 pub mod functions;
 pub mod metrics;
 pub mod probe;
+pub mod proxies;
 pub mod server;
+pub(crate) mod target;
 pub mod wake;

@@ -20,10 +20,11 @@ use zeroscale_api::stats::StatsReport;
 use crate::body::ResponseBody;
 use crate::capacity::{CapacityError, Permit, Queued};
 use crate::errors::ActivatorError;
-use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent};
+use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent, strip_forwarded};
 use crate::functions::{FunctionState, Functions, Listener};
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeConfig};
+use crate::proxies::TrustedProxies;
 use crate::wake::Wake;
 
 /// Responses of the activator: the pod's, holding its slot, or the activator's own.
@@ -39,6 +40,7 @@ pub struct Activator {
     wake: Arc<dyn Wake>,
     probe: ProbeConfig,
     metrics: Metrics,
+    trusted_proxies: TrustedProxies,
 }
 
 impl Activator {
@@ -55,7 +57,15 @@ impl Activator {
             wake,
             probe,
             metrics,
+            trusted_proxies: TrustedProxies::default(),
         }
+    }
+
+    /// Keeps the forwarding headers of connections from `proxies`; those of every other
+    /// connection are replaced (by default, of every connection).
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
+        self
     }
 
     /// Answers one request that came in on `listener` from `client` over `scheme`, on a
@@ -70,6 +80,10 @@ impl Activator {
         affinity: &Affinity,
     ) -> ActivatorResponse {
         let arrived = Instant::now();
+        let mut request = request;
+        if let Err(error) = crate::target::take_authority(&mut request) {
+            return self.refuse(error);
+        }
         let host = request
             .headers()
             .get(http::header::HOST)
@@ -80,6 +94,16 @@ impl Activator {
             Ok(function) => function,
             Err(error) => return self.refuse(ActivatorError::from(error)),
         };
+        if !self.trusted_proxies.trusts(client.ip()) {
+            strip_forwarded(request.headers_mut());
+        }
+        // Before counting, holding or waking: a refused request costs the Function nothing.
+        let auth = function.settings().auth.clone();
+        if let Some(policy) = auth
+            && let Err(error) = policy.check(request.headers_mut()).await
+        {
+            return self.refuse(error.into());
+        }
         function.count_request();
         let response = match self
             .dispatch(&function, request, client, scheme, arrived, affinity)
