@@ -8,7 +8,7 @@ use ring::digest::{SHA256, digest as sha256};
 pub type Digest = [u8; 32];
 
 /// The digest of `key`, with surrounding whitespace trimmed as the operator does.
-pub(crate) fn digest(key: &[u8]) -> Digest {
+pub fn digest(key: &[u8]) -> Digest {
     let mut out = [0; 32];
     out.copy_from_slice(sha256(&SHA256, key.trim_ascii()).as_ref());
     out

@@ -24,7 +24,7 @@ use zeroscale_api::routing::FunctionKey;
 use jwks::{KeySet, RemoteJwks};
 pub use jwt::TokenError;
 use jwt::{ClaimRules, Claims};
-pub use keys::{Digest, parse_digests, to_hex};
+pub use keys::{Digest, digest, parse_digests, to_hex};
 
 mod jwks;
 mod jwt;

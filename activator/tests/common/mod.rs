@@ -83,6 +83,8 @@ impl Wake for RecordingWake {
 pub struct Options {
     pub limits: ServerLimits,
     pub probe: ProbeConfig,
+    /// Shortest time between JWKS fetches for unknown keys.
+    pub jwks_min_refresh: Duration,
 }
 
 impl Default for Options {
@@ -96,6 +98,7 @@ impl Default for Options {
                 period: Duration::from_millis(10),
                 timeout: Duration::from_millis(500),
             },
+            jwks_min_refresh: zeroscale_activator::auth::DEFAULT_JWKS_MIN_REFRESH,
         }
     }
 }
@@ -122,13 +125,18 @@ impl Harness {
 
     pub async fn start_with(options: Options) -> Self {
         let metrics = Metrics::new().expect("metrics");
-        let functions = Arc::new(Functions::new(
-            Domains {
-                cluster_domain: "cluster.local".into(),
-                public_domain: Some(PUBLIC_DOMAIN.into()),
-            },
-            metrics.clone(),
-        ));
+        let functions = Arc::new(
+            Functions::new(
+                Domains {
+                    cluster_domain: "cluster.local".into(),
+                    public_domain: Some(PUBLIC_DOMAIN.into()),
+                },
+                metrics.clone(),
+            )
+            .with_auth(zeroscale_activator::auth::Gate::new(
+                options.jwks_min_refresh,
+            )),
+        );
         let (wake, wakes) = mpsc::unbounded_channel();
         let activator = Arc::new(Activator::new(
             Arc::clone(&functions),
