@@ -13,6 +13,7 @@ pub mod endpoints;
 pub(crate) mod errors;
 pub mod forward;
 pub mod functions;
+pub mod key_digests;
 pub mod metrics;
 pub mod probe;
 pub mod proxies;

@@ -125,6 +125,11 @@ impl Gate {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn api_keys(&self, function: &FunctionKey) -> Vec<Digest> {
+        self.digest_slot(function).load().to_vec()
+    }
+
     fn digest_slot(&self, function: &FunctionKey) -> DigestSlot {
         Arc::clone(lock(&self.digests).entry(function.clone()).or_default())
     }
