@@ -4,6 +4,7 @@
 //! change.
 
 mod console;
+mod keys;
 mod local;
 mod replica;
 mod runtime;
@@ -63,6 +64,10 @@ pub struct DevConfig {
     /// After Ctrl-C or SIGTERM: longest to wait for requests in flight and held.
     #[arg(long, default_value = "10s", value_parser = zeroscale_api::duration::parse)]
     pub drain_period: Duration,
+    /// Where the Secrets that Functions' `spec.auth.apiKeys` name are: one directory per
+    /// Secret, one file per key (as Kubernetes mounts a Secret).
+    #[arg(long, env = "ZEROSCALE_DEV_SECRETS", default_value = "secrets")]
+    pub secrets_dir: PathBuf,
 }
 
 /// The domain under which every Function is reachable: `<fn>.<ns>.localhost`, which
@@ -107,6 +112,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     if manifests.scan(&runtime, true).await? == 0 {
         console::event("no Functions to run yet: add or fix a manifest and save it");
     }
+    keys::sync(&runtime.functions(), functions.auth(), &config.secrets_dir);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -204,6 +210,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
                 if let Err(error) = manifests.scan(&runtime, false).await {
                     console::event(error);
                 }
+                keys::sync(&runtime.functions(), functions.auth(), &config.secrets_dir);
             }
         }
     }

@@ -45,6 +45,11 @@ impl Dev {
     /// Writes `manifests` (file name, content) to a fresh folder and starts
     /// `zeroscale dev` on it with a fast autoscaler tick.
     async fn start(test: &str, manifests: &[(&str, String)]) -> Self {
+        Self::start_with(test, manifests, &[]).await
+    }
+
+    /// [`Dev::start`] with `args` added to the command line.
+    async fn start_with(test: &str, manifests: &[(&str, String)], args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("zeroscale-dev-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -57,6 +62,7 @@ impl Dev {
             .args(["--listen", "127.0.0.1:0"])
             .args(["--autoscaler-tick", "200ms", "--reload-period", "200ms"])
             .args(["--drain-period", "10s"])
+            .args(args)
             // A state file of the test's own, never the user's.
             .env("ZEROSCALE_DEV_STATE", dir.with_extension("state.json"))
             .stdout(Stdio::piped())
@@ -189,12 +195,24 @@ fn alive(pid: i32) -> bool {
 
 /// One HTTP/1.1 request on its own connection: status and body.
 async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    get_with(addr, host, path, "").await
+}
+
+/// [`get`] with `headers` (each line ending in CRLF) added to the request.
+async fn get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &str,
+) -> Result<(u16, String), String> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         stream
             .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -726,4 +744,40 @@ async fn the_users_example_says_redis_is_optional_when_none_runs() {
         .await;
     assert!(line.contains("expected"), "{line}");
     assert!(line.contains("optional"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_from_the_secrets_folder_admit_callers_and_refused_ones_never_wake() {
+    // Read before the listener serves its first request.
+    let secrets =
+        std::env::temp_dir().join(format!("zeroscale-dev-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(secrets.join("hello-keys")).expect("secret dir");
+    std::fs::write(secrets.join("hello-keys/alice"), "s3cret\n").expect("key");
+    let spec = "  readinessPath: /healthz\n  scaling: {initialReplicas: 0}\n  auth:\n    apiKeys:\n      secretRef: {name: hello-keys}\n";
+    let dev = Dev::start_with(
+        "apikeys",
+        &[("hello.yaml", manifest("hello", &hello_command(), spec))],
+        &["--secrets-dir", &secrets.to_string_lossy()],
+    )
+    .await;
+
+    let (status, _) = dev.get("hello.default", "/").await.expect("answers");
+    assert_eq!(status, 401, "no key");
+    let wrong = "Authorization: Bearer nope\r\n";
+    let (status, _) = get_with(dev.addr, "hello.default", "/", wrong)
+        .await
+        .expect("answers");
+    assert_eq!(status, 401, "a key not in the folder");
+    assert!(
+        dev.replicas().is_empty(),
+        "a refused request woke the Function"
+    );
+
+    let right = "Authorization: Bearer s3cret\r\n";
+    let (status, body) = get_with(dev.addr, "hello.default", "/", right)
+        .await
+        .expect("answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from"), "{body}");
+    let _ = std::fs::remove_dir_all(&secrets);
 }
