@@ -8,6 +8,7 @@
 //!   as, so the activator and the upstream are processes of their own.
 
 mod activator;
+mod auth;
 mod burst;
 mod client;
 mod cold;
