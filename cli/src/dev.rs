@@ -66,7 +66,12 @@ pub struct DevConfig {
     pub drain_period: Duration,
     /// Where the Secrets that Functions' `spec.auth.apiKeys` name are: one directory per
     /// Secret, one file per key (as Kubernetes mounts a Secret).
-    #[arg(long, env = "ZEROSCALE_DEV_SECRETS", default_value = "secrets")]
+    #[arg(
+        long,
+        env = "ZEROSCALE_DEV_SECRETS",
+        hide_env_values = true,
+        default_value = "secrets"
+    )]
     pub secrets_dir: PathBuf,
 }
 
