@@ -16,6 +16,7 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::auth::AuthError;
 use crate::body::ResponseBody;
 use crate::capacity::CapacityError;
 use zeroscale_api::routing::RouteError;
@@ -46,6 +47,14 @@ pub enum ActivatorError {
     /// or cannot start (503).
     #[error(transparent)]
     Capacity(#[from] CapacityError),
+    /// The Function's `spec.auth` refused the request (401 or 403, with a
+    /// `WWW-Authenticate` challenge).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The request has more than one Host header (400): which one names the Function is
+    /// ambiguous, and proxies before the activator may have read the other.
+    #[error("the request has more than one Host header")]
+    DuplicateHost,
     /// The request body is larger than the Function accepts (413).
     #[error("the request body is larger than the {limit} bytes this Function accepts")]
     BodyTooLarge { limit: u64 },
@@ -79,6 +88,8 @@ impl ActivatorError {
                 | CapacityError::CannotStart(_),
             ) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Capacity(CapacityError::ActivationTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Auth(auth) => auth.status(),
+            Self::DuplicateHost => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             Self::RequestBody(_) => StatusCode::BAD_REQUEST,
@@ -95,6 +106,8 @@ impl ActivatorError {
             Self::Capacity(CapacityError::NotHeldWhileStarting) => "not_held_while_starting",
             Self::Capacity(CapacityError::ActivationTimeout(_)) => "activation_timeout",
             Self::Capacity(CapacityError::CannotStart(_)) => "cannot_start",
+            Self::Auth(auth) => auth.metric_label(),
+            Self::DuplicateHost => "duplicate_host",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::Unsupported(_) => "unsupported_request",
             Self::RequestBody(_) => "request_body",
@@ -144,6 +157,9 @@ impl ActivatorError {
         if let Some(seconds) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, seconds);
         }
+        if let Self::Auth(auth) = &self {
+            headers.insert(header::WWW_AUTHENTICATE, auth.challenge());
+        }
         response
     }
 }
@@ -172,6 +188,11 @@ mod tests {
             CapacityError::NotHeldWhileStarting.into(),
             CapacityError::ActivationTimeout(Duration::from_secs(30)).into(),
             CapacityError::CannotStart("ImagePullBackOff".into()).into(),
+            AuthError::Missing.into(),
+            AuthError::InvalidKey.into(),
+            AuthError::InvalidToken(crate::auth::TokenError::Expired).into(),
+            AuthError::Forbidden.into(),
+            ActivatorError::DuplicateHost,
             ActivatorError::BodyTooLarge { limit: 1024 },
             ActivatorError::Unsupported("CONNECT requests"),
             ActivatorError::RequestBody("client went away".into()),
@@ -191,6 +212,11 @@ mod tests {
             (503, "not_held_while_starting", Some("1")),
             (504, "activation_timeout", None),
             (503, "cannot_start", Some("5")),
+            (401, "unauthenticated", None),
+            (401, "invalid_api_key", None),
+            (401, "invalid_token", None),
+            (403, "forbidden", None),
+            (400, "duplicate_host", None),
             (413, "body_too_large", None),
             (501, "unsupported_request", None),
             (400, "request_body", None),

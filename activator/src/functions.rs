@@ -18,6 +18,7 @@ use zeroscale_api::conditions::READY;
 use zeroscale_api::gateway::RateLimit;
 use zeroscale_api::stats::FunctionStats;
 
+use crate::auth::{Gate, Policy};
 use crate::capacity::{Capacity, Limits};
 use crate::cors::CorsPolicy;
 use crate::endpoints::{EndpointSet, PodProtocol};
@@ -46,12 +47,15 @@ pub(crate) struct Settings {
     pub calls: crate::calls::CallSettings,
     /// Cross-origin policy; CORS is off when None.
     pub cors: Option<CorsPolicy>,
+    /// Who may call the Function; anyone when None.
+    pub auth: Option<Arc<Policy>>,
 }
 
 impl Settings {
-    fn from_function(function: &Function) -> (Self, Limits) {
+    fn from_function(key: &FunctionKey, function: &Function, gate: &Gate) -> (Self, Limits) {
         let spec = &function.spec;
         let settings = Settings {
+            auth: gate.policy(key, spec.auth.as_ref()),
             request_timeout: spec.requests.effective_timeout(),
             max_queue_wait: spec.requests.effective_max_queue_wait(),
             max_body_bytes: spec.requests.body_limit(),
@@ -260,6 +264,7 @@ type Table = RoutingTable<Arc<FunctionState>>;
 #[derive(Debug)]
 pub struct Functions {
     domains: Domains,
+    auth: Gate,
     metrics: Metrics,
     cluster: ArcSwap<Table>,
     public: ArcSwap<Table>,
@@ -281,11 +286,23 @@ impl Functions {
     pub fn new(domains: Domains, metrics: Metrics) -> Self {
         Self {
             domains,
+            auth: Gate::default(),
             metrics,
             cluster: ArcSwap::from_pointee(RoutingTable::empty()),
             public: ArcSwap::from_pointee(RoutingTable::empty()),
             control: Mutex::new(Control::default()),
         }
+    }
+
+    /// Uses `gate` for the Functions' `spec.auth`, instead of one with the defaults.
+    pub fn with_auth(mut self, gate: Gate) -> Self {
+        self.auth = gate;
+        self
+    }
+
+    /// Where the Functions' API key digests are delivered.
+    pub fn auth(&self) -> &Gate {
+        &self.auth
     }
 
     /// The Function a request is for. Lock-free: one snapshot load and a table lookup.
@@ -340,8 +357,8 @@ impl Functions {
         let Some(route) = RouteSpec::from_function(function) else {
             return false;
         };
-        let (settings, limits) = Settings::from_function(function);
         let key = route.key.clone();
+        let (settings, limits) = Settings::from_function(&key, function, &self.auth);
         let state = match control.states.get(&key) {
             Some(state) => {
                 state.settings.store(Arc::new(settings));

@@ -12,14 +12,17 @@ use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use zeroscale_activator::access::AccessLog;
+use zeroscale_activator::auth::Gate;
 use zeroscale_activator::cluster::{KubeWake, watch_endpoint_slices, watch_functions};
 use zeroscale_activator::connections::ConnectionLimits;
 use zeroscale_activator::forward::{Forwarder, ForwarderConfig};
 use zeroscale_activator::functions::{Functions, Listener};
 use zeroscale_activator::gateway::Gateway;
+use zeroscale_activator::key_digests::watch_key_digests;
 use zeroscale_activator::metrics::Metrics;
 use zeroscale_activator::otlp::SpanExporter;
 use zeroscale_activator::probe::ProbeConfig;
+use zeroscale_activator::proxies::{Cidr, TrustedProxies};
 use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_admin::process::{self, ErrorChain, LogFormat};
 use zeroscale_admin::{AdminState, Readiness};
@@ -92,6 +95,18 @@ struct Cli {
     /// How often each Function's concurrency is sampled for the autoscaler.
     #[arg(long, env = "ZEROSCALE_SAMPLE_PERIOD", default_value = "100ms", value_parser = zeroscale_api::duration::parse)]
     sample_period: Duration,
+    /// Networks (CIDR, comma-separated) of proxies in front of the activator whose
+    /// `X-Forwarded-*` and `Forwarded` headers are kept; from any other peer they are
+    /// replaced. None by default.
+    #[arg(long, env = "ZEROSCALE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<Cidr>,
+    /// Shortest time between two fetches of a JWKS URL for tokens naming an unknown key.
+    #[arg(long, env = "ZEROSCALE_JWKS_MIN_REFRESH", default_value = "10s", value_parser = zeroscale_api::duration::parse)]
+    jwks_min_refresh: Duration,
+    /// Namespace of the Secrets with API key digests that the operator writes; the
+    /// activator's own namespace when unset.
+    #[arg(long, env = "ZEROSCALE_KEY_DIGESTS_NAMESPACE")]
+    key_digests_namespace: Option<String>,
     /// Log format.
     #[arg(long, env = "ZEROSCALE_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text)]
     log_format: LogFormatArg,
@@ -147,13 +162,26 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let functions = Arc::new(Functions::new(
-        Domains {
-            cluster_domain: cli.cluster_domain.clone(),
-            public_domain: cli.public_domain.clone(),
-        },
-        metrics.clone(),
-    ));
+    let functions = Arc::new(
+        Functions::new(
+            Domains {
+                cluster_domain: cli.cluster_domain.clone(),
+                public_domain: cli.public_domain.clone(),
+            },
+            metrics.clone(),
+        )
+        .with_auth(Gate::new(cli.jwks_min_refresh)),
+    );
+    {
+        let namespace = cli
+            .key_digests_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let (client, functions) = (client.clone(), Arc::clone(&functions));
+        tokio::spawn(async move {
+            watch_key_digests(client, &namespace, functions.auth()).await;
+        });
+    }
 
     let namespaces: Vec<Option<String>> = if cli.namespaces.is_empty() {
         vec![None]
@@ -220,7 +248,8 @@ async fn main() -> anyhow::Result<()> {
                 .then(|| AccessLog::to_stdout(cli.access_log_sample_rate))
                 .transpose()
                 .context("starting the access log writer")?,
-        }),
+        })
+        .with_trusted_proxies(TrustedProxies::new(cli.trusted_proxies.clone())),
     );
     tokio::spawn(server::sample_load(
         Arc::clone(&functions),

@@ -22,11 +22,12 @@ use crate::calls::{self, AsyncCalls};
 use crate::capacity::{CapacityError, Permit, Queued};
 use crate::connections::{ConnectionLimits, Connections, Counted};
 use crate::errors::ActivatorError;
-use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent};
+use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent, strip_forwarded};
 use crate::functions::{FunctionState, Functions, Listener};
 use crate::gateway::{Gateway, Observed};
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeConfig};
+use crate::proxies::TrustedProxies;
 use crate::ratelimit::ClientIdentity;
 use crate::usage::Outcome;
 use crate::wake::Wake;
@@ -47,6 +48,7 @@ pub struct Activator {
     connections: Arc<Connections>,
     calls: AsyncCalls,
     gateway: Gateway,
+    trusted_proxies: TrustedProxies,
 }
 
 impl Activator {
@@ -66,6 +68,7 @@ impl Activator {
             metrics,
             calls: AsyncCalls::default(),
             gateway: Gateway::default(),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 
@@ -82,18 +85,29 @@ impl Activator {
         self
     }
 
+    /// Keeps the forwarding headers of connections from `proxies`; those of every other
+    /// connection are replaced (by default, of every connection).
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
     /// Answers one request that came in on `listener` from `client` over `scheme`, on a
     /// client connection with `affinity` (see [`Affinity`]): its own connection to the
     /// pod its requests go to.
     pub(crate) async fn handle(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         listener: Listener,
         client: SocketAddr,
         scheme: &'static str,
         affinity: &Affinity,
     ) -> ActivatorResponse {
         let arrived = Instant::now();
+        let mut request = request;
+        if let Err(error) = crate::target::take_authority(&mut request) {
+            return self.refuse(error);
+        }
         let host = request
             .headers()
             .get(http::header::HOST)
@@ -104,9 +118,15 @@ impl Activator {
             Ok(function) => function,
             Err(error) => return self.refuse(ActivatorError::from(error)),
         };
-        // The auth step fills in the API key and subject it verified.
+        if !self.trusted_proxies.trusts(client.ip()) {
+            strip_forwarded(request.headers_mut());
+        }
+        // Rate limits come before authentication, so a flood of bad tokens is limited too;
+        // per-client limits by API key or subject therefore fall back to the address.
         let identity = ClientIdentity {
-            address: client.ip(),
+            address: self
+                .trusted_proxies
+                .client_ip(client.ip(), request.headers()),
             api_key: None,
             subject: None,
         };
@@ -120,6 +140,14 @@ impl Activator {
                 return answered.response;
             }
         };
+        // After CORS preflights and rate limits, before counting, holding or waking: a
+        // refused request costs the Function nothing.
+        let auth = function.settings().auth.clone();
+        if let Some(policy) = auth
+            && let Err(error) = policy.check(request.headers_mut()).await
+        {
+            return self.refuse(error.into());
+        }
         // Stored for later: the dispatcher sends it through this path again.
         if calls::is_async(&request) {
             return self.calls.handle(&function, request).await;

@@ -58,7 +58,9 @@ impl Outcome {
             | ActivatorError::BodyTooLarge { .. }
             | ActivatorError::Unsupported(_)
             | ActivatorError::RequestBody(_)
-            | ActivatorError::UpstreamConnect(_) => Self::Refused,
+            | ActivatorError::UpstreamConnect(_)
+            | ActivatorError::Auth(_)
+            | ActivatorError::DuplicateHost => Self::Refused,
         }
     }
 }

@@ -21,6 +21,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
+use crate::auth::AuthSpec;
 use crate::calls::{AsyncSpec, QueueTrigger};
 use crate::gateway::{Cors, RateLimit};
 use crate::{duration, names};
@@ -154,6 +155,10 @@ pub struct FunctionSpec {
         skip_serializing_if = "AsyncSpec::is_default"
     )]
     pub async_calls: AsyncSpec,
+    /// Who may call the Function: API keys or JSON Web Tokens, checked by the activator
+    /// before the Function is woken. Anyone who can reach the Function when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
 }
 
 /// The protocol a Function's container speaks.
@@ -828,6 +833,7 @@ impl FunctionSpec {
             routing: RoutingSpec::default(),
             triggers: TriggersSpec::default(),
             async_calls: AsyncSpec::default(),
+            auth: None,
         }
     }
 }

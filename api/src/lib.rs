@@ -6,6 +6,7 @@
 //! This crate has no client and no runtime so that every component can read Functions
 //! without depending on the operator.
 
+pub mod auth;
 pub mod calls;
 pub mod conditions;
 pub mod duration;

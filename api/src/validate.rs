@@ -139,6 +139,9 @@ impl FunctionSpec {
         self.validate_volumes()?;
         self.validate_schedules()?;
         self.validate_calls()?;
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
         Ok(durations)
     }
 

@@ -33,6 +33,7 @@ use zeroscale_api::gateway::RateLimit;
 use zeroscale_api::routing::{Domains, FunctionKey};
 use zeroscale_api::{Function, FunctionSpec};
 
+use crate::auth;
 use crate::procs::{self, SelfChild};
 use crate::upstream::Pod;
 
@@ -79,6 +80,16 @@ pub async fn run_process(
     if !upstream.is_empty() {
         functions.apply(&function(WARM_FUNCTION, None, None));
         set(&functions, WARM_FUNCTION, &upstream, EndpointState::Ready);
+        // The same pods behind API-key and JWT auth (crate::auth).
+        let keyed = auth::with_api_key(
+            function(auth::API_KEY_FUNCTION, None, None),
+            functions.auth(),
+        );
+        functions.apply(&keyed);
+        functions.apply(&auth::with_jwt(function(auth::JWT_FUNCTION, None, None))?);
+        for name in [auth::API_KEY_FUNCTION, auth::JWT_FUNCTION] {
+            set(&functions, name, &upstream, EndpointState::Ready);
+        }
     }
     let activator = Arc::new(
         Activator::new(

@@ -68,6 +68,7 @@ pub async fn run(config: &GatewayConfig, dir: &Path) -> anyhow::Result<Section> 
             &script,
             &url(target),
             &host,
+            None,
             config.concurrency,
             Duration::from_secs(1),
         )
@@ -81,6 +82,7 @@ pub async fn run(config: &GatewayConfig, dir: &Path) -> anyhow::Result<Section> 
                 &script,
                 &url(target),
                 &host,
+                None,
                 config.concurrency,
                 Duration::from_secs(config.seconds),
             )

@@ -9,6 +9,7 @@
 
 mod activator;
 mod apiserver;
+mod auth;
 mod burst;
 mod calls;
 mod client;

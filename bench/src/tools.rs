@@ -271,16 +271,21 @@ pub struct WrkRun {
 }
 
 /// Runs `wrk -t<threads> -c<connections> -d<duration> --latency` against `url` with
-/// `Host: host`.
+/// `Host: host`, and `header` (`Name: value`) when given.
 pub async fn wrk(
     script: &Path,
     url: &str,
     host: &str,
+    header: Option<&str>,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<WrkRun> {
     let threads = connections.clamp(1, 2);
-    let output = Command::new("wrk")
+    let mut command = Command::new("wrk");
+    if let Some(header) = header {
+        command.arg("-H").arg(header);
+    }
+    let output = command
         .arg(format!("-t{threads}"))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{}s", duration.as_secs().max(1)))

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::activator::{self, ActivatorProcess, Runtime};
+use crate::auth;
 use crate::procs;
 use crate::report::{Goal, Row, Section, median, micros};
 use crate::tools::{self, Nginx, WrkRun};
@@ -30,8 +31,16 @@ type Run = (WrkRun, f64, f64);
 /// The ways to the upstream, in the order they run: `activator` is the layout
 /// `activator/src/main.rs` has (one single-threaded runtime per core,
 /// `server::serve_per_core`); `shared-runtime` is the activator on one work-stealing
-/// runtime, the layout it had before, kept to show what per-core gains.
-const TARGETS: [&str; 4] = ["direct", "activator", "shared-runtime", "nginx"];
+/// runtime, the layout it had before, kept to show what per-core gains. `api-key` and
+/// `jwt` are the activator with the warm Function behind `spec.auth` (crate::auth).
+const TARGETS: [&str; 6] = [
+    "direct",
+    "activator",
+    "api-key",
+    "jwt",
+    "shared-runtime",
+    "nginx",
+];
 
 /// One target at one concurrency, over all rounds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -67,16 +76,27 @@ pub async fn run(config: &WarmConfig, dir: &Path) -> anyhow::Result<Section> {
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let nginx = Nginx::start(upstream.addr, workers, &dir.join("nginx")).await?;
     let script = tools::write_wrk_script(dir)?;
-    let host = activator::host(activator::WARM_FUNCTION);
+    let jwt_header = auth::jwt_header()?;
+    let api_key_header = auth::api_key_header();
+    let host = |target: &str| match target {
+        "api-key" => activator::host(auth::API_KEY_FUNCTION),
+        "jwt" => activator::host(auth::JWT_FUNCTION),
+        _ => activator::host(activator::WARM_FUNCTION),
+    };
+    let header = |target: &str| match target {
+        "api-key" => Some(api_key_header.as_str()),
+        "jwt" => Some(jwt_header.as_str()),
+        _ => None,
+    };
     let url = |target: &str| match target {
         "direct" => format!("http://{}/", upstream.addr),
-        "activator" => format!("http://{}/", activator.addr()),
+        "activator" | "api-key" | "jwt" => format!("http://{}/", activator.addr()),
         "shared-runtime" => format!("http://{}/", shared_runtime.addr()),
         _ => format!("http://{}/", nginx.addr),
     };
     let proxy_pids = |target: &str| match target {
         "direct" => vec![upstream.pid],
-        "activator" => vec![activator.pid()],
+        "activator" | "api-key" | "jwt" => vec![activator.pid()],
         "shared-runtime" => vec![shared_runtime.pid()],
         _ => nginx.pids(),
     };
@@ -87,7 +107,8 @@ pub async fn run(config: &WarmConfig, dir: &Path) -> anyhow::Result<Section> {
         tools::wrk(
             &script,
             &url(target),
-            &host,
+            &host(target),
+            header(target),
             concurrency,
             Duration::from_secs(1),
         )
@@ -106,7 +127,8 @@ pub async fn run(config: &WarmConfig, dir: &Path) -> anyhow::Result<Section> {
                 let run = tools::wrk(
                     &script,
                     &url(target),
-                    &host,
+                    &host(target),
+                    header(target),
                     concurrency,
                     Duration::from_secs(config.seconds),
                 )
@@ -173,9 +195,12 @@ fn section(
             get("shared-runtime"),
             get("nginx"),
         );
+        let (api_key, jwt) = (get("api-key"), get("jwt"));
         let subjects = [
             ("direct", &direct),
             ("activator", &activator),
+            ("activator, API-key auth", &api_key),
+            ("activator, JWT auth (EdDSA)", &jwt),
             ("activator, one shared runtime", &shared_runtime),
             ("nginx", &nginx),
         ];
@@ -206,11 +231,28 @@ fn section(
         ] {
             rows.extend(checks(&section, concurrency, label, m, &direct, &nginx));
         }
+        // What each auth check costs: throughput as a share of the plain activator's in
+        // the same run (issue 16's target: each costs at most 10%).
+        for (label, m) in [("api-key", &api_key), ("jwt", &jwt)] {
+            let share = ratio(m.requests_per_second, activator.requests_per_second);
+            rows.push(Row::check(
+                &section,
+                &format!("{label}/activator throughput"),
+                share,
+                format!("{share:.2}x"),
+                Goal::AtLeast(0.9),
+                ">= 0.90x",
+            ));
+        }
         by_concurrency.push(json!({
             "concurrency": concurrency,
             "direct": direct,
             "activator": activator,
             "activator_shared_runtime": shared_runtime,
+            "activator_api_key": api_key,
+            "activator_jwt": jwt,
+            "api_key_vs_activator": ratio(api_key.requests_per_second, activator.requests_per_second),
+            "jwt_vs_activator": ratio(jwt.requests_per_second, activator.requests_per_second),
             "nginx": nginx,
             "activator_vs_direct": ratio(activator.requests_per_second, direct.requests_per_second),
             "activator_vs_nginx": ratio(activator.requests_per_second, nginx.requests_per_second),

@@ -4,6 +4,7 @@
 //! change.
 
 mod console;
+mod keys;
 mod live;
 mod local;
 mod nats;
@@ -87,6 +88,15 @@ pub struct DevConfig {
     /// Share of requests the access log covers, from 0 to 1.
     #[arg(long, default_value_t = 1.0)]
     pub access_log_sample_rate: f64,
+    /// Where the Secrets that Functions' `spec.auth.apiKeys` name are: one directory per
+    /// Secret, one file per key (as Kubernetes mounts a Secret).
+    #[arg(
+        long,
+        env = "ZEROSCALE_DEV_SECRETS",
+        hide_env_values = true,
+        default_value = "secrets"
+    )]
+    pub secrets_dir: PathBuf,
 }
 
 /// `--prices`: three non-negative numbers, comma-separated.
@@ -206,6 +216,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
     if manifests.scan(&runtime, true).await? == 0 {
         console::event("no Functions to run yet: add or fix a manifest and save it");
     }
+    keys::sync(&runtime.functions(), functions.auth(), &config.secrets_dir);
 
     let server = tokio::spawn(server::serve(
         listener,
@@ -316,6 +327,7 @@ pub async fn run(config: DevConfig) -> Result<()> {
                 if let Err(error) = manifests.scan(&runtime, false).await {
                     console::event(error);
                 }
+                keys::sync(&runtime.functions(), functions.auth(), &config.secrets_dir);
             }
         }
     }

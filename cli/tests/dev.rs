@@ -224,12 +224,24 @@ fn alive(pid: i32) -> bool {
 
 /// One HTTP/1.1 request on its own connection: status and body.
 async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    get_with(addr, host, path, "").await
+}
+
+/// [`get`] with `headers` (each line ending in CRLF) added to the request.
+async fn get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &str,
+) -> Result<(u16, String), String> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         stream
             .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -1151,4 +1163,121 @@ async fn spans_of_a_request_reach_the_otlp_endpoint() {
     );
     assert!(post.contains("\"name\":\"request\""), "{post}");
     assert!(post.contains("default/hello"), "{post}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_from_the_secrets_folder_admit_callers_and_refused_ones_never_wake() {
+    // Read before the listener serves its first request.
+    let secrets =
+        std::env::temp_dir().join(format!("zeroscale-dev-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(secrets.join("hello-keys")).expect("secret dir");
+    std::fs::write(secrets.join("hello-keys/alice"), "s3cret\n").expect("key");
+    let spec = "  readinessPath: /healthz\n  scaling: {initialReplicas: 0}\n  auth:\n    apiKeys:\n      secretRef: {name: hello-keys}\n";
+    let dev = Dev::start_with(
+        "apikeys",
+        &[("hello.yaml", manifest("hello", &hello_command(), spec))],
+        &["--secrets-dir", &secrets.to_string_lossy()],
+    )
+    .await;
+
+    let (status, _) = dev.get("hello.default", "/").await.expect("answers");
+    assert_eq!(status, 401, "no key");
+    let wrong = "Authorization: Bearer nope\r\n";
+    let (status, _) = get_with(dev.addr, "hello.default", "/", wrong)
+        .await
+        .expect("answers");
+    assert_eq!(status, 401, "a key not in the folder");
+    assert!(
+        dev.replicas().is_empty(),
+        "a refused request woke the Function"
+    );
+
+    let right = "Authorization: Bearer s3cret\r\n";
+    let (status, body) = get_with(dev.addr, "hello.default", "/", right)
+        .await
+        .expect("answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from"), "{body}");
+    let _ = std::fs::remove_dir_all(&secrets);
+}
+
+/// A JWKS document served on 127.0.0.1:0 to every connection, and a token signed by its
+/// one Ed25519 key (`kid` "dev") for issuer `https://issuer.test`, audience `hello`.
+async fn jwks_and_token() -> (String, String) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key");
+    let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+    let x = URL_SAFE_NO_PAD.encode(key.public_key().as_ref());
+    let document = format!(r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"dev","x":"{x}"}}]}}"#);
+    let exp = jiff::Timestamp::now().as_second() + 300;
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","kid":"dev"}"#),
+        URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"iss":"https://issuer.test","aud":"hello","sub":"alice","exp":{exp}}}"#
+        ))
+    );
+    let token = format!(
+        "{signed}.{}",
+        URL_SAFE_NO_PAD.encode(key.sign(signed.as_bytes()))
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/jwks.json",
+        listener.local_addr().expect("address")
+    );
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}",
+                document.len()
+            );
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_checked_against_a_local_jwks_url_admits_the_caller() {
+    let (url, token) = jwks_and_token().await;
+    let spec = format!(
+        "  readinessPath: /healthz\n  scaling: {{initialReplicas: 0}}\n  auth:\n    jwt:\n      issuer: https://issuer.test\n      audiences: [hello]\n      jwksUrl: {url}\n"
+    );
+    let dev = Dev::start(
+        "jwt",
+        &[("hello.yaml", manifest("hello", &hello_command(), &spec))],
+    )
+    .await;
+
+    let (status, _) = get_with(
+        dev.addr,
+        "hello.default",
+        "/",
+        "Authorization: Bearer e30.e30.e30\r\n",
+    )
+    .await
+    .expect("answers");
+    assert_eq!(status, 401, "a token that is no token");
+    assert!(
+        dev.replicas().is_empty(),
+        "a refused request woke the Function"
+    );
+
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    let (status, body) = get_with(dev.addr, "hello.default", "/", &bearer)
+        .await
+        .expect("answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("hello from"), "{body}");
 }

@@ -79,6 +79,9 @@ pub struct Context {
 struct Children {
     /// An HPA of the Function's may exist: delete it when no longer needed.
     hpa: bool,
+    /// A digest Secret of the Function's API keys may exist: delete it when the
+    /// Function no longer has API keys.
+    api_keys: bool,
 }
 
 impl Context {
@@ -436,9 +439,24 @@ async fn reconcile_function(function: &Function, ctx: &Context) -> Result<Outcom
         Some(gateway) => apply_route(function, &namespace, gateway, ctx).await?,
         None => Route::None,
     };
+    let had_api_keys = known.is_some_and(|children| children.api_keys);
+    let api_keys = crate::api_keys::sync(
+        client,
+        function,
+        &namespace,
+        ctx.config.activator_namespace(),
+        had_api_keys,
+    )
+    .await?;
+
     // Recorded only once every child is as wanted: a failure above checks again.
-    ctx.children()
-        .insert(function_ref, Children { hpa: hpa.is_some() });
+    ctx.children().insert(
+        function_ref,
+        Children {
+            hpa: hpa.is_some(),
+            api_keys,
+        },
+    );
 
     // Pods are read only while some are not ready: that is when they can say why.
     let desired_replicas = deployment
@@ -511,7 +529,7 @@ async fn apply_route(
 }
 
 /// Server-side applies `object` under `manager`, taking ownership of conflicting fields.
-async fn apply<K>(api: &Api<K>, object: &K, manager: &str) -> Result<K>
+pub(crate) async fn apply<K>(api: &Api<K>, object: &K, manager: &str) -> Result<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -534,7 +552,7 @@ where
 }
 
 /// The object `name`, or None when there is none.
-async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>>
+pub(crate) async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -581,7 +599,7 @@ fn managed_for(meta: &ObjectMeta, function: &str) -> bool {
     })
 }
 
-async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
+pub(crate) async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {

@@ -44,6 +44,14 @@ impl Config {
         format!("{}.svc.{}", self.activator_service, self.cluster_domain)
     }
 
+    /// The namespace of the activator Service, where the activator runs and reads the
+    /// API key digests the operator writes.
+    pub fn activator_namespace(&self) -> &str {
+        self.activator_service
+            .split_once('.')
+            .map_or("default", |(_, namespace)| namespace)
+    }
+
     /// A configuration for tests: activator in `zeroscale-system`, no public domain.
     pub fn test() -> Self {
         Self {

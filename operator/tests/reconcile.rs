@@ -741,6 +741,79 @@ async fn hpa_is_deleted_only_when_the_function_had_one_and_names_are_read_once()
 }
 
 #[tokio::test]
+async fn api_keys_are_copied_as_digests_to_the_activator_namespace_and_removed_with_them() {
+    const KEYS: &str = "/api/v1/namespaces/default/secrets/hello-keys";
+    const DIGESTS: &str = "/api/v1/namespaces/zeroscale-system/secrets/apikeys.default.hello";
+    let (ctx, _metrics, mut server) = context();
+    let plain = Function::test("hello").serving();
+    let mut keyed = plain.clone();
+    keyed.spec.auth = Some(zeroscale_api::auth::AuthSpec {
+        api_keys: Some(zeroscale_api::auth::ApiKeysAuth {
+            secret_ref: zeroscale_api::auth::SecretRef {
+                name: "hello-keys".into(),
+            },
+            header: None,
+        }),
+        jwt: None,
+    });
+    let stored = deployment_in_cluster(&plain, 1, 1);
+    let (plain_expected, keyed_expected) = (plain.clone(), keyed.clone());
+    let verifier = tokio::spawn(async move {
+        server.get_deployment(Some(stored.clone())).await;
+        server.names_free().await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        // The one Secret the Function names, read by name.
+        let call = server.next(Method::GET, KEYS).await;
+        call.respond(
+            StatusCode::OK,
+            &json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "hello-keys", "namespace": "default"},
+                // "s3cret"
+                "data": {"alice": "czNjcmV0"},
+            }),
+        );
+        let call = server.next(Method::PATCH, DIGESTS).await;
+        call.assert_applied_by(FIELD_MANAGER);
+        let digests = call.body["data"]["sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(
+            call.body["metadata"]["labels"]["zeroscale.dev/function-namespace"],
+            "default"
+        );
+        let stored_digests = call.body.clone();
+        call.respond(StatusCode::OK, &stored_digests);
+        // base64 of the hex digest of "s3cret" (echo -n s3cret | sha256sum); never the key.
+        assert_eq!(
+            digests,
+            "MWVjMWMyNmI1MGQ1ZDNjNThkOTU4MzE4MWFmODA3NjY1NWZlMDA3NTZiZjcyODU5NDBiYTM2NzBmOTlmY2JhMA=="
+        );
+        server.apply_status(&keyed_expected).await;
+        // API keys dropped: the digests go.
+        server.get_deployment(Some(stored)).await;
+        server.apply_deployment(FIELD_MANAGER, 1, 1).await;
+        server.apply_services().await;
+        let call = server.next(Method::DELETE, DIGESTS).await;
+        call.respond(
+            StatusCode::OK,
+            &json!({"kind": "Status", "status": "Success"}),
+        );
+        server.apply_status(&plain_expected).await;
+        server.done().await;
+    });
+
+    for function in [keyed, plain] {
+        let result = reconcile(Arc::new(function), ctx.clone()).await;
+        assert_eq!(result.expect("reconcile succeeds"), Action::requeue(RESYNC));
+    }
+    drop(ctx);
+    verified(verifier).await;
+}
+
+#[tokio::test]
 async fn interrupted_handover_is_completed_at_the_current_scale_not_the_initial_one() {
     let (ctx, _metrics, mut server) = context();
     let function = Function::test("hello").serving();

@@ -3,7 +3,7 @@
 //! loopback, each request becomes the permission the API server would check (verb, API
 //! group, resource, namespace, name), and each test fails unless the chart's rules for
 //! that component (`charts/zeroscale/rbac/operator-*.yaml` and
-//! `charts/zeroscale/rbac/activator-clusterrole.yaml`, the files its templates include)
+//! `charts/zeroscale/rbac/activator-*.yaml`, the files its templates include)
 //! grant every one of them and every grant in them was used. Adding an API call to
 //! either without its grant, or leaving a grant the code no longer needs, fails here.
 //!
@@ -31,8 +31,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use zeroscale_activator::cluster::{KubeWake, watch_endpoint_slices, watch_functions};
 use zeroscale_activator::functions::{Functions, Listener};
+use zeroscale_activator::key_digests::watch_key_digests;
 use zeroscale_activator::metrics::Metrics as ActivatorMetrics;
 use zeroscale_activator::wake::Wake;
+use zeroscale_api::auth::{ApiKeysAuth, AuthSpec, SecretRef, digests_secret_name};
 use zeroscale_api::routing::{Domains, FunctionKey};
 use zeroscale_api::stats::{FunctionStats, StatsReport};
 use zeroscale_api::{Function, FunctionSpec, Metric, ScalingDefaults, keys};
@@ -256,6 +258,38 @@ async fn reconcile_paths(api: &FakeApi, ctx: &Arc<Context>) {
         .await
         .expect("reconcile a wake request");
 
+    // API keys: the one Secret the Function names is read, and the keys' digests
+    // applied in the release namespace for the activator; dropping the keys deletes them.
+    let mut keyed = function("keyed");
+    keyed.spec.auth = Some(AuthSpec {
+        api_keys: Some(ApiKeysAuth {
+            secret_ref: SecretRef {
+                name: "keyed-keys".into(),
+            },
+            header: None,
+        }),
+        jwt: None,
+    });
+    api.put_function(&keyed);
+    api.put(
+        "/api/v1",
+        "default",
+        "secrets",
+        "keyed-keys",
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "keyed-keys", "namespace": "default"},
+               "data": {"alice": "czNjcmV0"}}),
+    );
+    controller::reconcile(Arc::new(keyed), ctx.clone())
+        .await
+        .expect("reconcile a Function with API keys");
+    let digests = digests_secret_name("default", "keyed");
+    assert!(api.has("/api/v1", RELEASE_NAMESPACE, "secrets", &digests));
+    controller::reconcile(Arc::new(function("keyed")), ctx.clone())
+        .await
+        .expect("reconcile it without");
+    assert!(!api.has("/api/v1", RELEASE_NAMESPACE, "secrets", &digests));
+
     // An invalid spec: only the status and an Event are written.
     let mut broken = cpu(function("broken"));
     broken.spec.resources = None;
@@ -463,6 +497,11 @@ async fn chart_rbac_grants_exactly_the_api_calls_the_activator_makes() {
         }));
         synced.push(listed);
     }
+    // The API key digests, in the release namespace only.
+    let (client, functions_c) = (api.client(), Arc::clone(&functions));
+    watches.push(tokio::spawn(async move {
+        watch_key_digests(client, RELEASE_NAMESPACE, functions_c.auth()).await;
+    }));
     for listed in synced {
         within("the first lists", listed).await.expect("synced");
     }
@@ -484,6 +523,9 @@ async fn chart_rbac_grants_exactly_the_api_calls_the_activator_makes() {
                     .any(|call| call.is_watch_of(resource, *namespace))
             })
         }) && calls.iter().any(|call| call.method == Method::PATCH)
+            && calls
+                .iter()
+                .any(|call| call.is_watch_of("secrets", Some(RELEASE_NAMESPACE)))
     })
     .await;
     for watch in watches {
@@ -497,11 +539,11 @@ async fn chart_rbac_grants_exactly_the_api_calls_the_activator_makes() {
         "the wake request is recorded on the Function"
     );
 
-    // The activator has no Role in the release namespace: its ClusterRole is all it gets.
+    // Its Role in the release namespace covers the API key digests alone.
     let grants = Grants {
         component: "activator",
         cluster: read_rules(&chart_dir().join("rbac/activator-clusterrole.yaml")),
-        release_namespace: Vec::new(),
+        release_namespace: read_rules(&chart_dir().join("rbac/activator-role.yaml")),
     };
     grants.assert_exactly(&api.accesses());
 }

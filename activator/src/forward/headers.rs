@@ -12,6 +12,9 @@ use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(super) const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub(super) const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -174,6 +177,23 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     }
 }
 
+/// Removes what a caller may claim about where a request came from (`Forwarded`,
+/// `X-Forwarded-*`, `X-Real-IP`), for a connection not from a trusted proxy: the
+/// activator then writes the `X-Forwarded-*` headers from the connection itself.
+pub(crate) fn strip_forwarded(headers: &mut HeaderMap) {
+    for name in [
+        header::FORWARDED,
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        X_FORWARDED_PORT,
+        X_FORWARDED_PREFIX,
+        X_REAL_IP,
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// Adds what the pod should know about the client: its IP appended to (or set as)
 /// `X-Forwarded-For`; `X-Forwarded-Proto` (`scheme`) and `X-Forwarded-Host` (the Host)
 /// only when absent, since a proxy in front of the activator, such as an ingress ending
@@ -271,6 +291,27 @@ mod tests {
         }
         assert_eq!(values(&request, "te"), ["trailers"]);
         assert_eq!(values(&request, "x-kept"), ["end to end"]);
+    }
+
+    #[test]
+    fn an_untrusted_callers_forwarding_headers_are_replaced_by_the_connections() {
+        let mut request = headers(&[
+            ("host", "echo.default"),
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-host", "evil.com"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+            ("forwarded", "for=203.0.113.1;host=evil.com"),
+            ("x-real-ip", "203.0.113.1"),
+        ]);
+        strip_forwarded(&mut request);
+        add_forwarded(&mut request, "192.0.2.9".parse().expect("address"), "http");
+        assert_eq!(values(&request, "x-forwarded-for"), ["192.0.2.9"]);
+        assert_eq!(values(&request, "x-forwarded-host"), ["echo.default"]);
+        assert_eq!(values(&request, "x-forwarded-proto"), ["http"]);
+        for name in ["x-forwarded-port", "forwarded", "x-real-ip"] {
+            assert!(!request.contains_key(name), "{name} was kept");
+        }
     }
 
     #[test]

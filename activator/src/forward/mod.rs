@@ -44,6 +44,7 @@ use crate::errors::ActivatorError;
 pub use affinity::Affinity;
 use affinity::Dedicated;
 use classify::classify;
+pub(crate) use headers::strip_forwarded;
 use headers::{Message, strip_hop_by_hop};
 pub(crate) use outbound::Outbound;
 use tunnel::Tunnel;

@@ -44,9 +44,9 @@ impl Outbound {
     /// - `X-Forwarded-For` gets the client's IP appended (or set). `X-Forwarded-Proto`
     ///   and `X-Forwarded-Host` are set, to `scheme` and the Host, only when absent: a
     ///   proxy in front of the activator, such as an ingress ending TLS, knows the
-    ///   client's scheme and host better. A client reaching the activator directly can
-    ///   claim any value, as it can with the addresses it puts in `X-Forwarded-For`.
-    ///   `Forwarded` passes untouched.
+    ///   client's scheme and host better. The caller removes them first when the
+    ///   connection is not from a trusted proxy (`server`, [`super::strip_forwarded`]),
+    ///   so only a trusted proxy's values reach the pod.
     ///
     /// Fails for CONNECT (the activator is no tunnel to arbitrary places) and for a
     /// target that is not a path (`OPTIONS *`).

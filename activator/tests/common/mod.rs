@@ -86,6 +86,8 @@ pub struct Options {
     pub limits: ServerLimits,
     pub probe: ProbeConfig,
     pub gateway: Gateway,
+    /// Shortest time between JWKS fetches for unknown keys.
+    pub jwks_min_refresh: Duration,
 }
 
 impl Default for Options {
@@ -100,6 +102,7 @@ impl Default for Options {
                 timeout: Duration::from_millis(500),
             },
             gateway: Gateway::default(),
+            jwks_min_refresh: zeroscale_activator::auth::DEFAULT_JWKS_MIN_REFRESH,
         }
     }
 }
@@ -131,13 +134,18 @@ impl Harness {
     /// An activator that stores asynchronous calls through `calls`.
     pub async fn start_with_calls(options: Options, calls: AsyncCalls) -> Self {
         let metrics = Metrics::new().expect("metrics");
-        let functions = Arc::new(Functions::new(
-            Domains {
-                cluster_domain: "cluster.local".into(),
-                public_domain: Some(PUBLIC_DOMAIN.into()),
-            },
-            metrics.clone(),
-        ));
+        let functions = Arc::new(
+            Functions::new(
+                Domains {
+                    cluster_domain: "cluster.local".into(),
+                    public_domain: Some(PUBLIC_DOMAIN.into()),
+                },
+                metrics.clone(),
+            )
+            .with_auth(zeroscale_activator::auth::Gate::new(
+                options.jwks_min_refresh,
+            )),
+        );
         let (wake, wakes) = mpsc::unbounded_channel();
         let activator = Arc::new(
             Activator::new(
