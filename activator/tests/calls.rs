@@ -113,9 +113,7 @@ fn accepted(reply: &Reply) -> (String, String) {
 
 #[tokio::test]
 async fn an_async_request_is_answered_202_then_delivered_to_the_pod_with_its_call_id() {
-    let Some(server) = NatsServer::start_or_skip() else {
-        return;
-    };
+    let server = NatsServer::for_test();
     bounded(async {
         let a = start(&server, true).await;
         let mut pod = a.h.warm(Function::test("echo")).await;
@@ -142,9 +140,7 @@ async fn an_async_request_is_answered_202_then_delivered_to_the_pod_with_its_cal
 
 #[tokio::test]
 async fn a_stored_call_wakes_a_function_at_zero_and_is_delivered_once_a_pod_is_ready() {
-    let Some(server) = NatsServer::start_or_skip() else {
-        return;
-    };
+    let server = NatsServer::for_test();
     bounded(async {
         let mut a = start(&server, true).await;
         a.h.apply(&Function::test("sleepy"));
@@ -165,9 +161,7 @@ async fn a_stored_call_wakes_a_function_at_zero_and_is_delivered_once_a_pod_is_r
 
 #[tokio::test]
 async fn an_async_body_over_the_functions_limit_is_refused_with_413() {
-    let Some(server) = NatsServer::start_or_skip() else {
-        return;
-    };
+    let server = NatsServer::for_test();
     bounded(async {
         let a = start(&server, false).await;
         let mut function = Function::test("small");
@@ -186,9 +180,7 @@ async fn an_async_body_over_the_functions_limit_is_refused_with_413() {
 
 #[tokio::test]
 async fn a_call_is_read_and_cancelled_on_its_functions_host_only() {
-    let Some(server) = NatsServer::start_or_skip() else {
-        return;
-    };
+    let server = NatsServer::for_test();
     bounded(async {
         let a = start(&server, false).await;
         a.h.apply(&Function::test("mine"));
@@ -233,9 +225,7 @@ async fn a_call_is_read_and_cancelled_on_its_functions_host_only() {
 
 #[tokio::test]
 async fn a_call_the_function_keeps_failing_ends_dead_with_its_last_error() {
-    let Some(server) = NatsServer::start_or_skip() else {
-        return;
-    };
+    let server = NatsServer::for_test();
     bounded(async {
         let a = start(&server, true).await;
         let mut function = Function::test("flaky");
@@ -269,9 +259,7 @@ async fn a_call_the_function_keeps_failing_ends_dead_with_its_last_error() {
 
 #[tokio::test]
 async fn with_the_broker_down_async_requests_get_503_and_work_again_when_it_returns() {
-    let Some(mut server) = NatsServer::start_or_skip() else {
-        return;
-    };
+    let mut server = NatsServer::for_test();
     let a = start(&server, false).await;
     a.h.apply(&Function::test("outage"));
     accepted(&a.h.send(post_async(&a.h, "outage.team", "/", b"1")).await);

@@ -891,10 +891,10 @@ async fn usage_counts_known_traffic_exactly_and_its_seconds_within_tolerance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nats_server_installed_dev_runs_a_local_jetstream_and_stops_it_on_exit() {
-    if !nats_installed() {
-        eprintln!("skipped: nats-server is not installed (hack/install-tools.sh installs it)");
-        return;
-    }
+    assert!(
+        nats_installed(),
+        "this test needs nats-server: run hack/install-tools.sh (or apt-get install nats-server)"
+    );
     let mut dev = Dev::start("nats", &[]).await;
     let line = dev
         .wait_for("the NATS line", Duration::from_secs(30), |line| {
@@ -990,10 +990,10 @@ async fn exchange(addr: SocketAddr, head: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nats_server_installed_an_async_call_is_accepted_with_202_and_delivered() {
-    if !nats_installed() {
-        eprintln!("skipped: nats-server is not installed (hack/install-tools.sh installs it)");
-        return;
-    }
+    assert!(
+        nats_installed(),
+        "this test needs nats-server: run hack/install-tools.sh (or apt-get install nats-server)"
+    );
     let spec = "  readinessPath: /healthz\n  scaling: {initialReplicas: 0}\n";
     let mut dev = Dev::start(
         "async",

@@ -31,19 +31,15 @@ pub fn available() -> bool {
 }
 
 impl NatsServer {
-    /// Starts a server, or returns None after printing why the test is skipped when
-    /// `nats-server` is not on PATH (`hack/install-tools.sh` installs it).
-    pub fn start_or_skip() -> Option<Self> {
-        if !available() {
-            eprintln!(
-                "SKIPPED: nats-server is not on PATH; install it (apt-get install nats-server, or hack/install-tools.sh) to run this test"
-            );
-            return None;
-        }
-        match Self::start() {
-            Ok(server) => Some(server),
-            Err(error) => panic!("nats-server is on PATH but did not start: {error}"),
-        }
+    /// Starts a server for a test. Fails the test, saying how to install it, when
+    /// `nats-server` is not on PATH: `hack/install-tools.sh` installs it, and `.ci/run`
+    /// runs that before the tests.
+    pub fn for_test() -> Self {
+        assert!(
+            available(),
+            "this test needs nats-server on PATH: run hack/install-tools.sh (or apt-get install nats-server)"
+        );
+        Self::start().unwrap_or_else(|error| panic!("nats-server did not start: {error}"))
     }
 
     /// Starts a server on a free loopback port with an empty store.
@@ -119,9 +115,7 @@ mod tests {
 
     #[test]
     fn server_accepts_after_start_refuses_when_stopped_and_accepts_after_restart() {
-        let Some(mut server) = NatsServer::start_or_skip() else {
-            return;
-        };
+        let mut server = NatsServer::for_test();
         let address = server.address;
         assert!(TcpStream::connect(address).is_ok());
         server.stop();

@@ -101,7 +101,7 @@ fn fast_retries(spec: &mut AsyncSpec) {
 async fn fixture(
     script: impl Fn(&Delivery, u32) -> Response + Send + Sync + 'static,
 ) -> Option<Fixture> {
-    let server = NatsServer::start_or_skip()?;
+    let server = NatsServer::for_test();
     let client = connect(&NatsOptions {
         url: server.url(),
         name: "test".into(),
@@ -474,9 +474,7 @@ async fn the_outcome_goes_to_the_callback_url() {
 
 #[tokio::test]
 async fn accepting_fails_while_the_broker_is_down_and_works_again_when_it_returns() {
-    let Some(mut server) = NatsServer::start_or_skip() else {
-        return;
-    };
+    let mut server = NatsServer::for_test();
     let client = connect(&NatsOptions {
         url: server.url(),
         name: "outage".into(),
@@ -525,9 +523,7 @@ async fn accepting_fails_while_the_broker_is_down_and_works_again_when_it_return
 
 #[test]
 fn every_accepted_call_is_delivered_when_the_dispatcher_is_killed_mid_stream() {
-    let Some(server) = NatsServer::start_or_skip() else {
-        return;
-    };
+    let server = NatsServer::for_test();
     let url = server.url();
     const CALLS: usize = 200;
     let (tx, mut deliveries) = mpsc::unbounded_channel();

@@ -259,10 +259,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_local_server_accepts_connections_until_stopped_and_leaves_no_store() {
-        let Some(program) = find_program() else {
-            eprintln!("skipped: nats-server is not installed (hack/install-tools.sh installs it)");
-            return;
-        };
+        let program = find_program().expect(
+            "this test needs nats-server: run hack/install-tools.sh (or apt-get install nats-server)",
+        );
         let nats = LocalNats::start(&program, None)
             .await
             .expect("nats-server starts");

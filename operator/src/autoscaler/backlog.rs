@@ -285,9 +285,7 @@ mod tests {
     #[tokio::test]
     async fn pending_messages_of_a_queue_trigger_scale_its_function_from_zero_and_back_once_drained()
      {
-        let Some(mut server) = NatsServer::start_or_skip() else {
-            return;
-        };
+        let mut server = NatsServer::for_test();
         let client = async_nats::connect(server.url())
             .await
             .expect("connects to the test server");
@@ -370,9 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_consumer_is_no_signal_rather_than_an_empty_queue() {
-        let Some(server) = NatsServer::start_or_skip() else {
-            return;
-        };
+        let server = NatsServer::for_test();
         let client = async_nats::connect(server.url())
             .await
             .expect("connects to the test server");
