@@ -191,8 +191,13 @@ fn nats_installed() -> bool {
 }
 
 fn is_nats_server(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|comm| comm.trim() == "nats-server")
+    // By its command line, not its name: until it execs, a child started through
+    // setpriv is named after setpriv (or zeroscale), with nats-server among its arguments.
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|byte| *byte == 0)
+            .any(|arg| arg.ends_with(b"nats-server"))
+    })
 }
 
 /// Pids of every live process whose parent is `parent`.
