@@ -17,10 +17,12 @@ use tokio::time::Instant;
 use zeroscale_admin::process::{self, ErrorChain};
 use zeroscale_api::stats::StatsReport;
 
+use crate::auth::Verified;
 use crate::body::ResponseBody;
 use crate::calls::{self, AsyncCalls};
 use crate::capacity::{CapacityError, Permit, Queued};
 use crate::connections::{ConnectionLimits, Connections, Counted};
+use crate::cors::CorsPolicy;
 use crate::errors::ActivatorError;
 use crate::forward::{Affinity, Forwarder, Outbound, SendError, Unsent, strip_forwarded};
 use crate::functions::{FunctionState, Functions, Listener};
@@ -121,14 +123,29 @@ impl Activator {
         if !self.trusted_proxies.trusts(client.ip()) {
             strip_forwarded(request.headers_mut());
         }
-        // Rate limits come before authentication, so a flood of bad tokens is limited too;
-        // per-client limits by API key or subject therefore fall back to the address.
+        // Authentication first (a CORS preflight carries no credentials and is answered
+        // by the gateway step below), before counting, holding or waking: a refused
+        // request costs the Function nothing. Then CORS and rate limits, per caller by
+        // the verified subject when the limit asks for it.
+        let (auth, preflight) = {
+            let settings = function.settings();
+            let preflight = settings.cors.is_some()
+                && CorsPolicy::is_preflight(request.method(), request.headers());
+            (settings.auth.clone(), preflight)
+        };
+        let verified = match auth {
+            Some(policy) if !preflight => match policy.check(request.headers_mut()).await {
+                Ok(verified) => verified,
+                Err(error) => return self.refuse(error.into()),
+            },
+            _ => Verified::default(),
+        };
         let identity = ClientIdentity {
             address: self
                 .trusted_proxies
                 .client_ip(client.ip(), request.headers()),
             api_key: None,
-            subject: None,
+            subject: verified.subject.as_deref(),
         };
         let admitted = match self.gateway.admit(&function, &mut request, &identity) {
             Ok(admitted) => admitted,
@@ -140,14 +157,6 @@ impl Activator {
                 return answered.response;
             }
         };
-        // After CORS preflights and rate limits, before counting, holding or waking: a
-        // refused request costs the Function nothing.
-        let auth = function.settings().auth.clone();
-        if let Some(policy) = auth
-            && let Err(error) = policy.check(request.headers_mut()).await
-        {
-            return self.refuse(error.into());
-        }
         // Stored for later: the dispatcher sends it through this path again.
         if calls::is_async(&request) {
             return self.calls.handle(&function, request).await;

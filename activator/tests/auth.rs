@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use zeroscale_activator::auth::{digest, to_hex};
 use zeroscale_api::Function;
 use zeroscale_api::auth::{ApiKeysAuth, AuthSpec, JwtAuth, SecretRef};
+use zeroscale_api::gateway::{ClientKey, PerClientRateLimit, RateLimit};
 use zeroscale_api::routing::FunctionKey;
 
 const ISSUER: &str = "https://issuer.test";
@@ -308,6 +309,44 @@ async fn two_hosts_are_refused_and_an_absolute_target_is_routed_by_its_authority
         let seen = pod.arrival().await;
         assert_eq!(seen.path, "/abs");
         assert_eq!(seen.headers[header::HOST], "echo.team");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_per_caller_rate_limit_by_subject_counts_each_verified_subject_on_its_own() {
+    bounded(async {
+        let signer = Signer::new("only");
+        let jwks = JwksServer::start(&[&signer]).await;
+        let h = Harness::start().await;
+        let mut function = with_jwt(Function::test("echo"), jwks.url.clone());
+        function.spec.requests.rate_limit = Some(RateLimit {
+            requests_per_second: None,
+            burst: None,
+            per_client: Some(PerClientRateLimit {
+                by: ClientKey::Subject,
+                header: None,
+                requests_per_second: 0.001,
+                burst: Some(1),
+            }),
+        });
+        let _pod = h.warm(function).await;
+        let call = |token: String| {
+            h.send(
+                h.request("echo.team", "/")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Full::default())
+                    .expect("request"),
+            )
+        };
+
+        // One request per subject: a second token of the same subject is over its
+        // limit, another subject from the same address is not.
+        assert_eq!(call(signer.token("alice")).await.status, StatusCode::OK);
+        let again = call(signer.token("alice")).await;
+        assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(!again.header("retry-after").is_empty());
+        assert_eq!(call(signer.token("bob")).await.status, StatusCode::OK);
     })
     .await;
 }

@@ -228,11 +228,18 @@ enum Keys {
     Remote(Arc<RemoteJwks>),
 }
 
+/// Who an admitted request was verified as: the `sub` claim of its token (None when an
+/// API key admitted it). Per-caller rate limits by subject read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Verified {
+    pub subject: Option<String>,
+}
+
 impl Policy {
     /// Admits or refuses a request by its headers. Headers that carry forwarded claims
     /// are removed first, whatever the outcome, and set from the token when one admits
     /// the request.
-    pub(crate) async fn check(&self, headers: &mut HeaderMap) -> Result<(), AuthError> {
+    pub(crate) async fn check(&self, headers: &mut HeaderMap) -> Result<Verified, AuthError> {
         if let Some(jwt) = &self.jwt {
             for (_, name) in &jwt.forward {
                 headers.remove(name);
@@ -244,7 +251,7 @@ impl Policy {
         {
             presented = true;
             if keys::is_known(key, &api_keys.digests.load()) {
-                return Ok(());
+                return Ok(Verified::default());
             }
         }
         if let Some(jwt) = &self.jwt
@@ -253,7 +260,10 @@ impl Policy {
             let token = std::str::from_utf8(token).map_err(|_| TokenError::Malformed)?;
             let claims = jwt.verify(token).await?;
             jwt.forward(&claims, headers);
-            return Ok(());
+            let subject = claims.0.get("sub").and_then(|sub| sub.as_str());
+            return Ok(Verified {
+                subject: subject.map(str::to_owned),
+            });
         }
         Err(if presented {
             AuthError::InvalidKey

@@ -153,7 +153,14 @@ async fn tokens_of_each_algorithm_are_accepted_and_forward_their_claims() {
         let policy = jwt_policy(&[(&signer, "k1")]);
         let mut headers = bearer(&signer.sign("k1", &claims()));
         headers.insert("x-user", "forged".parse().expect("value"));
-        assert_eq!(policy.check(&mut headers).await, Ok(()), "{}", signer.alg());
+        assert_eq!(
+            policy.check(&mut headers).await,
+            Ok(Verified {
+                subject: Some("alice".into())
+            }),
+            "{}",
+            signer.alg()
+        );
         assert_eq!(headers["x-user"], "alice");
     }
 }
@@ -183,7 +190,9 @@ async fn a_token_fails_on_each_registered_claim() {
     claims["exp"] = json!(now() - 10);
     assert_eq!(
         policy.check(&mut bearer(&signer.sign("k1", &claims))).await,
-        Ok(())
+        Ok(Verified {
+            subject: Some("alice".into())
+        })
     );
 }
 
@@ -277,7 +286,10 @@ async fn api_keys_are_read_from_bearer_or_their_own_header() {
         "no digests yet"
     );
     gate.set_api_keys(&key, vec![keys::digest(b"s3cret")]);
-    assert_eq!(bearer_policy.check(&mut bearer("s3cret")).await, Ok(()));
+    assert_eq!(
+        bearer_policy.check(&mut bearer("s3cret")).await,
+        Ok(Verified::default())
+    );
     assert_eq!(
         bearer_policy.check(&mut bearer("wrong")).await,
         Err(AuthError::InvalidKey)
@@ -289,7 +301,10 @@ async fn api_keys_are_read_from_bearer_or_their_own_header() {
 
     let mut headers = HeaderMap::new();
     headers.insert("x-api-key", "s3cret".parse().expect("value"));
-    assert_eq!(header_policy.check(&mut headers).await, Ok(()));
+    assert_eq!(
+        header_policy.check(&mut headers).await,
+        Ok(Verified::default())
+    );
     assert_eq!(
         header_policy.check(&mut bearer("s3cret")).await,
         Err(AuthError::Missing)
