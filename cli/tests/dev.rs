@@ -1010,8 +1010,8 @@ async fn with_nats_server_installed_an_async_call_is_accepted_with_202_and_deliv
     })
     .await;
 
-    // The dispatcher creates the calls stream once it sees the Function, just after
-    // start; until then the call is refused with 503, never accepted and lost.
+    // Until dev's NATS client has connected, just after start, a call is refused with
+    // 503, never accepted and lost.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (head, body) = loop {
         let (status, head, body) = request(

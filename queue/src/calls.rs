@@ -112,6 +112,9 @@ pub struct CallStore {
     js: jetstream::Context,
     buckets: Arc<Mutex<HashMap<FunctionKey, kv::Store>>>,
     random: SystemRandom,
+    /// Set once the streams are known to exist, so the first call after a start does
+    /// not wait for the dispatcher to create them (it was refused with 503 before).
+    streams_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for CallStore {
@@ -152,6 +155,7 @@ impl CallStore {
             js,
             buckets: Arc::default(),
             random: SystemRandom::new(),
+            streams_ready: Arc::default(),
         }
     }
 
@@ -260,6 +264,14 @@ impl CallStore {
     ) -> Result<String> {
         if !self.connected() {
             return Err(Error::NotConnected);
+        }
+        if !self
+            .streams_ready
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.ensure_streams().await?;
+            self.streams_ready
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         let bucket = self.bucket(function, retention).await?;
         let id = match &call.idempotency_key {

@@ -473,6 +473,30 @@ async fn the_outcome_goes_to_the_callback_url() {
 }
 
 #[tokio::test]
+async fn the_first_call_after_a_start_is_stored_before_any_dispatcher_made_the_streams() {
+    let server = NatsServer::for_test();
+    let client = connect(&NatsOptions {
+        url: server.url(),
+        name: "first".into(),
+        ..NatsOptions::default()
+    })
+    .await
+    .expect("connects");
+    let store = CallStore::new(client);
+    wait_connected(&store).await;
+    let id = store
+        .accept(&key(), RETENTION, call("first"))
+        .await
+        .expect("stored without waiting for a dispatcher");
+    let state = store
+        .state(&key(), RETENTION, &id)
+        .await
+        .expect("readable")
+        .expect("known");
+    assert_eq!(state.state, Phase::Queued);
+}
+
+#[tokio::test]
 async fn accepting_fails_while_the_broker_is_down_and_works_again_when_it_returns() {
     let mut server = NatsServer::for_test();
     let client = connect(&NatsOptions {
