@@ -73,7 +73,13 @@ pub struct DevConfig {
     pub drain_period: Duration,
     /// Prices for the cost column of `zeroscale usage` (as the chart's usage.prices):
     /// per million requests, per vCPU-second, per GiB-second, comma-separated.
-    #[arg(long, env = "ZEROSCALE_PRICES", value_parser = prices, value_name = "REQ,VCPU,GIB")]
+    #[arg(
+        long,
+        env = "ZEROSCALE_PRICES",
+        hide_env_values = true,
+        value_parser = prices,
+        value_name = "REQ,VCPU,GIB"
+    )]
     pub prices: Option<zeroscale_api::usage::Prices>,
     /// NATS server (JetStream enabled) for async calls and queue triggers [default: a
     /// local `nats-server -js` when installed, else none]
