@@ -131,6 +131,9 @@ pub struct DecisionState {
     /// Latest request, held request or start of observation; `None` when the Function
     /// has been idle for as long as this state knows (it was found at zero).
     last_active: Option<Instant>,
+    /// When the decisions last went to zero; requests seen before then are what the
+    /// Function was idle after, so they do not wake it again.
+    at_zero_since: Option<Instant>,
     delay: DelayWindow,
 }
 
@@ -152,6 +155,7 @@ impl DecisionState {
                 max_desired: desired,
             }),
             last_active: (desired > 0).then_some(now),
+            at_zero_since: (desired == 0).then_some(now),
             delay,
         }
     }
@@ -259,11 +263,14 @@ pub fn decide(
         }
     };
 
-    // Demand: a request is held, or one arrived within the panic window.
+    // Demand: a request is held, or one arrived within the panic window (and after the
+    // Function went to zero: with a grace period shorter than the panic window, the last
+    // request before the idle time must not wake it again).
     let demand = window.held()
-        || window
-            .last_request()
-            .is_some_and(|at| now.saturating_duration_since(at) < policy.panic_window);
+        || window.last_request().is_some_and(|at| {
+            now.saturating_duration_since(at) < policy.panic_window
+                && state.at_zero_since.is_none_or(|zero| at > zero)
+        });
     let waking = demand && (current.ready == 0 || current.desired == 0);
     if waking {
         // Pods already starting are not cancelled while nothing is ready.
@@ -328,6 +335,9 @@ pub fn decide(
     if step.desired == 0 {
         // A wake must not be held at the scale of a burst from before the idle time.
         state.panic = None;
+        state.at_zero_since.get_or_insert(now);
+    } else {
+        state.at_zero_since = None;
     }
     Decision {
         desired: step.desired,
