@@ -158,9 +158,9 @@ impl Context {
             .filter_map(|h| normalize_own_host(h))
             .collect();
         let changed_ref = ObjectRef::from_obj(changed);
+        // Called for every Function event, so over the initial list of n Functions it
+        // runs n times: those without own hosts are passed over without a clone.
         self.watched
-            .all()
-            .into_iter()
             .filter(|other| {
                 other.spec.routing.hosts.iter().any(|host| {
                     // A host no request can name claims nothing.
@@ -173,7 +173,8 @@ impl Context {
                         || own.contains(&host)
                 })
             })
-            .map(|other| ObjectRef::from_obj(&*other))
+            .iter()
+            .map(|other| ObjectRef::from_obj(&**other))
             .filter(|other| *other != changed_ref)
             .collect()
     }

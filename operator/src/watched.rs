@@ -27,6 +27,15 @@ impl WatchedFunctions {
         self.stores().iter().flat_map(Store::state).collect()
     }
 
+    /// The watched Functions that `keep` accepts, tested under the stores' locks so the
+    /// others are not even cloned.
+    pub(crate) fn filter(&self, keep: impl Fn(&Function) -> bool) -> Vec<Arc<Function>> {
+        self.stores()
+            .iter()
+            .flat_map(|functions| functions.state_filter(|function| keep(function)))
+            .collect()
+    }
+
     /// The watched Function `key`, if a store holds it.
     pub(crate) fn get(&self, key: &ObjectRef<Function>) -> Option<Arc<Function>> {
         self.stores()
