@@ -9,10 +9,9 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
+use prometheus::IntCounter;
 use serde::Serialize;
 
 /// Lines waiting for the writer; more are dropped.
@@ -45,19 +44,21 @@ pub struct AccessLog {
     /// Requests whose trace id falls below this are logged (of `u64::MAX`).
     threshold: u64,
     lines: mpsc::SyncSender<String>,
-    dropped: Arc<AtomicU64>,
+    dropped: IntCounter,
 }
 
 impl AccessLog {
-    /// Logs a `sample_rate` share of requests (0 to 1) to stdout.
-    pub fn to_stdout(sample_rate: f64) -> std::io::Result<Self> {
-        Self::to_writer(sample_rate, std::io::stdout())
+    /// Logs a `sample_rate` share of requests (0 to 1) to stdout, counting the lines it
+    /// drops in `dropped`.
+    pub fn to_stdout(sample_rate: f64, dropped: IntCounter) -> std::io::Result<Self> {
+        Self::to_writer(sample_rate, std::io::stdout(), dropped)
     }
 
     /// Logs a `sample_rate` share of requests to `writer`, from a thread of its own.
     pub fn to_writer(
         sample_rate: f64,
         writer: impl Write + Send + 'static,
+        dropped: IntCounter,
     ) -> std::io::Result<Self> {
         let (lines, queued) = mpsc::sync_channel::<String>(QUEUE);
         std::thread::Builder::new()
@@ -71,7 +72,7 @@ impl AccessLog {
                 (rate * u64::MAX as f64) as u64
             },
             lines,
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped,
         })
     }
 
@@ -87,13 +88,8 @@ impl AccessLog {
             return;
         };
         if self.lines.try_send(line).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
-    }
-
-    /// Lines dropped because the writer was behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -120,6 +116,57 @@ mod tests {
 
     struct Lines(mpsc::Sender<Vec<u8>>);
 
+    fn dropped() -> IntCounter {
+        IntCounter::new("dropped", "lines dropped").expect("counter")
+    }
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            time: "2026-12-07T05:00:00Z".into(),
+            function: "team/hello",
+            method: "GET",
+            path: "/hi",
+            status: 200,
+            duration: 0.5,
+            bytes: Some(2),
+            cold_start: false,
+            queue_wait: 0.0,
+            pod: None,
+            trace_id: "ab".into(),
+            subject: None,
+        }
+    }
+
+    /// A writer that says when it is first called and then never returns.
+    struct Stuck(mpsc::Sender<()>);
+
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.send(());
+            loop {
+                std::thread::park();
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_past_a_full_queue_are_dropped_and_counted() {
+        let (stuck, writing) = mpsc::channel();
+        let dropped = dropped();
+        let log = AccessLog::to_writer(1.0, Stuck(stuck), dropped.clone()).expect("log");
+        log.log(&entry());
+        writing
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the writer took the first line");
+        for _ in 0..QUEUE + 5 {
+            log.log(&entry());
+        }
+        assert_eq!(dropped.get(), 5);
+    }
+
     impl Write for Lines {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
             let _ = self.0.send(bytes.to_vec());
@@ -133,22 +180,9 @@ mod tests {
     #[test]
     fn a_logged_request_is_one_json_line_and_sampling_follows_the_trace_id() {
         let (sent, written) = mpsc::channel();
-        let log = AccessLog::to_writer(1.0, Lines(sent)).expect("log");
+        let log = AccessLog::to_writer(1.0, Lines(sent), dropped()).expect("log");
         assert!(log.sampled(0) && log.sampled(u128::MAX));
-        log.log(&Entry {
-            time: "2026-12-07T05:00:00Z".into(),
-            function: "team/hello",
-            method: "GET",
-            path: "/hi",
-            status: 200,
-            duration: 0.5,
-            bytes: Some(2),
-            cold_start: false,
-            queue_wait: 0.0,
-            pod: None,
-            trace_id: "ab".into(),
-            subject: None,
-        });
+        log.log(&entry());
         let mut text = Vec::new();
         while !text.ends_with(b"\n") {
             text.extend(
@@ -162,10 +196,10 @@ mod tests {
         assert_eq!(line["status"], 200);
         assert!(line.get("subject").is_none());
 
-        let half = AccessLog::to_writer(0.5, std::io::sink()).expect("log");
+        let half = AccessLog::to_writer(0.5, std::io::sink(), dropped()).expect("log");
         assert!(half.sampled(1));
         assert!(!half.sampled(u128::from(u64::MAX)));
-        let none = AccessLog::to_writer(0.0, std::io::sink()).expect("log");
+        let none = AccessLog::to_writer(0.0, std::io::sink(), dropped()).expect("log");
         assert!(!none.sampled(0));
     }
 }

@@ -240,12 +240,17 @@ async fn main() -> anyhow::Result<()> {
             spans: cli
                 .otlp_endpoint
                 .as_ref()
-                .map(SpanExporter::start)
+                .map(|endpoint| SpanExporter::start(endpoint, metrics.dropped_spans.clone()))
                 .transpose()
                 .context("parsing --otlp-endpoint")?,
             access_log: cli
                 .access_log
-                .then(|| AccessLog::to_stdout(cli.access_log_sample_rate))
+                .then(|| {
+                    AccessLog::to_stdout(
+                        cli.access_log_sample_rate,
+                        metrics.dropped_access_log_lines.clone(),
+                    )
+                })
                 .transpose()
                 .context("starting the access log writer")?,
         })

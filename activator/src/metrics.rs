@@ -38,6 +38,11 @@ pub struct Metrics {
     invocations: IntCounterVec,
     execution_seconds: CounterVec,
     busy_seconds: CounterVec,
+    telemetry_dropped: IntCounterVec,
+    /// Spans the exporter dropped because its queue was full.
+    pub dropped_spans: IntCounter,
+    /// Access log lines dropped because the writer was behind.
+    pub dropped_access_log_lines: IntCounter,
 }
 
 /// One Function's series.
@@ -82,7 +87,17 @@ impl Metrics {
                 function,
             )
         };
+        let telemetry_dropped = IntCounterVec::new(
+            Opts::new(
+                "zeroscale_activator_telemetry_dropped_total",
+                "Spans and access log lines dropped because their writer was behind, by signal",
+            ),
+            &["signal"],
+        )?;
         Ok(Self {
+            dropped_spans: telemetry_dropped.with_label_values(&["span"]),
+            dropped_access_log_lines: telemetry_dropped.with_label_values(&["access_log_line"]),
+            telemetry_dropped,
             requests: IntCounterVec::new(
                 Opts::new(
                     "zeroscale_activator_requests_total",
@@ -177,6 +192,7 @@ impl Metrics {
         registry.register(Box::new(self.invocations.clone()))?;
         registry.register(Box::new(self.execution_seconds.clone()))?;
         registry.register(Box::new(self.busy_seconds.clone()))?;
+        registry.register(Box::new(self.telemetry_dropped.clone()))?;
         Ok(())
     }
 

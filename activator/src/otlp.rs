@@ -7,8 +7,6 @@
 //! task batches them (up to [`BATCH`] spans, or whatever arrived within [`FLUSH_PERIOD`])
 //! and posts each batch; a failed post is logged and its spans dropped.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::{Request, Uri, header};
@@ -17,6 +15,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use prometheus::IntCounter;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use zeroscale_admin::process::ErrorChain;
@@ -64,32 +63,25 @@ pub(crate) enum Attribute {
 #[derive(Clone, Debug)]
 pub struct SpanExporter {
     queue: mpsc::Sender<Span>,
-    dropped: Arc<AtomicU64>,
+    dropped: IntCounter,
 }
 
 impl SpanExporter {
     /// Starts exporting to `endpoint` (such as `http://collector:4318`) on the current
-    /// runtime; ends when every exporter handle is dropped.
-    pub fn start(endpoint: &Uri) -> Result<Self, http::Error> {
+    /// runtime; ends when every exporter handle is dropped. Spans dropped because the
+    /// queue is full are counted in `dropped`.
+    pub fn start(endpoint: &Uri, dropped: IntCounter) -> Result<Self, http::Error> {
         let url = traces_url(endpoint)?;
         let (queue, spans) = mpsc::channel(QUEUE);
         tokio::spawn(export(url, spans));
-        Ok(Self {
-            queue,
-            dropped: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(Self { queue, dropped })
     }
 
     /// Queues a finished span, or drops it when the queue is full.
     pub(crate) fn record(&self, span: Span) {
         if self.queue.try_send(span).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
-    }
-
-    /// Spans dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 

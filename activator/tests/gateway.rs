@@ -207,13 +207,18 @@ async fn otlp_receiver() -> (SocketAddr, mpsc::UnboundedReceiver<(String, String
     (addr, posts)
 }
 
+/// A counter for what a span exporter or an access log drops.
+fn dropped() -> prometheus::IntCounter {
+    prometheus::IntCounter::new("dropped", "dropped").expect("counter")
+}
+
 #[tokio::test]
 async fn spans_reach_an_otlp_receiver_and_the_pod_gets_a_child_traceparent() {
     bounded(async {
         let (receiver, mut posts) = otlp_receiver().await;
         let endpoint = format!("http://{receiver}").parse().expect("uri");
         let h = start_with(Gateway {
-            spans: Some(SpanExporter::start(&endpoint).expect("exporter")),
+            spans: Some(SpanExporter::start(&endpoint, dropped()).expect("exporter")),
             ..Gateway::default()
         })
         .await;
@@ -289,7 +294,7 @@ async fn the_access_log_line_names_the_request_without_its_query_or_secrets() {
     bounded(async {
         let (sent, mut written) = mpsc::unbounded_channel();
         let h = start_with(Gateway {
-            access_log: Some(AccessLog::to_writer(1.0, Lines(sent)).expect("log")),
+            access_log: Some(AccessLog::to_writer(1.0, Lines(sent), dropped()).expect("log")),
             ..Gateway::default()
         })
         .await;

@@ -554,7 +554,10 @@ fn idle_function_scales_to_zero_exactly_when_the_grace_period_ends() {
 fn a_grace_period_shorter_than_the_panic_window_reaches_zero_and_stays_there() {
     let mut policy = policy();
     policy.scale_to_zero_grace_period = secs(2);
-    assert!(policy.panic_window > secs(2), "the case needs a longer panic window");
+    assert!(
+        policy.panic_window > secs(2),
+        "the case needs a longer panic window"
+    );
     let mut sim = Sim::new(policy, 1);
     sim.run(3, 5.0);
     // Last request at second 3: zero at 5, and no wake from that old request after.

@@ -105,7 +105,7 @@ pub async fn run_process(
         .with_gateway(Gateway {
             spans: otlp_endpoint
                 .as_ref()
-                .map(SpanExporter::start)
+                .map(|endpoint| SpanExporter::start(endpoint, metrics.dropped_spans.clone()))
                 .transpose()?,
             ..Gateway::default()
         }),

@@ -208,12 +208,17 @@ pub async fn run(config: DevConfig) -> Result<()> {
             spans: config
                 .otlp_endpoint
                 .as_ref()
-                .map(SpanExporter::start)
+                .map(|endpoint| SpanExporter::start(endpoint, metrics.dropped_spans.clone()))
                 .transpose()
                 .map_err(Error::OtlpEndpoint)?,
             access_log: config
                 .access_log
-                .then(|| AccessLog::to_stdout(config.access_log_sample_rate))
+                .then(|| {
+                    AccessLog::to_stdout(
+                        config.access_log_sample_rate,
+                        metrics.dropped_access_log_lines.clone(),
+                    )
+                })
                 .transpose()
                 .map_err(Error::AccessLog)?,
         }),
