@@ -21,11 +21,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use zeroscale_api::auth::{AuthSpec, JwtAlgorithm};
 use zeroscale_api::routing::FunctionKey;
 
+use cache::VerifiedTokens;
 use jwks::{KeySet, RemoteJwks};
 pub use jwt::TokenError;
 use jwt::{ClaimRules, Claims};
 pub use keys::{Digest, digest, parse_digests, to_hex};
 
+mod cache;
 mod jwks;
 mod jwt;
 mod keys;
@@ -187,6 +189,7 @@ impl Gate {
                     .iter()
                     .filter_map(|(claim, name)| Some((claim.clone(), HeaderName::try_from(name).ok()?)))
                     .collect(),
+                verified: VerifiedTokens::new(),
             }
         });
         Some(Arc::new(Policy { api_keys, jwt }))
@@ -220,6 +223,7 @@ struct Jwt {
     keys: Keys,
     required: Vec<(String, Vec<String>)>,
     forward: Vec<(String, HeaderName)>,
+    verified: VerifiedTokens,
 }
 
 #[derive(Debug)]
@@ -274,7 +278,14 @@ impl Policy {
 }
 
 impl Jwt {
-    async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    /// The claims of `token` when it admits the request: from the tokens verified lately
+    /// when it is one of them, else by verifying it (and then keeping it).
+    async fn verify(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
+        let now = jiff::Timestamp::now().as_second();
+        let key = VerifiedTokens::key(token);
+        if let Some(claims) = key.as_ref().and_then(|key| self.verified.get(key, now)) {
+            return Ok(claims);
+        }
         let unverified = jwt::parse(token, &self.algorithms)?;
         let keys = match &self.keys {
             Keys::Inline(keys) => Arc::clone(keys),
@@ -283,7 +294,7 @@ impl Jwt {
         let rules = ClaimRules {
             issuer: &self.issuer,
             audiences: &self.audiences,
-            now: jiff::Timestamp::now().as_second(),
+            now,
         };
         let claims = unverified.verify(&keys, &rules)?;
         let satisfied = self
@@ -292,6 +303,10 @@ impl Jwt {
             .all(|(claim, accepted)| claims.has_one_of(claim, accepted));
         if !satisfied {
             return Err(AuthError::Forbidden);
+        }
+        let claims = Arc::new(claims);
+        if let Some(key) = key {
+            self.verified.insert(key, Arc::clone(&claims), now);
         }
         Ok(claims)
     }

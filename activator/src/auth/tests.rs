@@ -166,6 +166,31 @@ async fn tokens_of_each_algorithm_are_accepted_and_forward_their_claims() {
 }
 
 #[tokio::test]
+async fn a_token_seen_again_is_admitted_from_the_cache_with_the_same_claims() {
+    let signer = Signer::p256();
+    let policy = jwt_policy(&[(&signer, "k1")]);
+    let token = signer.sign("k1", &claims());
+    for attempt in ["verified", "cached"] {
+        let mut headers = bearer(&token);
+        headers.insert("x-user", "forged".parse().expect("value"));
+        assert_eq!(
+            policy.check(&mut headers).await,
+            Ok(Verified {
+                subject: Some("alice".into())
+            }),
+            "{attempt}"
+        );
+        assert_eq!(headers["x-user"], "alice", "{attempt}");
+    }
+    // Only the very token is in the cache: one changed signature byte is checked.
+    let (signed, signature) = token.rsplit_once('.').expect("three parts");
+    let mut forged = signature.as_bytes().to_vec();
+    forged[0] = if forged[0] == b'A' { b'B' } else { b'A' };
+    let forged = format!("{signed}.{}", String::from_utf8(forged).expect("ascii"));
+    assert!(policy.check(&mut bearer(&forged)).await.is_err());
+}
+
+#[tokio::test]
 async fn a_token_fails_on_each_registered_claim() {
     let signer = Signer::ed25519();
     let policy = jwt_policy(&[(&signer, "k1")]);
