@@ -167,8 +167,9 @@ pub async fn run(config: DevConfig) -> Result<()> {
         address: config.listen,
         source,
     })?;
-    console::event(format_args!("zeroscale dev listening on http://{address}"));
     let nats = nats::Nats::start(config.nats_url.clone(), setpriv().as_deref()).await;
+    // After the local NATS server is up: until then its process is a fork of this one.
+    console::event(format_args!("zeroscale dev listening on http://{address}"));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {

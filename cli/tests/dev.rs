@@ -102,6 +102,21 @@ impl Dev {
         dev
     }
 
+    /// The line containing `text` that dev printed before it said it listens (dev is
+    /// ready, its local NATS server included, when it says so).
+    fn printed_before_listening(&self, text: &str) -> String {
+        self.seen
+            .iter()
+            .find(|line| line.contains(text))
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no line with {text:?} before the listening address; output:\n{}",
+                    self.seen.join("\n")
+                )
+            })
+    }
+
     /// Waits until a printed line satisfies `matches`, and returns it.
     async fn wait_for(
         &mut self,
@@ -901,11 +916,7 @@ async fn with_nats_server_installed_dev_runs_a_local_jetstream_and_stops_it_on_e
         "this test needs nats-server: run hack/install-tools.sh (or apt-get install nats-server)"
     );
     let mut dev = Dev::start("nats", &[]).await;
-    let line = dev
-        .wait_for("the NATS line", Duration::from_secs(30), |line| {
-            line.contains("local NATS JetStream at nats://")
-        })
-        .await;
+    let line = dev.printed_before_listening("local NATS JetStream at nats://");
     let address: SocketAddr = line
         .split("nats://")
         .nth(1)
@@ -1000,15 +1011,12 @@ async fn with_nats_server_installed_an_async_call_is_accepted_with_202_and_deliv
         "this test needs nats-server: run hack/install-tools.sh (or apt-get install nats-server)"
     );
     let spec = "  readinessPath: /healthz\n  scaling: {initialReplicas: 0}\n";
-    let mut dev = Dev::start(
+    let dev = Dev::start(
         "async",
         &[("hello.yaml", manifest("hello", &hello_command(), spec))],
     )
     .await;
-    dev.wait_for("the NATS line", Duration::from_secs(30), |line| {
-        line.contains("local NATS JetStream at nats://")
-    })
-    .await;
+    dev.printed_before_listening("local NATS JetStream at nats://");
 
     // Until dev's NATS client has connected, just after start, a call is refused with
     // 503, never accepted and lost.
