@@ -32,9 +32,11 @@ use zeroscale_activator::probe::ProbeConfig;
 use zeroscale_activator::server::{self, Activator, ServerLimits};
 use zeroscale_admin::process;
 use zeroscale_admin::{AdminState, Readiness};
-use zeroscale_api::routing::Domains;
+use zeroscale_api::routing::{Domains, FunctionKey};
 use zeroscale_api::stats::StatsReport;
-use zeroscale_autoscaler::{NoBacklog, StatsSource, drive};
+use zeroscale_autoscaler::{StatsSource, drive};
+use zeroscale_queue::backlog::QueueBacklog;
+use zeroscale_queue::connect::NatsOptions;
 
 use zeroscale_cli::cluster::dev::{DevState, FUNCTIONS_ROUTE, StateFile, USAGE_ROUTE};
 
@@ -246,13 +248,31 @@ pub async fn run(config: DevConfig) -> Result<()> {
         Duration::from_millis(100),
         stopped(),
     ));
+    // Queue triggers' waiting messages scale their Functions, as the operator does.
+    let jetstream = match nats.url() {
+        Some(url) => Some(async_nats::jetstream::new(
+            zeroscale_queue::connect::connect(&NatsOptions {
+                url: url.to_owned(),
+                name: "zeroscale-dev-autoscaler".into(),
+                ..NatsOptions::default()
+            })
+            .await?,
+        )),
+        None => None,
+    };
+    let backlog_runtime = Arc::clone(&runtime);
+    let backlog = QueueBacklog::new(
+        jetstream,
+        move |key: &FunctionKey| backlog_runtime.with_queue_triggers(key),
+        Duration::from_secs(1),
+    );
     let autoscaler = tokio::spawn(drive(
         config.autoscaler_tick,
         LocalStats {
             activator: Arc::clone(&activator),
             started,
         },
-        NoBacklog,
+        backlog,
         Arc::clone(&runtime),
         autoscaler_metrics,
         usage.clone(),

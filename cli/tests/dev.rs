@@ -1294,3 +1294,57 @@ async fn a_jwt_checked_against_a_local_jwks_url_admits_the_caller() {
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("hello from"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_server_installed_a_queue_backlog_scales_its_function_out_from_zero() {
+    assert!(
+        nats_installed(),
+        "this test needs nats-server: run hack/install-tools.sh (or apt-get install nats-server)"
+    );
+    // Each message keeps a replica busy for 2 s, so the 6 published wait long enough
+    // for the autoscaler to see them: 2 per replica asks for 3 replicas.
+    let spec = "  readinessPath: /healthz\n  scaling: {initialReplicas: 0, maxReplicas: 10}\n  triggers:\n    queues:\n    - {name: orders, stream: ORDERS, subject: 'orders.>', path: '/?sleep=2', target: 2}\n";
+    let mut dev = Dev::start(
+        "backlog",
+        &[("orders.yaml", manifest("orders", &hello_command(), spec))],
+    )
+    .await;
+    let line = dev.printed_before_listening("local NATS JetStream at nats://");
+    let url = line
+        .split_whitespace()
+        .find(|word| word.starts_with("nats://"))
+        .expect("the URL follows")
+        .to_owned();
+    assert!(dev.replicas().is_empty(), "at zero before any message");
+
+    // The stream is the user's; the trigger's consumer is created once it exists.
+    let jetstream = async_nats::jetstream::new(
+        async_nats::connect(&url)
+            .await
+            .expect("connects to dev's NATS"),
+    );
+    jetstream
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream created");
+    for n in 0..6 {
+        jetstream
+            .publish(format!("orders.{n}"), "order".into())
+            .await
+            .expect("published")
+            .await
+            .expect("stored");
+    }
+    dev.wait_for(
+        "a scale-out for the backlog",
+        Duration::from_secs(30),
+        |line| line.contains("orders: ") && line.ends_with("-> 3 (queue backlog)"),
+    )
+    .await;
+    dev.wait_for_replicas(|replicas| replicas == 3, Duration::from_secs(30))
+        .await;
+}

@@ -1,9 +1,10 @@
 //! The autoscaler in a cluster: [`zeroscale_autoscaler::drive`] over `KubeRuntime`
 //! (the Functions the controllers watch, their Deployments from watches of its own,
 //! replicas written through `ReplicaWriter`), [`ActivatorStats`] (the activators'
-//! `/stats`) and [`QueueBacklog`] (the queue triggers' backlog in NATS JetStream). Only the leader runs it. The decision itself is in `zeroscale-autoscaler`.
+//! `/stats`) and [`QueueBacklog`](zeroscale_queue::backlog::QueueBacklog) (the queue
+//! triggers' backlog in NATS JetStream). Only the leader runs it. The decision itself is
+//! in `zeroscale-autoscaler`.
 
-mod backlog;
 mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -27,7 +28,6 @@ use zeroscale_autoscaler::{
 use crate::replicas::ReplicaWriter;
 use crate::watched::{WatchTask, WatchedFunctions};
 
-pub use backlog::QueueBacklog;
 pub use stats::ActivatorStats;
 
 /// How the loop finds activators and how often it runs.

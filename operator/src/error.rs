@@ -49,22 +49,6 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
-
-    #[error("reading the backlog of JetStream consumer {consumer} on stream {stream}")]
-    ConsumerInfo {
-        stream: String,
-        consumer: String,
-        source: async_nats::Error,
-    },
-
-    #[error(
-        "reading the backlog of JetStream consumer {consumer} on stream {stream}: no answer within {timeout:?}"
-    )]
-    ConsumerInfoTimeout {
-        stream: String,
-        consumer: String,
-        timeout: std::time::Duration,
-    },
 }
 
 impl Error {
@@ -81,10 +65,7 @@ impl Error {
                 kube::Error::Api(status) => Some(status),
                 _ => None,
             },
-            Error::SerializeCrd { .. }
-            | Error::MissingNamespace
-            | Error::ConsumerInfo { .. }
-            | Error::ConsumerInfoTimeout { .. } => None,
+            Error::SerializeCrd { .. } | Error::MissingNamespace => None,
         }
     }
 
@@ -126,7 +107,6 @@ impl Error {
             Error::MissingNamespace => "missing_namespace",
             Error::Lease { .. } => "lease",
             Error::ClearWake { .. } => "clear_wake",
-            Error::ConsumerInfo { .. } | Error::ConsumerInfoTimeout { .. } => "consumer_info",
         }
     }
 }

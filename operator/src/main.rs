@@ -17,9 +17,10 @@ use zeroscale_admin::console::Console;
 use zeroscale_admin::process::{self, ErrorChain, LogFormat};
 use zeroscale_admin::{self as admin, AdminState, Liveness, Readiness};
 use zeroscale_api::ScalingDefaults;
+use zeroscale_api::routing::FunctionKey;
 use zeroscale_api::usage::Prices;
 use zeroscale_autoscaler::Usage;
-use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig, QueueBacklog};
+use zeroscale_operator::autoscaler::{self, ActivatorStats, AutoscalerConfig};
 use zeroscale_operator::console::{self, LastScrape, Tee};
 use zeroscale_operator::controller::{self, Context};
 use zeroscale_operator::gateway::GatewayConfig;
@@ -28,6 +29,7 @@ use zeroscale_operator::lease::LeaderElector;
 use zeroscale_operator::metrics::Metrics;
 use zeroscale_operator::resources::Config;
 use zeroscale_operator::schedule;
+use zeroscale_queue::backlog::QueueBacklog;
 use zeroscale_queue::connect::NatsOptions;
 use zeroscale_triggers::ScheduleMetrics;
 
@@ -444,9 +446,10 @@ async fn operate<S: Future<Output = ()> + Send + Sync + 'static>(
         };
         let sampling =
             console::sample(Arc::clone(live), Arc::clone(ctx.watched()), last, stopped());
+        let watched = Arc::clone(ctx.watched());
         let backlog = QueueBacklog::new(
             jetstream.clone(),
-            Arc::clone(ctx.watched()),
+            move |key: &FunctionKey| watched.function(key),
             autoscaler_config.scrape_timeout,
         );
         let controllers = futures::future::join_all(

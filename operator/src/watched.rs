@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kube::runtime::reflector::{ObjectRef, Store};
 use zeroscale_api::Function;
+use zeroscale_api::routing::FunctionKey;
 
 /// The stores of every running controller, shared by the controllers' and the
 /// autoscaler's contexts.
@@ -34,6 +35,11 @@ impl WatchedFunctions {
             .iter()
             .flat_map(|functions| functions.state_filter(|function| keep(function)))
             .collect()
+    }
+
+    /// The watched Function named by `key`, if a store holds it.
+    pub fn function(&self, key: &FunctionKey) -> Option<Arc<Function>> {
+        self.get(&ObjectRef::new(&key.name).within(&key.namespace))
     }
 
     /// The watched Function `key`, if a store holds it.

@@ -60,6 +60,21 @@ pub enum Error {
     Random,
     #[error("cannot start nats-server")]
     StartServer(#[source] std::io::Error),
+    #[error("reading the backlog of JetStream consumer {consumer} on stream {stream}")]
+    ConsumerInfo {
+        stream: String,
+        consumer: String,
+        #[source]
+        source: NatsError,
+    },
+    #[error(
+        "reading the backlog of JetStream consumer {consumer} on stream {stream}: no answer within {timeout:?}"
+    )]
+    ConsumerInfoTimeout {
+        stream: String,
+        consumer: String,
+        timeout: std::time::Duration,
+    },
     #[error("nats-server did not accept connections on {address} within {waited:?}")]
     ServerNotReady {
         address: std::net::SocketAddr,

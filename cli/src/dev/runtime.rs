@@ -140,6 +140,13 @@ impl ProcessRuntime {
             .collect()
     }
 
+    /// The Function `key` as its manifest defines it now, when it has queue triggers.
+    pub fn with_queue_triggers(&self, key: &FunctionKey) -> Option<Arc<Function>> {
+        let function = self.entries().get(key)?.function();
+        (!function.routed.spec.triggers.queues.is_empty())
+            .then(|| Arc::new(function.routed.clone()))
+    }
+
     /// Every Function with the status a cluster would show: replicas ready and desired,
     /// and `Ready` (cannot start, serving, at zero, or starting). `url` names the
     /// Function's URL.

@@ -3,7 +3,7 @@
 //! time), counting the messages not yet delivered (`num_pending`) and those delivered
 //! but not acknowledged (`num_ack_pending`). A trigger that cannot be read makes its
 //! Function's backlog unknown, which holds its scale: a broker outage never reads as an
-//! empty queue.
+//! empty queue. Used by the operator's autoscaler and by `zeroscale dev`'s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,24 +11,22 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use kube::runtime::reflector::ObjectRef;
 use zeroscale_admin::process::ErrorChain;
 use zeroscale_api::Function;
 use zeroscale_api::routing::FunctionKey;
 use zeroscale_autoscaler::{Backlog, BacklogSource};
-use zeroscale_queue::names;
 
-use crate::watched::WatchedFunctions;
+use crate::names;
 use crate::{Error, Result};
 
 /// Consumer info requests in flight at once.
 const CONCURRENCY: usize = 16;
 
-/// The backlog of the watched Functions' queue triggers, from JetStream; none at all
-/// when the operator has no NATS server.
-pub struct QueueBacklog {
+/// The backlog of the queue triggers of the Functions `functions` finds by key, from
+/// JetStream; none at all without a NATS server.
+pub struct QueueBacklog<F> {
     jetstream: Option<jetstream::Context>,
-    functions: Arc<WatchedFunctions>,
+    functions: F,
     /// Longest one consumer info request may take.
     timeout: Duration,
     /// The consumers whose last read failed, with the error's text: a failure is logged
@@ -36,13 +34,13 @@ pub struct QueueBacklog {
     failing: Mutex<HashMap<String, String>>,
 }
 
-impl QueueBacklog {
-    /// Reads the triggers of `functions` through `jetstream`, each within `timeout`.
-    pub fn new(
-        jetstream: Option<jetstream::Context>,
-        functions: Arc<WatchedFunctions>,
-        timeout: Duration,
-    ) -> Self {
+impl<F> QueueBacklog<F>
+where
+    F: Fn(&FunctionKey) -> Option<Arc<Function>> + Send + Sync,
+{
+    /// Reads the triggers of the Functions `functions` finds through `jetstream`, each
+    /// within `timeout`.
+    pub fn new(jetstream: Option<jetstream::Context>, functions: F, timeout: Duration) -> Self {
         Self {
             jetstream,
             functions,
@@ -71,18 +69,15 @@ impl QueueBacklog {
     }
 }
 
-impl BacklogSource for QueueBacklog {
+impl<F> BacklogSource for QueueBacklog<F>
+where
+    F: Fn(&FunctionKey) -> Option<Arc<Function>> + Send + Sync,
+{
     async fn backlog(&self, keys: &[FunctionKey]) -> HashMap<FunctionKey, Backlog> {
         let Some(jetstream) = &self.jetstream else {
             return HashMap::new();
         };
-        let functions: Vec<Arc<Function>> = keys
-            .iter()
-            .filter_map(|key| {
-                self.functions
-                    .get(&ObjectRef::new(&key.name).within(&key.namespace))
-            })
-            .collect();
+        let functions: Vec<Arc<Function>> = keys.iter().filter_map(&self.functions).collect();
         let counts = pending_counts(jetstream, &functions, self.timeout).await;
         for (_, consumer, _, outcome) in &counts {
             self.note(consumer, outcome);
@@ -141,7 +136,7 @@ async fn pending(
     consumer: &str,
     timeout: Duration,
 ) -> Result<u64> {
-    let failed = |source: async_nats::Error| Error::ConsumerInfo {
+    let failed = |source: crate::error::NatsError| Error::ConsumerInfo {
         stream: stream.to_owned(),
         consumer: consumer.to_owned(),
         source,
@@ -192,18 +187,18 @@ mod tests {
     use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
     use tokio::time::Instant;
     use zeroscale_api::ScalingDefaults;
+    use zeroscale_api::{FunctionSpec, QueueTrigger};
     use zeroscale_autoscaler::{Fleet, Observed, Reason, Replicas, ScalingPolicy, Target};
-    use zeroscale_queue::harness::NatsServer;
 
-    use zeroscale_api::QueueTrigger;
-
-    use crate::fixtures::FunctionExt;
+    use crate::harness::NatsServer;
 
     const TIMEOUT: Duration = Duration::from_secs(2);
 
     /// `default/orders`, fed by the `orders.>` messages of stream ORDERS, 100 per replica.
     fn function() -> Arc<Function> {
-        let mut function = Function::test("orders");
+        let mut function =
+            Function::new("orders", FunctionSpec::with_image("example.com/orders:1"));
+        function.metadata.namespace = Some("default".into());
         let mut trigger = QueueTrigger::new("orders", "ORDERS");
         trigger.subject = Some("orders.>".into());
         trigger.target = 100;
