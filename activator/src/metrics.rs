@@ -7,14 +7,10 @@ use prometheus::{
 };
 
 use zeroscale_api::routing::FunctionKey;
+use zeroscale_api::stats::LATENCY_BUCKETS_SECONDS;
 
 use crate::connections::ConnectionMetrics;
 use crate::usage::Outcome;
-
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
 
 /// Status classes a response is counted under.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -66,6 +62,23 @@ impl FunctionMetrics {
         self.requests_by_class[class].inc();
     }
 
+    /// Responses with a 5xx status.
+    pub(crate) fn server_errors(&self) -> u64 {
+        self.requests_by_class[4].get()
+    }
+
+    /// Cumulative cold-start counts at each of [`LATENCY_BUCKETS_SECONDS`].
+    pub(crate) fn cold_start_buckets(&self) -> Vec<u64> {
+        use prometheus::core::Metric as _;
+        self.cold_start
+            .metric()
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|bucket| bucket.cumulative_count())
+            .collect()
+    }
+
     /// Counts a request's outcome.
     pub(crate) fn count_outcome(&self, outcome: Outcome) {
         self.invocations[outcome as usize].inc();
@@ -83,7 +96,7 @@ impl Metrics {
         let function = &["namespace", "function"];
         let histogram = |name: &str, help: &str| {
             HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_SECONDS.to_vec()),
                 function,
             )
         };

@@ -100,6 +100,10 @@ pub(crate) fn fill(stats: &mut FunctionStats, metrics: &FunctionMetrics, capacit
     stats.busy_seconds_total = capacity.busy_micros() as f64 / 1e6;
     stats.cold_starts_total = metrics.cold_start.get_sample_count();
     stats.cold_start_seconds_total = metrics.cold_start.get_sample_sum();
+    if stats.cold_starts_total > 0 {
+        stats.cold_start_buckets = metrics.cold_start_buckets();
+    }
+    stats.server_errors_total = metrics.server_errors();
 }
 
 #[cfg(test)]

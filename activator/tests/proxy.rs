@@ -268,6 +268,15 @@ async fn five_hundred_requests_at_zero_all_answer_once_a_pod_is_ready() {
         );
         let stats = h.stats("echo");
         assert_eq!((stats.queued, stats.in_flight), (0, 0));
+        // The consoles' cold-start distribution: cumulative counts, all within 60 s.
+        assert!(stats.cold_starts_total > 0);
+        assert_eq!(stats.cold_start_buckets.len(), 16);
+        assert_eq!(
+            stats.cold_start_buckets.last(),
+            Some(&stats.cold_starts_total)
+        );
+        assert!(stats.cold_start_buckets.is_sorted());
+        assert_eq!(stats.server_errors_total, 0);
     })
     .await;
 }
@@ -294,6 +303,11 @@ async fn full_queue_answers_503_with_retry_after() {
             h.stats("echo").queued,
             2,
             "the refused request did not queue"
+        );
+        assert_eq!(h.stats("echo").server_errors_total, 1, "the 503 counts");
+        assert!(
+            h.stats("echo").cold_start_buckets.is_empty(),
+            "no cold start ended yet"
         );
     })
     .await;

@@ -8,6 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Upper bounds, in seconds, of the activator's latency histograms: request duration,
+/// queue wait and cold start (whose counts [`FunctionStats::cold_start_buckets`] carries).
+pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
 /// One activator replica's stats.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -56,4 +63,11 @@ pub struct FunctionStats {
     /// Time those requests waited for a pod.
     #[serde(default)]
     pub cold_start_seconds_total: f64,
+    /// Cold starts that took at most each of [`LATENCY_BUCKETS_SECONDS`] (cumulative, as
+    /// Prometheus keeps them); left out while there was none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cold_start_buckets: Vec<u64>,
+    /// Responses with a 5xx status, the activator's own included.
+    #[serde(default)]
+    pub server_errors_total: u64,
 }

@@ -1,18 +1,17 @@
 //! The operator's live console on its admin port (reach it with `kubectl
 //! port-forward`): once a second, each Function the controllers watch, with its status
 //! (Ready, replicas, URL) and the load the activators last reported to the autoscaler
-//! ([`Tee`] keeps a copy of each scrape, so the console adds no scrapes of its own).
-//! Cold starts and error rates live in the activators' own metrics, which the operator
-//! does not read: the page says they are not available here.
+//! ([`Tee`] keeps a copy of each scrape, so the console adds no scrapes of its own),
+//! cold starts and 5xx responses included.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use kube::ResourceExt;
-use zeroscale_admin::console::{self, Console, Observation};
+use zeroscale_admin::console::{self, Bucket, ColdStarts, Console, Observation, Responses};
 use zeroscale_admin::process;
-use zeroscale_api::stats::StatsReport;
+use zeroscale_api::stats::{LATENCY_BUCKETS_SECONDS, StatsReport};
 use zeroscale_api::{Function, FunctionStatus};
 use zeroscale_autoscaler::StatsSource;
 
@@ -66,11 +65,13 @@ pub async fn sample(
 }
 
 /// Load of one Function summed over every activator.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct Load {
     requests_total: u64,
     in_flight: u64,
     queued: u64,
+    responses: Responses,
+    cold_starts: ColdStarts,
 }
 
 /// Each Function's load summed over the activators' `reports`.
@@ -83,6 +84,22 @@ fn load(reports: &[StatsReport]) -> HashMap<(String, String), Load> {
         entry.requests_total += stats.requests_total;
         entry.in_flight += stats.in_flight;
         entry.queued += stats.queued;
+        // Every answered request has one outcome.
+        entry.responses.total +=
+            stats.success_total + stats.function_errors_total + stats.refused_total;
+        entry.responses.server_errors += stats.server_errors_total;
+        let cold = &mut entry.cold_starts;
+        cold.count += stats.cold_starts_total;
+        cold.sum_seconds += stats.cold_start_seconds_total;
+        if cold.buckets.is_empty() {
+            cold.buckets = LATENCY_BUCKETS_SECONDS
+                .iter()
+                .map(|&le| Bucket { le, count: 0 })
+                .collect();
+        }
+        for (bucket, count) in cold.buckets.iter_mut().zip(&stats.cold_start_buckets) {
+            bucket.count += count;
+        }
     }
     load
 }
@@ -94,7 +111,7 @@ fn observe(function: &Function, load: &HashMap<(String, String), Load>) -> Obser
     let status = function.status.clone().unwrap_or_default();
     let load = load
         .get(&(namespace.clone(), name.clone()))
-        .copied()
+        .cloned()
         .unwrap_or_default();
     let (ready, reason, message) = ready(&status);
     Observation {
@@ -109,8 +126,8 @@ fn observe(function: &Function, load: &HashMap<(String, String), Load>) -> Obser
         requests_total: load.requests_total,
         in_flight: load.in_flight,
         queued: load.queued,
-        responses: None,
-        cold_starts: None,
+        responses: Some(load.responses),
+        cold_starts: Some(load.cold_starts),
         namespace,
         name,
     }
@@ -150,17 +167,51 @@ mod tests {
         }
     }
 
+    /// `report` with answers and cold starts: `cold` cold starts of 0.3 s each.
+    fn answering(instance: &str, ok: u64, errors: u64, cold: u64) -> StatsReport {
+        let mut report = report(instance, ok + errors, 0);
+        let stats = &mut report.functions[0];
+        stats.success_total = ok;
+        stats.function_errors_total = errors;
+        stats.server_errors_total = errors;
+        stats.cold_starts_total = cold;
+        stats.cold_start_seconds_total = 0.3 * cold as f64;
+        if cold > 0 {
+            // Cumulative: none up to 0.25 s, all from 0.5 s on.
+            stats.cold_start_buckets = LATENCY_BUCKETS_SECONDS
+                .iter()
+                .map(|&le| if le >= 0.5 { cold } else { 0 })
+                .collect();
+        }
+        report
+    }
+
     #[test]
     fn load_is_summed_over_every_activator() {
-        let load = load(&[report("a", 10, 2), report("b", 5, 1)]);
+        let load = load(&[answering("a", 8, 2, 1), answering("b", 5, 0, 2)]);
+        let hello = &load[&("default".to_owned(), "hello".to_owned())];
         assert_eq!(
-            load[&("default".to_owned(), "hello".to_owned())],
-            Load {
-                requests_total: 15,
-                in_flight: 3,
-                queued: 2
+            (hello.requests_total, hello.in_flight, hello.queued),
+            (15, 0, 2)
+        );
+        assert_eq!(
+            hello.responses,
+            Responses {
+                total: 15,
+                server_errors: 2
             }
         );
+        assert_eq!(hello.cold_starts.count, 3);
+        assert!((hello.cold_starts.sum_seconds - 0.9).abs() < 1e-9);
+        let at = |le: f64| {
+            hello
+                .cold_starts
+                .buckets
+                .iter()
+                .find(|bucket| bucket.le == le)
+                .map(|bucket| bucket.count)
+        };
+        assert_eq!((at(0.25), at(0.5), at(60.0)), (Some(0), Some(3), Some(3)));
     }
 
     struct Fixed(Vec<StatsReport>);
@@ -196,8 +247,9 @@ mod tests {
         assert_eq!(observed.requests_total, 7);
         assert_eq!(observed.host, "hello.default");
         assert_eq!(
-            observed.cold_starts, None,
-            "the operator does not read them"
+            observed.cold_starts.map(|cold| cold.count),
+            Some(0),
+            "none yet, not unknown"
         );
         assert!(!observed.ready);
     }
