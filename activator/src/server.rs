@@ -133,11 +133,17 @@ impl Activator {
                 && CorsPolicy::is_preflight(request.method(), request.headers());
             (settings.auth.clone(), preflight)
         };
+        // The two steps only some Functions use (authentication, which may fetch a JWKS,
+        // and storing an async call) are boxed: their states are large, and hyper moves
+        // this future several times per request, so unboxed every request would copy
+        // room for them.
         let verified = match auth {
-            Some(policy) if !preflight => match policy.check(request.headers_mut()).await {
-                Ok(verified) => verified,
-                Err(error) => return self.refuse(error.into()),
-            },
+            Some(policy) if !preflight => {
+                match Box::pin(policy.check(request.headers_mut())).await {
+                    Ok(verified) => verified,
+                    Err(error) => return self.refuse(error.into()),
+                }
+            }
             _ => Verified::default(),
         };
         let identity = ClientIdentity {
@@ -159,7 +165,7 @@ impl Activator {
         };
         // Stored for later: the dispatcher sends it through this path again.
         if calls::is_async(&request) {
-            return self.calls.handle(&function, request).await;
+            return Box::pin(self.calls.handle(&function, request)).await;
         }
         function.count_request();
         let mut observed = Observed::new(arrived);
