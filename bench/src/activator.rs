@@ -179,9 +179,11 @@ fn command(functions: &Functions, line: &str) -> anyhow::Result<String> {
             ));
         }
         ["fns", prefix, count] => {
+            // As a list arrives from the API server: the routing tables are built once.
             for n in 0..count.parse::<usize>().context("count")? {
-                functions.apply(&function(&format!("{prefix}-{n}"), None, None));
+                functions.apply_listed(&function(&format!("{prefix}-{n}"), None, None));
             }
+            functions.finish_list([]);
         }
         ["ready", name, addr] => set(functions, name, &[addr.parse()?], EndpointState::Ready),
         ["starting", name, addr] => {
