@@ -411,9 +411,18 @@ impl Functions {
         }
     }
 
-    /// Every known Function's state, for sampling and stats.
+    /// Every known Function's state, for stats.
     pub fn all(&self) -> Vec<Arc<FunctionState>> {
         self.control().states.values().cloned().collect()
+    }
+
+    /// Calls `visit` with every known Function's state, under the control lock: the load
+    /// sampler runs over all of them several times a second, and cloning thousands of
+    /// `Arc`s for it would cost more than the sampling. `visit` must be quick.
+    pub fn for_each(&self, mut visit: impl FnMut(&FunctionState)) {
+        for state in self.control().states.values() {
+            visit(state);
+        }
     }
 
     fn rebuild(&self, control: &mut Control) {

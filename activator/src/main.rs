@@ -258,7 +258,6 @@ async fn main() -> anyhow::Result<()> {
     );
     tokio::spawn(server::sample_load(
         Arc::clone(&functions),
-        metrics,
         cli.sample_period,
         stopped(),
     ));

@@ -3,7 +3,7 @@
 
 use prometheus::{
     Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry,
+    IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use zeroscale_api::routing::FunctionKey;
@@ -49,6 +49,8 @@ pub(crate) struct FunctionMetrics {
     pub queue_wait: Histogram,
     pub cold_start: Histogram,
     pub wakes: IntCounter,
+    in_flight: IntGauge,
+    queued: IntGauge,
     /// Requests by [`Outcome`], in the order of [`Outcome::ALL`].
     invocations: [IntCounter; 3],
     pub execution_seconds: Counter,
@@ -60,6 +62,13 @@ impl FunctionMetrics {
     pub(crate) fn count_response(&self, status: http::StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.requests_by_class[class].inc();
+    }
+
+    /// Sets the requests in flight and waiting.
+    pub(crate) fn set_load(&self, in_flight: usize, queued: usize) {
+        let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+        self.in_flight.set(gauge(in_flight));
+        self.queued.set(gauge(queued));
     }
 
     /// Responses with a 5xx status.
@@ -220,6 +229,8 @@ impl Metrics {
             queue_wait: self.queue_wait.with_label_values(&labels),
             cold_start: self.cold_start.with_label_values(&labels),
             wakes: self.wakes.with_label_values(&labels),
+            in_flight: self.in_flight.with_label_values(&labels),
+            queued: self.queued.with_label_values(&labels),
             invocations: Outcome::ALL.map(|outcome| {
                 self.invocations
                     .with_label_values(&[namespace, name, outcome.metric_label()])
@@ -227,16 +238,6 @@ impl Metrics {
             execution_seconds: self.execution_seconds.with_label_values(&labels),
             busy_seconds: self.busy_seconds.with_label_values(&labels),
         }
-    }
-
-    /// Sets a Function's requests in flight and waiting.
-    pub(crate) fn set_load(&self, key: &FunctionKey, in_flight: usize, queued: usize) {
-        let labels = labels(key);
-        let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
-        self.in_flight
-            .with_label_values(&labels)
-            .set(gauge(in_flight));
-        self.queued.with_label_values(&labels).set(gauge(queued));
     }
 
     /// Drops the series of a deleted Function.

@@ -514,10 +514,10 @@ where
     })
 }
 
-/// Adds each Function's load to its counters every `period` until `shutdown` resolves.
+/// Adds each Function's load to its counters and gauges every `period` until `shutdown`
+/// resolves.
 pub async fn sample_load(
     functions: Arc<Functions>,
-    metrics: Metrics,
     period: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -526,14 +526,12 @@ pub async fn sample_load(
         let now = Instant::now();
         let elapsed = now - last;
         last = now;
-        for function in functions.all() {
+        functions.for_each(|function| {
             function.sample(elapsed);
-            metrics.set_load(
-                &function.key,
-                function.capacity.in_flight(),
-                function.capacity.queued(),
-            );
-        }
+            function
+                .metrics
+                .set_load(function.capacity.in_flight(), function.capacity.queued());
+        });
     })
     .await;
 }

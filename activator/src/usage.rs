@@ -76,8 +76,13 @@ impl Published {
     /// Adds what `capacity` counted since the last call to the Function's counters.
     /// Called from one sampling task only.
     pub(crate) fn publish(&self, metrics: &FunctionMetrics, capacity: &Capacity) {
+        // One writer: a load and a store, and no store for an idle Function.
         let catch_up = |published: &AtomicU64, total: u64| {
-            let before = published.swap(total, Ordering::Relaxed);
+            let before = published.load(Ordering::Relaxed);
+            if total == before {
+                return 0.0;
+            }
+            published.store(total, Ordering::Relaxed);
             total.saturating_sub(before) as f64 / 1e6
         };
         let execution = catch_up(&self.execution_micros, capacity.execution_micros());

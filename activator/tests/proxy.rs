@@ -863,16 +863,34 @@ async fn stats_count_requests_and_sampled_concurrency() {
         h.set_pods("echo", vec![endpoint(pod.addr, Ready)]);
         tokio::spawn(server::sample_load(
             std::sync::Arc::clone(&h.functions),
-            h.metrics.clone(),
             Duration::from_millis(5),
             h.stopping(),
         ));
+
+        let registry = prometheus::Registry::new();
+        h.metrics.register(&registry).expect("registers");
+        let in_flight_gauge = || {
+            registry
+                .gather()
+                .iter()
+                .find(|family| family.name() == "zeroscale_activator_in_flight_requests")
+                .and_then(|family| {
+                    family
+                        .get_metric()
+                        .first()
+                        .map(|m| m.get_gauge().get_value())
+                })
+        };
 
         let held = tokio::spawn(h.get("echo.team", "/"));
         pod.arrival().await;
         assert_eq!(h.stats("echo").in_flight, 1);
         until("sampled concurrency is counted", || {
             h.stats("echo").concurrency_seconds_total > 0.0
+        })
+        .await;
+        until("the sampled in-flight gauge shows the request", || {
+            in_flight_gauge() == Some(1.0)
         })
         .await;
         gate.open();

@@ -113,7 +113,6 @@ pub async fn run_process(
     // As main.rs does: the autoscaler's load sampling runs alongside.
     tokio::spawn(server::sample_load(
         Arc::clone(&functions),
-        metrics,
         Duration::from_millis(100),
         std::future::pending(),
     ));

@@ -244,7 +244,6 @@ pub async fn run(config: DevConfig) -> Result<()> {
     ));
     tokio::spawn(server::sample_load(
         Arc::clone(&functions),
-        metrics,
         Duration::from_millis(100),
         stopped(),
     ));
