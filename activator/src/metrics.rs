@@ -76,6 +76,11 @@ impl FunctionMetrics {
         self.requests_by_class[4].get()
     }
 
+    /// Responses of every status.
+    pub(crate) fn responses(&self) -> u64 {
+        self.requests_by_class.iter().map(IntCounter::get).sum()
+    }
+
     /// Cumulative cold-start counts at each of [`LATENCY_BUCKETS_SECONDS`].
     pub(crate) fn cold_start_buckets(&self) -> Vec<u64> {
         use prometheus::core::Metric as _;

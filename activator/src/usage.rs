@@ -109,6 +109,7 @@ pub(crate) fn fill(stats: &mut FunctionStats, metrics: &FunctionMetrics, capacit
         stats.cold_start_buckets = metrics.cold_start_buckets();
     }
     stats.server_errors_total = metrics.server_errors();
+    stats.responses_total = metrics.responses();
 }
 
 #[cfg(test)]

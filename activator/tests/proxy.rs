@@ -305,6 +305,11 @@ async fn full_queue_answers_503_with_retry_after() {
             "the refused request did not queue"
         );
         assert_eq!(h.stats("echo").server_errors_total, 1, "the 503 counts");
+        assert_eq!(
+            h.stats("echo").responses_total,
+            1,
+            "the only response so far"
+        );
         assert!(
             h.stats("echo").cold_start_buckets.is_empty(),
             "no cold start ended yet"

@@ -4,9 +4,10 @@
 //! behind them. [`routes`] adds the three routes.
 //!
 //! A binary samples its Functions once a second into [`Observation`]s read from the
-//! counters its metrics and stats already hold (the activator's request counter, in
-//! flight and queued gauges, response classes and cold-start histogram; the
-//! autoscaler's desired replicas) and hands them to [`Console::record`]. The console
+//! counters its stats already hold (the activators' `/stats`: requests, in flight,
+//! queued, responses by class and the cold-start histogram, summed over activators with
+//! [`Responses::add`] and [`ColdStarts::add`]; the autoscaler's desired replicas) and
+//! hands them to [`Console::record`]. The console
 //! turns counters into rates, keeps the last 300 samples (five minutes) per Function, marks a
 //! scale event where the desired replicas changed, and answers the page with
 //! [`Console::state_json`]. Nothing is estimated: a figure the binary cannot read is
@@ -17,8 +18,8 @@ mod invoke;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use prometheus::proto::MetricFamily;
 use serde::Serialize;
+use zeroscale_api::stats::{FunctionStats, LATENCY_BUCKETS_SECONDS};
 
 use crate::AdminState;
 
@@ -43,12 +44,6 @@ const LOG_LINES: usize = 100;
 /// Notes (scale events) kept per Function.
 const NOTES: usize = 20;
 
-/// The activator's histogram of cold-start delays.
-const COLD_START_METRIC: &str = "zeroscale_activator_cold_start_seconds";
-
-/// The activator's responses by status class.
-const RESPONSES_METRIC: &str = "zeroscale_activator_requests_total";
-
 /// One Function at one moment, as the binary's own counters show it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observation {
@@ -72,9 +67,9 @@ pub struct Observation {
     pub in_flight: u64,
     /// Requests waiting for a replica now.
     pub queued: u64,
-    /// Responses by outcome, when the binary reads the activator's metrics.
+    /// Responses by status, when the binary reads them.
     pub responses: Option<Responses>,
-    /// Cold starts, when the binary reads the activator's metrics.
+    /// Cold starts, when the binary reads them.
     pub cold_starts: Option<ColdStarts>,
 }
 
@@ -104,61 +99,30 @@ pub struct Bucket {
     pub count: u64,
 }
 
-/// Reads one Function's responses and cold starts from the activator's metrics in
-/// `families` (a registry's `gather()`); `None` where the metric is not there.
-pub fn activator_figures(
-    families: &[MetricFamily],
-    namespace: &str,
-    name: &str,
-) -> (Option<Responses>, Option<ColdStarts>) {
-    let ours = |metric: &prometheus::proto::Metric| {
-        let mut found = (false, false);
-        for label in metric.get_label() {
-            match label.name() {
-                "namespace" => found.0 = label.value() == namespace,
-                "function" => found.1 = label.value() == name,
-                _ => {}
-            }
-        }
-        found == (true, true)
-    };
-    let family = |wanted: &str| families.iter().find(|family| family.name() == wanted);
-    let responses = family(RESPONSES_METRIC).map(|family| {
-        let mut responses = Responses::default();
-        for metric in family.get_metric().iter().filter(|metric| ours(metric)) {
-            // Counter values are whole numbers kept as f64.
-            let count = metric.get_counter().get_value() as u64;
-            responses.total += count;
-            let class = metric
-                .get_label()
+impl Responses {
+    /// Adds one activator's responses for a Function, from its `/stats` entry.
+    pub fn add(&mut self, stats: &FunctionStats) {
+        self.total += stats.responses_total;
+        self.server_errors += stats.server_errors_total;
+    }
+}
+
+impl ColdStarts {
+    /// Adds one activator's cold starts of a Function, from its `/stats` entry.
+    pub fn add(&mut self, stats: &FunctionStats) {
+        self.count += stats.cold_starts_total;
+        self.sum_seconds += stats.cold_start_seconds_total;
+        if self.buckets.is_empty() {
+            self.buckets = LATENCY_BUCKETS_SECONDS
                 .iter()
-                .find(|label| label.name() == "code_class");
-            if class.is_some_and(|class| class.value() == "5xx") {
-                responses.server_errors += count;
-            }
+                .map(|&le| Bucket { le, count: 0 })
+                .collect();
         }
-        responses
-    });
-    let cold_starts = family(COLD_START_METRIC).map(|family| {
-        let histogram = family
-            .get_metric()
-            .iter()
-            .find(|metric| ours(metric))
-            .map(|metric| metric.get_histogram());
-        histogram.map_or_else(ColdStarts::default, |histogram| ColdStarts {
-            count: histogram.get_sample_count(),
-            sum_seconds: histogram.get_sample_sum(),
-            buckets: histogram
-                .get_bucket()
-                .iter()
-                .map(|bucket| Bucket {
-                    le: bucket.upper_bound(),
-                    count: bucket.cumulative_count(),
-                })
-                .collect(),
-        })
-    });
-    (responses, cold_starts)
+        // Left out of an entry with no cold start: every bucket then adds zero.
+        for (bucket, count) in self.buckets.iter_mut().zip(&stats.cold_start_buckets) {
+            bucket.count += count;
+        }
+    }
 }
 
 /// One second of a Function's history.
@@ -563,56 +527,45 @@ mod tests {
     }
 
     #[test]
-    fn cold_starts_and_errors_are_read_from_the_activator_metrics() {
-        let registry = prometheus::Registry::new();
-        let cold = prometheus::HistogramVec::new(
-            prometheus::HistogramOpts::new(COLD_START_METRIC, "cold starts")
-                .buckets(vec![0.5, 1.0]),
-            &["namespace", "function"],
-        )
-        .expect("a histogram");
-        let requests = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(RESPONSES_METRIC, "requests"),
-            &["namespace", "function", "code_class"],
-        )
-        .expect("a counter");
-        registry
-            .register(Box::new(cold.clone()))
-            .expect("registers");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("registers");
-        cold.with_label_values(&["default", "hello"]).observe(0.7);
-        cold.with_label_values(&["default", "other"]).observe(0.1);
-        requests
-            .with_label_values(&["default", "hello", "2xx"])
-            .inc_by(3);
-        requests
-            .with_label_values(&["default", "hello", "5xx"])
-            .inc();
-        requests
-            .with_label_values(&["default", "other", "5xx"])
-            .inc();
-
-        let (responses, cold_starts) = activator_figures(&registry.gather(), "default", "hello");
+    fn cold_starts_and_errors_add_up_over_the_activators_stats() {
+        let hello = |responses_total, server_errors_total, cold: bool| FunctionStats {
+            namespace: "default".into(),
+            name: "hello".into(),
+            responses_total,
+            server_errors_total,
+            cold_starts_total: u64::from(cold),
+            cold_start_seconds_total: if cold { 0.7 } else { 0.0 },
+            // Cumulative: 0.7 s is within 1 s and every larger bound.
+            cold_start_buckets: if cold {
+                LATENCY_BUCKETS_SECONDS
+                    .iter()
+                    .map(|&le| u64::from(le >= 1.0))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            ..FunctionStats::default()
+        };
+        let (mut responses, mut cold_starts) = (Responses::default(), ColdStarts::default());
+        for stats in [hello(3, 0, true), hello(1, 1, false)] {
+            responses.add(&stats);
+            cold_starts.add(&stats);
+        }
         assert_eq!(
             responses,
-            Some(Responses {
+            Responses {
                 total: 4,
                 server_errors: 1
-            })
+            }
         );
-        let cold_starts = cold_starts.expect("cold starts");
         assert_eq!(cold_starts.count, 1);
-        assert_eq!(
-            cold_starts.buckets,
-            vec![Bucket { le: 0.5, count: 0 }, Bucket { le: 1.0, count: 1 }]
-        );
-
-        assert_eq!(
-            activator_figures(&[], "default", "hello"),
-            (None, None),
-            "no metrics, no figures"
-        );
+        let at = |le: f64| {
+            cold_starts
+                .buckets
+                .iter()
+                .find(|bucket| bucket.le == le)
+                .map(|bucket| bucket.count)
+        };
+        assert_eq!((at(0.5), at(1.0), at(60.0)), (Some(0), Some(1), Some(1)));
     }
 }

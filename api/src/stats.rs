@@ -70,4 +70,8 @@ pub struct FunctionStats {
     /// Responses with a 5xx status, the activator's own included.
     #[serde(default)]
     pub server_errors_total: u64,
+    /// Responses of every status, the activator's own included (what the 5xx rate is a
+    /// share of).
+    #[serde(default)]
+    pub responses_total: u64,
 }

@@ -327,7 +327,6 @@ pub async fn run(config: DevConfig) -> Result<()> {
             live::Sources {
                 runtime: Arc::clone(&runtime),
                 activator: sampled,
-                registry: registry.clone(),
                 started,
                 address,
             },

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use kube::ResourceExt;
-use zeroscale_admin::console::{self, Bucket, ColdStarts, Console, Observation, Responses};
+use zeroscale_admin::console::{self, ColdStarts, Console, Observation, Responses};
 use zeroscale_admin::process;
-use zeroscale_api::stats::{LATENCY_BUCKETS_SECONDS, StatsReport};
+use zeroscale_api::stats::StatsReport;
 use zeroscale_api::{Function, FunctionStatus};
 use zeroscale_autoscaler::StatsSource;
 
@@ -84,22 +84,8 @@ fn load(reports: &[StatsReport]) -> HashMap<(String, String), Load> {
         entry.requests_total += stats.requests_total;
         entry.in_flight += stats.in_flight;
         entry.queued += stats.queued;
-        // Every answered request has one outcome.
-        entry.responses.total +=
-            stats.success_total + stats.function_errors_total + stats.refused_total;
-        entry.responses.server_errors += stats.server_errors_total;
-        let cold = &mut entry.cold_starts;
-        cold.count += stats.cold_starts_total;
-        cold.sum_seconds += stats.cold_start_seconds_total;
-        if cold.buckets.is_empty() {
-            cold.buckets = LATENCY_BUCKETS_SECONDS
-                .iter()
-                .map(|&le| Bucket { le, count: 0 })
-                .collect();
-        }
-        for (bucket, count) in cold.buckets.iter_mut().zip(&stats.cold_start_buckets) {
-            bucket.count += count;
-        }
+        entry.responses.add(stats);
+        entry.cold_starts.add(stats);
     }
     load
 }
@@ -150,7 +136,7 @@ fn ready(status: &FunctionStatus) -> (bool, String, String) {
 mod tests {
     use super::*;
 
-    use zeroscale_api::stats::FunctionStats;
+    use zeroscale_api::stats::{FunctionStats, LATENCY_BUCKETS_SECONDS};
 
     fn report(instance: &str, requests_total: u64, in_flight: u64) -> StatsReport {
         StatsReport {
@@ -174,6 +160,7 @@ mod tests {
         stats.success_total = ok;
         stats.function_errors_total = errors;
         stats.server_errors_total = errors;
+        stats.responses_total = ok + errors;
         stats.cold_starts_total = cold;
         stats.cold_start_seconds_total = 0.3 * cold as f64;
         if cold > 0 {

@@ -1,7 +1,7 @@
 //! The live console of `zeroscale dev` on its admin listener: once a second, each
 //! Function as the runtime shows it (Ready, replicas, URL), with the embedded
-//! activator's counters (its stats, its response and cold-start metrics), recorded into
-//! the shared [`Console`].
+//! activator's counters (its stats: load, responses and cold starts), recorded into the
+//! shared [`Console`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use zeroscale_activator::server::Activator;
-use zeroscale_admin::console::{self, Console, Observation};
+use zeroscale_admin::console::{self, ColdStarts, Console, Observation, Responses};
 use zeroscale_admin::process;
 use zeroscale_api::FunctionStatus;
 
@@ -23,7 +23,6 @@ const PERIOD: Duration = Duration::from_secs(1);
 pub struct Sources {
     pub runtime: Arc<ProcessRuntime>,
     pub activator: Arc<Activator>,
-    pub registry: prometheus::Registry,
     pub started: Instant,
     /// Where callers reach the Functions.
     pub address: SocketAddr,
@@ -47,7 +46,6 @@ fn observe(sources: &Sources) -> Vec<Observation> {
         .into_iter()
         .map(|stats| ((stats.namespace.clone(), stats.name.clone()), stats))
         .collect();
-    let families = sources.registry.gather();
     sources
         .runtime
         .view(|function| super::local_url(function, sources.address))
@@ -57,7 +55,11 @@ fn observe(sources: &Sources) -> Vec<Observation> {
             let name = function.metadata.name.clone().unwrap_or_default();
             let status = function.status.unwrap_or_default();
             let stats = stats.get(&(namespace.clone(), name.clone()));
-            let (responses, cold_starts) = console::activator_figures(&families, &namespace, &name);
+            let (mut responses, mut cold_starts) = (Responses::default(), ColdStarts::default());
+            if let Some(stats) = stats {
+                responses.add(stats);
+                cold_starts.add(stats);
+            }
             let (ready, reason, message) = ready(&status);
             Observation {
                 ready,
@@ -70,8 +72,8 @@ fn observe(sources: &Sources) -> Vec<Observation> {
                 requests_total: stats.map_or(0, |stats| stats.requests_total),
                 in_flight: stats.map_or(0, |stats| stats.in_flight),
                 queued: stats.map_or(0, |stats| stats.queued),
-                responses,
-                cold_starts,
+                responses: Some(responses),
+                cold_starts: Some(cold_starts),
                 namespace,
                 name,
             }
