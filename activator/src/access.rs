@@ -116,6 +116,16 @@ mod tests {
 
     struct Lines(mpsc::Sender<Vec<u8>>);
 
+    impl Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.send(bytes.to_vec());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     fn dropped() -> IntCounter {
         IntCounter::new("dropped", "lines dropped").expect("counter")
     }
@@ -165,16 +175,6 @@ mod tests {
             log.log(&entry());
         }
         assert_eq!(dropped.get(), 5);
-    }
-
-    impl Write for Lines {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            let _ = self.0.send(bytes.to_vec());
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     #[test]
